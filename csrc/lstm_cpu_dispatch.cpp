@@ -1,0 +1,126 @@
+// Run-time choice among the per-capability builds of lstm_cpu_kernels.cpp.
+//
+// The default is the best capability that both this build and this CPU have,
+// lowered by ATEN_CPU_CAPABILITY (default, avx2, avx512) as ATen's own is.
+// (ATen's get_cpu_capability is not exported to extensions.)
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "lstm_kernels.h"
+
+namespace lstm_ext {
+namespace cpu {
+
+#define LSTM_EXT_DECLARE_CAPABILITY(CAP)                      \
+  namespace CAP {                                             \
+  void pointwise_forward(const PointwiseForwardArgs& args);   \
+  void pointwise_backward(const PointwiseBackwardArgs& args); \
+  }
+
+LSTM_EXT_DECLARE_CAPABILITY(DEFAULT)
+#ifdef LSTM_EXT_HAVE_AVX2
+LSTM_EXT_DECLARE_CAPABILITY(AVX2)
+#endif
+#ifdef LSTM_EXT_HAVE_AVX512
+LSTM_EXT_DECLARE_CAPABILITY(AVX512)
+#endif
+
+namespace {
+
+struct KernelTable {
+  const char* name;
+  int rank;  // the matching at::native::CPUCapability value
+  void (*forward)(const PointwiseForwardArgs&);
+  void (*backward)(const PointwiseBackwardArgs&);
+};
+
+const KernelTable kTables[] = {
+    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward},
+#ifdef LSTM_EXT_HAVE_AVX2
+    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward},
+#endif
+#ifdef LSTM_EXT_HAVE_AVX512
+    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward},
+#endif
+};
+constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
+
+// What this CPU can run: 0 DEFAULT, 1 AVX2, 2 AVX512 (ATen's requirements).
+int supported_rank() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  const bool fma = __builtin_cpu_supports("fma");
+  if (fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return 2;
+  }
+  if (fma && __builtin_cpu_supports("avx2")) return 1;
+#endif
+  return 0;
+}
+
+int requested_rank() {
+  const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+  if (env == nullptr) return 2;
+  std::string name(env);
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (name == "default") return 0;
+  if (name == "avx2") return 1;
+  return 2;
+}
+
+const KernelTable* default_table() {
+  const int rank = std::min(supported_rank(), requested_rank());
+  const KernelTable* best = &kTables[0];
+  for (const auto& t : kTables) {
+    if (t.rank <= rank && t.rank >= best->rank) best = &t;
+  }
+  return best;
+}
+
+std::atomic<const KernelTable*>& active() {
+  static std::atomic<const KernelTable*> table{default_table()};
+  return table;
+}
+
+}  // namespace
+
+void pointwise_forward(const PointwiseForwardArgs& args) {
+  active().load(std::memory_order_relaxed)->forward(args);
+}
+
+void pointwise_backward(const PointwiseBackwardArgs& args) {
+  active().load(std::memory_order_relaxed)->backward(args);
+}
+
+const char* kernel_capability() { return active().load()->name; }
+
+bool set_kernel_capability(const char* name) {
+  const int rank = supported_rank();
+  for (const auto& t : kTables) {
+    if (std::strcmp(t.name, name) == 0 && t.rank <= rank) {
+      active().store(&t);
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* compiled_capabilities() {
+  static const std::string names = [] {
+    std::string s;
+    for (int k = 0; k < kNumTables; ++k) {
+      if (k) s += ",";
+      s += kTables[k].name;
+    }
+    return s;
+  }();
+  return names.c_str();
+}
+
+}  // namespace cpu
+}  // namespace lstm_ext

@@ -1,0 +1,71 @@
+// The LSTM cell's pointwise maths, written once for every backend.
+//
+// Each function is a template over the value type T so the same formula is
+// instantiated for a scalar (the CUDA kernels, the CPU tail loops) and for
+// at::vec::Vectorized<float/double> (the CPU SIMD body). The CPU tests
+// therefore exercise the very formulas that the GPU runs.
+//
+// Gate order everywhere is i, f, g, o (torch.nn.LSTMCell's order).
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define LSTM_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LSTM_HOST_DEVICE inline
+#endif
+
+namespace lstm_ext {
+
+// exp and tanh: scalar overloads for float and double; any other type is a
+// SIMD vector (at::vec::Vectorized) and uses its own member functions.
+LSTM_HOST_DEVICE float lstm_exp(float x) { return ::expf(x); }
+LSTM_HOST_DEVICE double lstm_exp(double x) { return ::exp(x); }
+LSTM_HOST_DEVICE float lstm_tanh(float x) { return ::tanhf(x); }
+LSTM_HOST_DEVICE double lstm_tanh(double x) { return ::tanh(x); }
+template <typename Vec>
+inline Vec lstm_exp(const Vec& x) { return x.exp(); }
+template <typename Vec>
+inline Vec lstm_tanh(const Vec& x) { return x.tanh(); }
+
+// 1 / (1 + e^-x): saturates to exactly 0 and 1 at +-inf, NaN stays NaN.
+template <typename T>
+LSTM_HOST_DEVICE T lstm_sigmoid(const T& x) {
+  const T one(1);
+  return one / (one + lstm_exp(T(0) - x));
+}
+
+// Forward of one element: pre-activations in, activated gates, c and h out.
+template <typename T>
+LSTM_HOST_DEVICE void lstm_forward_point(
+    const T& pre_i, const T& pre_f, const T& pre_g, const T& pre_o, const T& c_prev,
+    T& i, T& f, T& g, T& o, T& c, T& h) {
+  i = lstm_sigmoid(pre_i);
+  f = lstm_sigmoid(pre_f);
+  g = lstm_tanh(pre_g);
+  o = lstm_sigmoid(pre_o);
+  c = f * c_prev + i * g;
+  h = o * lstm_tanh(c);
+}
+
+// Backward of one element. Inputs: the activated gates saved by the forward,
+// c_prev, the new c, and the incoming gradients of h and c. Outputs: the
+// gradients of the four pre-activations and of c_prev. tanh(c) is recomputed
+// rather than saved: one transcendental is cheaper than B*H more memory.
+template <typename T>
+LSTM_HOST_DEVICE void lstm_backward_point(
+    const T& i, const T& f, const T& g, const T& o, const T& c_prev, const T& c,
+    const T& grad_h, const T& grad_c,
+    T& grad_pre_i, T& grad_pre_f, T& grad_pre_g, T& grad_pre_o, T& grad_c_prev) {
+  const T one(1);
+  const T tanh_c = lstm_tanh(c);
+  const T grad_c_total = grad_c + grad_h * o * (one - tanh_c * tanh_c);
+  grad_pre_i = grad_c_total * g * i * (one - i);
+  grad_pre_f = grad_c_total * c_prev * f * (one - f);
+  grad_pre_g = grad_c_total * i * (one - g * g);
+  grad_pre_o = grad_h * tanh_c * o * (one - o);
+  grad_c_prev = grad_c_total * f;
+}
+
+}  // namespace lstm_ext

@@ -1,0 +1,131 @@
+"""``lstm_ext.LSTMCell``: the reference cell on the fused operators."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from lstm_ext.functional import _describe, lstm_cell
+
+# The reference's gate names, in its state_dict order, and each gate's block
+# in the packed weight (torch.nn.LSTMCell's order: i, f, g, o).
+GATE_BLOCKS = (("Wf", 1), ("Wi", 0), ("Wc", 2), ("Wo", 3))
+
+
+class LSTMCell(nn.Module):
+    """Fused LSTM cell with the reference's maths and state_dict.
+
+    Parameters are stored packed: ``weight`` [4H, I+H] over ``cat(x, h)`` and
+    ``bias`` [4H], gate blocks in the order i, f, g, o. ``state_dict()``
+    presents them under the reference's keys (``Wf.weight``, ``Wf.bias``, ...)
+    and ``load_state_dict`` accepts those keys or the packed ones.
+
+    ``forward(input, hx=None)``: input (B, I), hx = (h_prev, c_prev) each (B, H),
+    zeros when omitted; returns (h, c).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if input_size < 0 or hidden_size <= 0:
+            raise ValueError(f"lstm_ext.LSTMCell: need input_size >= 0 and hidden_size > 0, "
+                             f"got input_size={input_size}, hidden_size={hidden_size}")
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.weight = nn.Parameter(torch.empty(4 * hidden_size, input_size + hidden_size, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in +-1/sqrt(I+H), as the reference's nn.Linear gates."""
+        bound = 1.0 / math.sqrt(self.input_size + self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if hx is None:
+            batch = input.shape[0] if input.dim() == 2 else 0
+            zeros = input.new_zeros(batch, self.hidden_size)
+            hx = (zeros, zeros)
+        elif not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"lstm_ext.LSTMCell: hx must be a pair (h_prev, c_prev), got {_describe(hx)}")
+        return lstm_cell(input, hx, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}"
+
+    # --- state_dict in the reference's layout ---------------------------------
+
+    def _gate_slices(self, weight: Tensor, bias: Optional[Tensor]):
+        """(name, weight rows, bias rows) of each reference gate, as views."""
+        H = self.hidden_size
+        for name, block in GATE_BLOCKS:
+            rows = slice(block * H, (block + 1) * H)
+            yield name, weight[rows], None if bias is None else bias[rows]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        weight, bias = self.weight, self.bias
+        if not keep_vars:
+            weight = weight.detach()
+            bias = None if bias is None else bias.detach()
+        for name, gate_weight, gate_bias in self._gate_slices(weight, bias):
+            destination[prefix + name + ".weight"] = gate_weight
+            if gate_bias is not None:
+                destination[prefix + name + ".bias"] = gate_bias
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        if prefix + "weight" in state_dict:  # the packed layout
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                 missing_keys, unexpected_keys, error_msgs)
+        bias = None if self.bias is None else self.bias.detach()
+        expected = set()
+        for name, gate_weight, gate_bias in self._gate_slices(self.weight.detach(), bias):
+            for key, target in ((name + ".weight", gate_weight), (name + ".bias", gate_bias)):
+                if target is None:
+                    continue
+                key = prefix + key
+                expected.add(key)
+                if key not in state_dict:
+                    missing_keys.append(key)
+                elif state_dict[key].shape != target.shape:
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                                      f"{tuple(state_dict[key].shape)} from checkpoint, the shape in "
+                                      f"current model is {tuple(target.shape)}.")
+                else:
+                    target.copy_(state_dict[key])
+        if strict:  # no child modules: every other key under our prefix is unexpected
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in expected)
+
+    # --- conversion to and from torch.nn.LSTMCell -----------------------------
+
+    @classmethod
+    def from_torch(cls, module: nn.LSTMCell) -> "LSTMCell":
+        """The same cell as ``module``: weight = [W_ih | W_hh], bias = b_ih + b_hh."""
+        has_bias = module.bias
+        cell = cls(module.input_size, module.hidden_size, bias=has_bias,
+                   device=module.weight_ih.device, dtype=module.weight_ih.dtype)
+        with torch.no_grad():
+            cell.weight.copy_(torch.cat([module.weight_ih, module.weight_hh], dim=1))
+            if has_bias:
+                cell.bias.copy_(module.bias_ih + module.bias_hh)
+        return cell
+
+    def to_torch(self) -> nn.LSTMCell:
+        """A torch.nn.LSTMCell computing the same: W_ih, W_hh split, b_ih = bias, b_hh = 0."""
+        I = self.input_size
+        module = nn.LSTMCell(I, self.hidden_size, bias=self.bias is not None,
+                             device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            module.weight_ih.copy_(self.weight[:, :I])
+            module.weight_hh.copy_(self.weight[:, I:])
+            if self.bias is not None:
+                module.bias_ih.copy_(self.bias)
+                module.bias_hh.zero_()
+        return module

@@ -1,0 +1,73 @@
+"""The fused cell as a differentiable function."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
+
+_cell_forward = torch.ops.lstm_ext.cell_forward
+_cell_backward = torch.ops.lstm_ext.cell_backward
+
+
+class LSTMCellFunction(torch.autograd.Function):
+    """Autograd for ``torch.ops.lstm_ext.cell_forward``.
+
+    ``apply(input, hx, cx, weight, bias)`` returns ``(h, c, gates, input_hidden)``;
+    the last two are what the backward needs and are not differentiable.
+    The same backward is registered on the operator itself, so calling
+    ``torch.ops.lstm_ext.cell_forward`` directly is differentiable too.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, hx: Tensor, cx: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        return _cell_forward(input, hx, cx, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, cx, weight, bias = inputs
+        _, c, gates, input_hidden = output
+        ctx.mark_non_differentiable(gates, input_hidden)
+        ctx.set_materialize_grads(False)  # no zero-filled [B, 4H] gradients for the saved outputs
+        ctx.save_for_backward(cx, c, gates, input_hidden, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h, grad_c, _grad_gates=None, _grad_input_hidden=None):
+        cx, c, gates, input_hidden, weight = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = torch.zeros_like(c)
+        if grad_c is None:
+            grad_c = torch.zeros_like(c)
+        grad_input, grad_hx, grad_cx, grad_weight, grad_bias = _cell_backward(
+            grad_h, grad_c, cx, c, gates, input_hidden, weight)
+        return grad_input, grad_hx, grad_cx, grad_weight, grad_bias if ctx.has_bias else None
+
+
+torch.library.register_autograd(
+    "lstm_ext::cell_forward",
+    LSTMCellFunction.backward,
+    setup_context=LSTMCellFunction.setup_context,
+)
+
+
+def lstm_cell(input: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor,
+              bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One LSTM step: ``(h, c)`` from ``input`` (B, I), ``hx = (h_prev, c_prev)``
+    (B, H each), the packed ``weight`` [4H, I+H] over ``cat(input, h_prev)``
+    and ``bias`` [4H], gates in the order i, f, g, o."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"lstm_ext.lstm_cell: hx must be a pair (h_prev, c_prev), got {_describe(hx)}")
+    h, c, _, _ = LSTMCellFunction.apply(input, hx[0], hx[1], weight, bias)
+    return h, c
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return type(value).__name__

@@ -1,0 +1,56 @@
+"""The pure-Python reference: the course text's LSTM cell and model.
+
+Same maths, constructor and parameter names as the course (four nn.Linear
+gates Wf, Wi, Wc, Wo over cat(x, h)), so state_dicts move between this and
+the fused modules. The one change is the model's known defect: the course's
+LSTMModel starts the state as zeros(1, H) and iterates over dim 0, so its own
+demo (X of shape (100, 5, 4)) crashes. Here input is batch-first (B, T, I)
+and the state starts as zeros(B, H).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+class LSTMCell(nn.Module):
+    """The course's cell: one nn.Linear(I + H, H) per gate."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.Wf = nn.Linear(input_size + hidden_size, hidden_size)  # forget gate
+        self.Wi = nn.Linear(input_size + hidden_size, hidden_size)  # input gate
+        self.Wc = nn.Linear(input_size + hidden_size, hidden_size)  # cell candidate
+        self.Wo = nn.Linear(input_size + hidden_size, hidden_size)  # output gate
+
+    def forward(self, x: Tensor, hidden: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+        h_prev, c_prev = hidden
+        combined = torch.cat((x, h_prev), 1)
+        f_t = torch.sigmoid(self.Wf(combined))
+        i_t = torch.sigmoid(self.Wi(combined))
+        c_hat_t = torch.tanh(self.Wc(combined))
+        c_t = f_t * c_prev + i_t * c_hat_t
+        o_t = torch.sigmoid(self.Wo(combined))
+        h_t = o_t * torch.tanh(c_t)
+        return h_t, c_t
+
+
+class LSTMModel(nn.Module):
+    """The course's model, batch-first: fc of the last hidden state."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int) -> None:
+        super().__init__()
+        self.lstm_cell = LSTMCell(input_size, hidden_size)
+        self.fc = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        h_t = x.new_zeros(batch, self.lstm_cell.hidden_size)
+        c_t = x.new_zeros(batch, self.lstm_cell.hidden_size)
+        for t in range(x.shape[1]):
+            h_t, c_t = self.lstm_cell(x[:, t], (h_t, c_t))
+        return self.fc(h_t)

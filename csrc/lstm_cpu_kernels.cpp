@@ -11,6 +11,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/OpMathType.h>
 
+#include <array>
+
 #include "lstm_kernels.h"
 #include "lstm_pointwise.h"
 
@@ -56,106 +58,116 @@ struct VecIO<at::BFloat16> : ReducedVecIO<at::BFloat16> {};
 template <>
 struct VecIO<at::Half> : ReducedVecIO<at::Half> {};
 
-template <typename scalar_t>
-void forward_typed(const PointwiseForwardArgs& a) {
+// One stream of elements: element (b, j) lives at base[b * row_stride + j].
+template <typename T>
+struct Stream {
+  T* base;
+  int64_t row_stride;
+};
+
+// Applies f(const Vec in[NIn], Vec out[NOut]) to every element (b, j) of
+// rows [row_begin, row_end) and columns [0, H). Full vectors are loaded
+// straight from each row; the leftover columns of every row (all of them when
+// H is smaller than a vector, as at the course's H=3) are gathered across rows
+// into one vector, so small hidden sizes run at SIMD speed too.
+template <typename scalar_t, int NIn, int NOut, typename F>
+void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
+                      const std::array<Stream<const scalar_t>, NIn>& in,
+                      const std::array<Stream<scalar_t>, NOut>& out, const F& f) {
   using IO = VecIO<scalar_t>;
   using opmath_t = typename IO::opmath_t;
   using Vec = typename IO::Vec;
-  constexpr int64_t kWidth = Vec::size();
+  constexpr int kWidth = Vec::size();
+  Vec vin[NIn];
+  Vec vout[NOut];
+
+  alignas(64) opmath_t staged[NIn][kWidth] = {};
+  alignas(64) opmath_t result[kWidth];
+  int64_t staged_row[kWidth];
+  int64_t staged_col[kWidth];
+  int n_staged = 0;
+  auto flush = [&] {
+    for (int k = 0; k < NIn; ++k) vin[k] = Vec::loadu(staged[k]);
+    f(vin, vout);
+    for (int k = 0; k < NOut; ++k) {
+      vout[k].store(result);
+      for (int l = 0; l < n_staged; ++l) {
+        out[k].base[staged_row[l] * out[k].row_stride + staged_col[l]] = static_cast<scalar_t>(result[l]);
+      }
+    }
+    n_staged = 0;
+  };
+
+  for (int64_t b = row_begin; b < row_end; ++b) {
+    int64_t j = 0;
+    for (; j + kWidth <= H; j += kWidth) {
+      for (int k = 0; k < NIn; ++k) vin[k] = IO::load(in[k].base + b * in[k].row_stride + j);
+      f(vin, vout);
+      for (int k = 0; k < NOut; ++k) IO::store(out[k].base + b * out[k].row_stride + j, vout[k]);
+    }
+    for (; j < H; ++j) {
+      for (int k = 0; k < NIn; ++k) staged[k][n_staged] = in[k].base[b * in[k].row_stride + j];
+      staged_row[n_staged] = b;
+      staged_col[n_staged] = j;
+      if (++n_staged == kWidth) flush();
+    }
+  }
+  if (n_staged > 0) flush();
+}
+
+template <typename scalar_t>
+void forward_typed(const PointwiseForwardArgs& a) {
+  using Vec = typename VecIO<scalar_t>::Vec;
   const int64_t H = a.hidden;
   auto* gates = static_cast<scalar_t*>(a.gates);
   const auto* c_prev = static_cast<const scalar_t*>(a.c_prev);
-  auto* h_out = static_cast<scalar_t*>(a.h);
-  auto* c_out = static_cast<scalar_t*>(a.c);
-
+  const auto* addend = static_cast<const scalar_t*>(a.addend);
+  const int64_t gs = a.gates_stride;
+  const int64_t as = a.addend_stride;
+  // Gate k of row b starts at gates + b * gs + k * H.
+  const std::array<Stream<scalar_t>, 6> out{{
+      {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs},
+      {static_cast<scalar_t*>(a.c), a.c_stride}, {static_cast<scalar_t*>(a.h), a.h_stride}}};
   at::parallel_for(0, a.batch, grain_rows(H), [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t b = row_begin; b < row_end; ++b) {
-      scalar_t* gi = gates + b * a.gates_stride;
-      scalar_t* gf = gi + H;
-      scalar_t* gg = gi + 2 * H;
-      scalar_t* go = gi + 3 * H;
-      const scalar_t* cp = c_prev + b * a.c_prev_stride;
-      scalar_t* hb = h_out + b * a.h_stride;
-      scalar_t* cb = c_out + b * a.c_stride;
-      int64_t j = 0;
-      for (; j + kWidth <= H; j += kWidth) {
-        Vec i, f, g, o, c, h;
-        lstm_forward_point(IO::load(gi + j), IO::load(gf + j), IO::load(gg + j),
-                           IO::load(go + j), IO::load(cp + j), i, f, g, o, c, h);
-        IO::store(gi + j, i);
-        IO::store(gf + j, f);
-        IO::store(gg + j, g);
-        IO::store(go + j, o);
-        IO::store(cb + j, c);
-        IO::store(hb + j, h);
-      }
-      for (; j < H; ++j) {
-        opmath_t i, f, g, o, c, h;
-        lstm_forward_point<opmath_t>(gi[j], gf[j], gg[j], go[j], cp[j], i, f, g, o, c, h);
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = g;
-        go[j] = o;
-        cb[j] = c;
-        hb[j] = h;
-      }
+    if (addend == nullptr) {
+      const std::array<Stream<const scalar_t>, 5> in{{
+          {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs}, {c_prev, a.c_prev_stride}}};
+      for_each_element<scalar_t, 5, 6>(row_begin, row_end, H, in, out, [](const Vec* x, Vec* y) {
+        lstm_forward_point(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], y[4], y[5]);
+      });
+    } else {
+      const std::array<Stream<const scalar_t>, 9> in{{
+          {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs}, {c_prev, a.c_prev_stride},
+          {addend, as}, {addend + H, as}, {addend + 2 * H, as}, {addend + 3 * H, as}}};
+      for_each_element<scalar_t, 9, 6>(row_begin, row_end, H, in, out, [](const Vec* x, Vec* y) {
+        lstm_forward_point(x[0] + x[5], x[1] + x[6], x[2] + x[7], x[3] + x[8], x[4],
+                           y[0], y[1], y[2], y[3], y[4], y[5]);
+      });
     }
   });
 }
 
 template <typename scalar_t>
 void backward_typed(const PointwiseBackwardArgs& a) {
-  using IO = VecIO<scalar_t>;
-  using opmath_t = typename IO::opmath_t;
-  using Vec = typename IO::Vec;
-  constexpr int64_t kWidth = Vec::size();
+  using Vec = typename VecIO<scalar_t>::Vec;
   const int64_t H = a.hidden;
   const auto* gates = static_cast<const scalar_t*>(a.gates);
-  const auto* c_prev = static_cast<const scalar_t*>(a.c_prev);
-  const auto* c_new = static_cast<const scalar_t*>(a.c);
-  const auto* grad_h = static_cast<const scalar_t*>(a.grad_h);
-  const auto* grad_c = static_cast<const scalar_t*>(a.grad_c);
   auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
-  auto* grad_c_prev = static_cast<scalar_t*>(a.grad_c_prev);
-
+  const int64_t gs = a.gates_stride;
+  const int64_t ggs = a.grad_gates_stride;
+  const std::array<Stream<const scalar_t>, 8> in{{
+      {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs},
+      {static_cast<const scalar_t*>(a.c_prev), a.c_prev_stride},
+      {static_cast<const scalar_t*>(a.c), a.c_stride},
+      {static_cast<const scalar_t*>(a.grad_h), a.grad_h_stride},
+      {static_cast<const scalar_t*>(a.grad_c), a.grad_c_stride}}};
+  const std::array<Stream<scalar_t>, 5> out{{
+      {grad_gates, ggs}, {grad_gates + H, ggs}, {grad_gates + 2 * H, ggs}, {grad_gates + 3 * H, ggs},
+      {static_cast<scalar_t*>(a.grad_c_prev), a.grad_c_prev_stride}}};
   at::parallel_for(0, a.batch, grain_rows(H), [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t b = row_begin; b < row_end; ++b) {
-      const scalar_t* gi = gates + b * a.gates_stride;
-      const scalar_t* gf = gi + H;
-      const scalar_t* gg = gi + 2 * H;
-      const scalar_t* go = gi + 3 * H;
-      const scalar_t* cp = c_prev + b * a.c_prev_stride;
-      const scalar_t* cb = c_new + b * a.c_stride;
-      const scalar_t* dh = grad_h + b * a.grad_h_stride;
-      const scalar_t* dc = grad_c + b * a.grad_c_stride;
-      scalar_t* di = grad_gates + b * a.grad_gates_stride;
-      scalar_t* df = di + H;
-      scalar_t* dg = di + 2 * H;
-      scalar_t* dout = di + 3 * H;
-      scalar_t* dcp = grad_c_prev + b * a.grad_c_prev_stride;
-      int64_t j = 0;
-      for (; j + kWidth <= H; j += kWidth) {
-        Vec vi, vf, vg, vo, vcp;
-        lstm_backward_point(IO::load(gi + j), IO::load(gf + j), IO::load(gg + j),
-                            IO::load(go + j), IO::load(cp + j), IO::load(cb + j),
-                            IO::load(dh + j), IO::load(dc + j), vi, vf, vg, vo, vcp);
-        IO::store(di + j, vi);
-        IO::store(df + j, vf);
-        IO::store(dg + j, vg);
-        IO::store(dout + j, vo);
-        IO::store(dcp + j, vcp);
-      }
-      for (; j < H; ++j) {
-        opmath_t si, sf, sg, so, scp;
-        lstm_backward_point<opmath_t>(gi[j], gf[j], gg[j], go[j], cp[j], cb[j], dh[j], dc[j],
-                                      si, sf, sg, so, scp);
-        di[j] = si;
-        df[j] = sf;
-        dg[j] = sg;
-        dout[j] = so;
-        dcp[j] = scp;
-      }
-    }
+    for_each_element<scalar_t, 8, 5>(row_begin, row_end, H, in, out, [](const Vec* x, Vec* y) {
+      lstm_backward_point(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], y[0], y[1], y[2], y[3], y[4]);
+    });
   });
 }
 

@@ -12,12 +12,17 @@ namespace lstm_ext {
 
 // Forward pass: gates holds the pre-activations [B, 4H] (i, f, g, o blocks of
 // H) on entry and the activated gates on exit, which the backward needs.
+// addend, when not null, is added to the pre-activations first: the bias
+// (addend_stride 0) or a precomputed input projection (addend_stride 4H), so
+// that neither needs a pass of its own.
 struct PointwiseForwardArgs {
   c10::ScalarType dtype;
   int64_t batch;
   int64_t hidden;
   void* gates;
   int64_t gates_stride;
+  const void* addend;
+  int64_t addend_stride;
   const void* c_prev;
   int64_t c_prev_stride;
   void* h;

@@ -105,16 +105,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
   }
 
   const c10::DeviceGuard guard(input.device());
-  // One packed matrix product for all four gates, bias folded in.
+  // One packed matrix product for all four gates; the bias is added in the
+  // pointwise pass, which reads the gates anyway.
   Tensor input_hidden = at::cat({input, hx}, 1);
-  Tensor gates = bias.has_value() ? at::addmm(*bias, input_hidden, weight.t())
-                                  : at::mm(input_hidden, weight.t());
+  Tensor gates = at::mm(input_hidden, weight.t());
   const Tensor c_prev = cx.contiguous();
+  const Tensor bias_cont = bias.has_value() ? bias->contiguous() : Tensor();
   Tensor h = at::empty({B, H}, input.options());
   Tensor c = at::empty({B, H}, input.options());
   if (B > 0 && H > 0) {
     const PointwiseForwardArgs args{input.scalar_type(), B, H,
                                     gates.data_ptr(), 4 * H,
+                                    bias_cont.defined() ? bias_cont.const_data_ptr() : nullptr, 0,
                                     c_prev.const_data_ptr(), H,
                                     h.data_ptr(), H,
                                     c.data_ptr(), H};

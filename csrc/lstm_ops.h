@@ -23,4 +23,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
     const Tensor& grad_h, const Tensor& grad_c, const Tensor& cx, const Tensor& c_new,
     const Tensor& gates, const Tensor& input_hidden, const Tensor& weight);
 
+// The Autograd-key kernel of cell_forward (lstm_autograd.cpp).
+std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
+    const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
+    const std::optional<Tensor>& bias);
+
 }  // namespace lstm_ext

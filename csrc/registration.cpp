@@ -21,6 +21,10 @@ TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   m.impl("cell_backward", &lstm_ext::cell_backward);
 }
 
+TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
+  m.impl("cell_forward", &lstm_ext::cell_forward_autograd);
+}
+
 #ifdef LSTM_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward);

@@ -51,8 +51,7 @@ class LSTMCell(nn.Module):
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if hx is None:
             batch = input.shape[0] if input.dim() == 2 else 0
-            zeros = input.new_zeros(batch, self.hidden_size)
-            hx = (zeros, zeros)
+            hx = (input.new_zeros(batch, self.hidden_size), input.new_zeros(batch, self.hidden_size))
         elif not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"lstm_ext.LSTMCell: hx must be a pair (h_prev, c_prev), got {_describe(hx)}")
         return lstm_cell(input, hx, self.weight, self.bias)

@@ -24,7 +24,7 @@ class LSTMModel(nn.Module):
             raise ValueError(f"lstm_ext.LSTMModel: input must be 3-D (batch, time, input_size), "
                              f"got shape {tuple(x.shape)}")
         h = x.new_zeros(x.shape[0], self.lstm_cell.hidden_size)
-        c = h
+        c = x.new_zeros(x.shape[0], self.lstm_cell.hidden_size)
         for t in range(x.shape[1]):
             h, c = self.lstm_cell(x[:, t], (h, c))
         return self.fc(h)

@@ -1,0 +1,67 @@
+"""Shared fixtures: devices (CUDA cases run where a GPU is present) and tolerances."""
+import pytest
+import torch
+
+import lstm_ext
+
+# (rtol, atol) against the reference computed in the same dtype.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+}
+
+
+def cuda_usable() -> bool:
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> str:
+    if request.param == "cuda":
+        if not cuda_usable():
+            pytest.skip("no CUDA device")
+        # A GPU is present: a build without CUDA kernels is a failure, not a skip.
+        assert lstm_ext.backends()["cuda"], "a GPU is present but lstm_ext was built without CUDA"
+    return request.param
+
+
+def available_cpu_capabilities():
+    """Every CPU kernel variant that this build has and this CPU can run."""
+    current = lstm_ext.cpu_capability()
+    usable = []
+    for name in lstm_ext.backends()["cpu"]:
+        try:
+            lstm_ext.set_cpu_capability(name)
+            usable.append(name)
+        except ValueError:
+            pass
+    lstm_ext.set_cpu_capability(current)
+    return usable
+
+
+@pytest.fixture(params=available_cpu_capabilities())
+def cpu_capability(request):
+    """Runs a test once per CPU kernel variant, then restores the default."""
+    previous = lstm_ext.cpu_capability()
+    lstm_ext.set_cpu_capability(request.param)
+    yield request.param
+    lstm_ext.set_cpu_capability(previous)
+
+
+def make_pair(input_size, hidden_size, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    """A reference cell and a fused cell with the same weights."""
+    torch.manual_seed(seed)
+    ref = lstm_ext.reference.LSTMCell(input_size, hidden_size).to(device=device, dtype=dtype)
+    if not bias:
+        for gate in (ref.Wf, ref.Wi, ref.Wc, ref.Wo):
+            gate.bias = None
+    fused = lstm_ext.LSTMCell(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def random_state(batch, input_size, hidden_size, dtype=torch.float64, device="cpu", requires_grad=True):
+    x = torch.randn(batch, input_size, dtype=dtype, device=device)
+    h = torch.randn(batch, hidden_size, dtype=dtype, device=device)
+    c = torch.randn(batch, hidden_size, dtype=dtype, device=device)
+    return [t.requires_grad_(requires_grad) for t in (x, h, c)]

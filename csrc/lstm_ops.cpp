@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <string>
 
 #include "lstm_kernels.h"
@@ -47,6 +48,26 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
                  const char* meaning) {
   TORCH_CHECK_VALUE(t.sizes() == expected, op, ": ", name, " must have shape ", expected, " ",
                     meaning, ", got ", t.sizes());
+}
+
+// grad_weight = grad_gates^T @ input_hidden, [4H, B] x [B, I+H]. On the CPU a
+// large output with a small batch falls off MKL's fast path (measured at
+// B=16, I=H=1024: 27 ms in one product, 6.5 ms in blocks of 512 rows), so
+// large outputs are written in row blocks. Same flops, same result.
+Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
+  constexpr int64_t kLargeOutput = int64_t(1) << 22;  // elements
+  constexpr int64_t kRowBlock = 512;
+  const int64_t rows = grad_gates.size(1);
+  if (grad_gates.is_cuda() || rows * input_hidden.size(1) < kLargeOutput) {
+    return at::mm(grad_gates.t(), input_hidden);
+  }
+  Tensor out = at::empty({rows, input_hidden.size(1)}, input_hidden.options());
+  for (int64_t r = 0; r < rows; r += kRowBlock) {
+    const int64_t n = std::min(kRowBlock, rows - r);
+    Tensor block = out.narrow(0, r, n);
+    at::mm_out(block, grad_gates.narrow(1, r, n).t(), input_hidden);
+  }
+  return out;
 }
 
 template <typename Args>
@@ -169,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
   }
   Tensor grad_input = at::mm(grad_gates, weight.narrow(1, 0, I));
   Tensor grad_hx = at::mm(grad_gates, weight.narrow(1, I, H));
-  Tensor grad_weight = at::mm(grad_gates.t(), input_hidden);
+  Tensor grad_weight = weight_grad(grad_gates, input_hidden);
   Tensor grad_bias = grad_gates.sum(0);
   return {grad_input, grad_hx, grad_cx, grad_weight, grad_bias};
 }

@@ -1,0 +1,111 @@
+"""One LSTM cell step: lstm_ext.LSTMCell against the reference cell,
+torch.nn.LSTMCell, torch.compile of the reference, and the floors that the
+fused cell cannot go below (its matrix products; at small sizes the cost of
+starting a backward pass and of a Python autograd.Function).
+
+    python benchmarks/bench_cell.py                 # CPU grid
+    python benchmarks/bench_cell.py --device cuda   # GPU grid, float32 and bfloat16
+"""
+from __future__ import annotations
+
+import torch
+
+import lstm_ext
+from common import Bench, parse_common_args
+
+CPU_GRID = [(100, 4, 3), (16, 32, 128), (64, 256, 256), (64, 512, 512), (16, 1024, 1024)]
+GPU_GRID = [(100, 4, 3)] + [(B, H, H) for B in (16, 64, 256) for H in (128, 512, 1024)]
+
+
+class _Identity(torch.autograd.Function):
+    """The cheapest Python autograd.Function: what any such wrapper costs."""
+
+    @staticmethod
+    def forward(ctx, h, c):
+        return h.view_as(h), c.view_as(c)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):
+        return grad_h, grad_c
+
+
+def bench_shape(bench: Bench, B: int, I: int, H: int, dtype: torch.dtype, device: str) -> None:
+    torch.manual_seed(0)
+    shape = {"B": B, "I": I, "H": H, "T": None}
+    ref = lstm_ext.reference.LSTMCell(I, H).to(device=device, dtype=dtype)
+    fused = lstm_ext.LSTMCell(I, H, device=device, dtype=dtype)
+    fused.load_state_dict(ref.state_dict())
+    torch_cell = fused.to_torch()
+    compiled = torch.compile(ref)
+
+    def state(requires_grad):
+        return [torch.randn(B, n, device=device, dtype=dtype, requires_grad=requires_grad) for n in (I, H, H)]
+
+    impls = {
+        "lstm_ext": lambda x, h, c: fused(x, (h, c)),
+        "lstm_ext_pyfunc": lambda x, h, c: lstm_ext.LSTMCellFunction.apply(x, h, c, fused.weight, fused.bias)[:2],
+        "reference": lambda x, h, c: ref(x, (h, c)),
+        "torch": lambda x, h, c: torch_cell(x, (h, c)),
+        "compile": lambda x, h, c: compiled(x, (h, c)),
+    }
+    weight_t = fused.weight.detach().t()
+    weight = fused.weight.detach()
+    floors = {f"floor:{k}": {"floor": k} for k in ("matmul", "backward_start", "python_autograd_function")}
+
+    # Forward, inference (no_grad).
+    x, h, c = state(False)
+    xh = torch.cat([x, h], 1)
+    with torch.no_grad():
+        fns = {impl: (lambda f=f: f(x, h, c)) for impl, f in impls.items()}
+        fns["floor:matmul"] = lambda: torch.mm(xh, weight_t)
+        bench.compare(fns, pass_="fwd", shape=shape, dtype=dtype, extras=floors)
+
+    # Forward and backward, everything requiring grad as in training.
+    x, h, c = state(True)
+    grads = [torch.randn(B, H, device=device, dtype=dtype) for _ in range(2)]
+    fns = {impl: (lambda f=f: torch.autograd.backward(f(x, h, c), grads)) for impl, f in impls.items()}
+    xh = torch.cat([x, h], 1).detach()
+    gates_grad = torch.randn(B, 4 * H, device=device, dtype=dtype)
+
+    def matmuls():
+        torch.mm(xh, weight_t)
+        torch.mm(gates_grad, weight)
+        torch.mm(gates_grad.t(), xh)
+    h0, c0 = [t.detach().requires_grad_() for t in (h, c)]
+    fns["floor:matmul"] = matmuls
+    fns["floor:backward_start"] = lambda: torch.autograd.backward([h0, c0], grads)
+    fns["floor:python_autograd_function"] = lambda: torch.autograd.backward(_Identity.apply(h0, c0), grads)
+    bench.compare(fns, pass_="fwd+bwd", shape=shape, dtype=dtype, extras=floors)
+
+
+RATIOS = [
+    ("lstm_ext", "reference", "vs reference"),
+    ("lstm_ext", "torch", "vs torch.nn.LSTMCell"),
+    ("lstm_ext", "compile", "vs compile(reference)"),
+    ("lstm_ext", "floor:matmul", "vs its matmuls"),
+    ("lstm_ext", "floor:backward_start", "vs backward start"),
+    ("lstm_ext_pyfunc", "lstm_ext", "python autograd vs C++"),
+]
+
+
+def main() -> None:
+    parser = parse_common_args(__doc__)
+    args = parser.parse_args()
+    device = args.device
+    bench = Bench("cell", device, min_run_time=args.min_run_time)
+    if device.startswith("cuda"):
+        grid, dtypes = GPU_GRID, (torch.float32, torch.bfloat16)
+    else:
+        grid, dtypes = CPU_GRID, (torch.float32,)
+    if args.quick:
+        grid = grid[:2]
+    print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {device}, "
+          f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
+    for dtype in dtypes:
+        for B, I, H in grid:
+            bench_shape(bench, B, I, H, dtype, device)
+    bench.report(RATIOS)
+
+
+if __name__ == "__main__":
+    main()

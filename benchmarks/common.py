@@ -1,0 +1,165 @@
+"""Timing and reporting shared by the benchmarks.
+
+Every benchmark times its implementations side by side in one run with
+torch.utils.benchmark (this machine is shared and noisy: compare ratios
+within a run, not absolute times across runs), prints a Compare table and a
+ratio table, and merges its rows into benchmarks/results/<machine>.json:
+
+    {"machine": {device, cpu, threads, torch, lstm_ext, cpu_kernels},
+     "results": [{"bench", "impl", "pass", "B", "I", "H", "T", "dtype",
+                  "device", "median_us", ...}]}
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.utils.benchmark as benchmark
+
+import lstm_ext
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict:
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lstm_ext": lstm_ext.__version__,
+        "cpu_kernels": lstm_ext.cpu_capability(),
+    }
+    return info
+
+
+def machine_name(device: str) -> str:
+    """File name for a machine's results: the GPU's name, or the CPU's and its thread count."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu {cpu_model()} {torch.get_num_threads()}t"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+class Bench:
+    """Collects measurements of one benchmark script and reports them."""
+
+    def __init__(self, bench: str, device: str, min_run_time: float = 0.5) -> None:
+        self.bench = bench
+        self.device = device
+        self.min_run_time = min_run_time
+        self.measurements: List[benchmark.Measurement] = []
+        self.rows: List[dict] = []
+        self.started = time.time()
+
+    def compare(self, fns: Dict[str, Callable[[], object]], *, pass_: str, shape: Dict[str, int],
+                dtype: torch.dtype, extras: Optional[Dict[str, dict]] = None, rounds: int = 5) -> Dict[str, float]:
+        """Median microseconds of each fn, timed round-robin in `rounds` rounds
+        so that the machine's drifts hit every implementation alike."""
+        extras = extras or {}
+        sub_label = " ".join(f"{k}={v}" for k, v in shape.items() if v is not None) + f" {str(dtype)[6:]}"
+        timers, parts = {}, {}
+        for name, fn in fns.items():
+            fn()  # warm up (and compile, for torch.compile)
+            synchronize(self.device)
+            extra = extras.get(name)
+            desc = name if not extra else f"{name.split(':')[0]} ({', '.join(str(v) for v in extra.values())})"
+            timers[name] = benchmark.Timer(
+                stmt="fn()", globals={"fn": fn}, label=f"{self.bench} {pass_} (us)", sub_label=sub_label,
+                description=desc, num_threads=torch.get_num_threads())
+            parts[name] = []
+        for _ in range(rounds):
+            for name, timer in timers.items():
+                parts[name].append(timer.blocked_autorange(min_run_time=self.min_run_time / rounds))
+        medians = {}
+        for name, ms in parts.items():
+            m = benchmark.Measurement.merge(ms)[0]
+            self.measurements.append(m)
+            medians[name] = median_us = m.median * 1e6
+            row = {"bench": self.bench, "impl": name.split(":")[0], "pass": pass_}
+            row.update({k: shape.get(k) for k in ("B", "I", "H", "T")})
+            row.update({"dtype": str(dtype).replace("torch.", ""), "device": self.device,
+                        "median_us": round(median_us, 3)})
+            row.update(extras.get(name) or {})
+            self.rows.append(row)
+            print(f"  [{time.time() - self.started:6.0f}s] {pass_:7s} {sub_label:32s} {m.task_spec.description:34s} "
+                  f"{median_us:12.1f} us", file=sys.stderr, flush=True)
+        return medians
+
+    def report(self, ratios: List[tuple]) -> str:
+        """Prints the Compare table and the ratio table; writes the JSON. Returns its path."""
+        compare = benchmark.Compare(self.measurements)
+        compare.trim_significant_figures()
+        compare.print()
+        self.print_ratios(ratios)
+        return self.write_json()
+
+    def print_ratios(self, ratios: List[tuple]) -> None:
+        """ratios: (numerator impl, denominator impl, caption); > 1 means the numerator is slower."""
+        def key(r):
+            return (r["pass"], r["B"], r["I"], r["H"], r["T"], r["dtype"], r.get("layers"))
+
+        by_case: Dict[tuple, Dict[str, float]] = {}
+        for r in self.rows:
+            name = r["impl"] if "floor" not in r else f"floor:{r['floor']}"
+            by_case.setdefault(key(r), {})[name] = r["median_us"]
+        header = ["pass", "shape"] + [caption for _, _, caption in ratios]
+        lines = [header]
+        for k, times in by_case.items():
+            shape = " ".join(f"{n}={v}" for n, v in zip("BIHT", k[1:5]) if v is not None)
+            if k[6] is not None:
+                shape += f" L={k[6]}"
+            cells = []
+            for num, den, _ in ratios:
+                cells.append(f"{times[num] / times[den]:.2f}x" if num in times and den in times else "-")
+            lines.append([k[0], f"{shape} {k[5]}"] + cells)
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        print("\nRatios of median times (< 1: lstm_ext is faster)")
+        for line in lines:
+            print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+
+    def write_json(self) -> str:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        path = os.path.join(RESULTS_DIR, machine_name(self.device) + ".json")
+        old_rows = []
+        if os.path.exists(path):
+            with open(path) as f:
+                old_rows = [r for r in json.load(f).get("results", []) if r.get("bench") != self.bench]
+        with open(path, "w") as f:
+            json.dump({"machine": machine_info(self.device), "results": old_rows + self.rows}, f, indent=1)
+            f.write("\n")
+        print(f"\nwrote {path}")
+        return path
+
+
+def parse_common_args(description: str):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="smallest shapes only (a smoke run)")
+    return parser

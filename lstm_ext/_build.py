@@ -59,6 +59,33 @@ def cpu_capabilities() -> list[tuple[str, list[str]]]:
     return variants
 
 
+def _usable_toolkit(home: str | None) -> bool:
+    return bool(home) and os.path.isfile(os.path.join(home, "bin", "nvcc")) and \
+        os.path.isfile(os.path.join(home, "include", "cuda_runtime.h"))
+
+
+def locate_cuda_home() -> str | None:
+    """A CUDA toolkit with nvcc and its headers, or None.
+
+    torch guesses CUDA_HOME from the nvcc on PATH; when that nvcc is a wrapper
+    script (here /usr/local/bin/nvcc), the guess is /usr/local, which has no
+    CUDA headers or libraries. Then the versioned toolkits are tried, and the
+    one found is handed to torch through CUDA_HOME.
+    """
+    import torch.utils.cpp_extension as cpp_extension
+
+    explicit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [explicit] if explicit else [cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    if not explicit:
+        candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in candidates:
+        if _usable_toolkit(home):
+            os.environ["CUDA_HOME"] = home
+            cpp_extension.CUDA_HOME = home  # read at call time by torch's include and library paths
+            return home
+    return None
+
+
 def cuda_build_wanted() -> bool:
     """Build CUDA kernels when torch is a CUDA build and a toolkit is found.
 
@@ -67,16 +94,17 @@ def cuda_build_wanted() -> bool:
     LSTM_EXT_CUDA=0 forces a CPU-only build, LSTM_EXT_CUDA=1 insists on CUDA.
     """
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME
 
     choice = os.environ.get("LSTM_EXT_CUDA", "")
-    possible = torch.version.cuda is not None and CUDA_HOME is not None
     if choice == "0":
         return False
+    cuda_home = locate_cuda_home() if torch.version.cuda is not None else None
+    possible = cuda_home is not None
     if choice == "1" and not possible:
         raise RuntimeError(
             "lstm_ext: LSTM_EXT_CUDA=1 but torch is not a CUDA build "
-            f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was found (CUDA_HOME={CUDA_HOME})"
+            f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit with nvcc and headers was found "
+            f"(CUDA_HOME={os.environ.get('CUDA_HOME')})"
         )
     return possible
 
@@ -93,7 +121,8 @@ def _cuda_extra_includes() -> list[str]:
     site = sysconfig.get_paths()["purelib"]
     dirs = sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
     dirs += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
-    return [d for d in dirs if os.path.isfile(os.path.join(d, "cublas_v2.h")) or os.path.isfile(os.path.join(d, "cusparse.h"))]
+    wanted = [d for d in dirs if any(os.path.isfile(os.path.join(d, h)) for h in ("cublas_v2.h", "cusparse.h"))]
+    return list(dict.fromkeys(wanted))
 
 
 def make_extension(name: str = "lstm_ext._C"):

@@ -4,7 +4,7 @@
     cell = lstm_ext.LSTMCell(input_size, hidden_size)
     h, c = cell(x, (h_prev, c_prev))
 """
-from lstm_ext._native import native as _native
+from lstm_ext._native import native as _C
 from lstm_ext.functional import LSTMCellFunction, lstm_cell
 from lstm_ext.cell import LSTMCell
 from lstm_ext.model import LSTMModel
@@ -19,16 +19,16 @@ __all__ = ["LSTMCell", "LSTMCellFunction", "LSTMModel", "lstm_cell", "reference"
 def backends() -> dict:
     """What this build of the native library contains."""
     return {
-        "cpu": _native.compiled_cpu_capabilities().split(","),
-        "cuda": _native.with_cuda(),
+        "cpu": _C.compiled_cpu_capabilities().split(","),
+        "cuda": _C.with_cuda(),
     }
 
 
 def cpu_capability() -> str:
     """The CPU kernels in use: ``"DEFAULT"``, ``"AVX2"`` or ``"AVX512"``."""
-    return _native.cpu_capability()
+    return _C.cpu_capability()
 
 
 def set_cpu_capability(name: str) -> None:
     """Choose the CPU kernels (for tests and benchmarks); ValueError if unavailable here."""
-    _native.set_cpu_capability(name)
+    _C.set_cpu_capability(name)

@@ -65,3 +65,9 @@ def random_state(batch, input_size, hidden_size, dtype=torch.float64, device="cp
     h = torch.randn(batch, hidden_size, dtype=dtype, device=device)
     c = torch.randn(batch, hidden_size, dtype=dtype, device=device)
     return [t.requires_grad_(requires_grad) for t in (x, h, c)]
+
+
+def pytest_report_header(config):
+    return (f"lstm_ext {lstm_ext.__version__} from {lstm_ext.__file__}, native library "
+            f"{lstm_ext._C.__file__}, backends {lstm_ext.backends()}, CPU kernels {lstm_ext.cpu_capability()}, "
+            f"torch {torch.__version__}")

@@ -37,7 +37,7 @@ except ImportError:
 cmdclass = {"build_py": BuildPyWithSources}
 ext_modules = []
 if torch is not None and os.environ.get("LSTM_EXT_SKIP_BUILD") != "1":
-    ext_modules = [_build.make_extension()]
+    ext_modules = [_build.make_extension(relative_to=HERE)]
     cmdclass["build_ext"] = _build.build_ext_class()
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -27,6 +27,22 @@ const auto& cell_backward_op() {
   return op;
 }
 
+const auto& layer_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lstm_ext::layer_forward", "")
+                             .typed<decltype(layer_forward)>();
+  return op;
+}
+
+const auto& layer_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lstm_ext::layer_backward", "")
+                             .typed<decltype(layer_backward)>();
+  return op;
+}
+
+bool present(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
 class CellFunction : public torch::autograd::Function<CellFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
@@ -35,7 +51,7 @@ class CellFunction : public torch::autograd::Function<CellFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [h, c, gates, input_hidden] = cell_forward_op().call(input, hx, cx, weight, bias);
     ctx->save_for_backward({cx, c, gates, input_hidden, weight});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["has_bias"] = present(bias);
     ctx->mark_non_differentiable({gates, input_hidden});
     ctx->set_materialize_grads(false);  // no zero-filled gradients for gates and input_hidden
     return {h, c, gates, input_hidden};
@@ -54,7 +70,48 @@ class CellFunction : public torch::autograd::Function<CellFunction> {
   }
 };
 
+class LayerFunction : public torch::autograd::Function<LayerFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& h0,
+                               const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+                               const std::optional<Tensor>& bias_ih,
+                               const std::optional<Tensor>& bias_hh, bool reverse) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, h_n, c_n, gates, cells] =
+        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+    ctx->save_for_backward({input, h0, c0, weight_ih, weight_hh, output, gates, cells});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["has_bias_ih"] = present(bias_ih);
+    ctx->saved_data["has_bias_hh"] = present(bias_hh);
+    ctx->mark_non_differentiable({gates, cells});
+    ctx->set_materialize_grads(false);
+    return {output, h_n, c_n, gates, cells};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& output = saved[5];
+    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    const Tensor grad_h_n = grads[1].defined() ? grads[1] : at::zeros_like(saved[1]);
+    const Tensor grad_c_n = grads[2].defined() ? grads[2] : at::zeros_like(saved[2]);
+    auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias] =
+        layer_backward_op().call(grad_output, grad_h_n, grad_c_n, saved[0], saved[1], saved[2], saved[3],
+                                 saved[4], output, saved[6], saved[7], ctx->saved_data["reverse"].toBool());
+    return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh,
+            ctx->saved_data["has_bias_ih"].toBool() ? grad_bias : Tensor(),
+            ctx->saved_data["has_bias_hh"].toBool() ? grad_bias : Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  auto out = LayerFunction::apply(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,

@@ -196,3 +196,158 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
 }
 
 }  // namespace lstm_ext
+
+namespace lstm_ext {
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  constexpr const char* op = "lstm_ext.LSTM";
+  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(0) % 4 == 0 && weight_hh.size(1) * 4 == weight_hh.size(0),
+                    op, ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+  TORCH_CHECK_TYPE(supported_dtype(weight_hh), op,
+                   ": weights must be floating point tensors (float32, float64, bfloat16 or float16), got ",
+                   dtype_name(weight_hh.scalar_type()));
+  const int64_t H = weight_hh.size(1);
+  TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H, op,
+                    ": weight_ih must have shape [4*hidden_size, input_size] = [", 4 * H, ", input_size], got ",
+                    weight_ih.sizes());
+  const int64_t T = input.size(0), B = input.size(1), I = weight_ih.size(1);
+  TORCH_CHECK_VALUE(input.size(2) == I, op, ": input has ", input.size(2), " features but input_size is ", I,
+                    " (input shape ", input.sizes(), ")");
+  const Tensor& weight = weight_hh;  // the reference for dtype and device checks
+  check_like_weight(op, "input", input, weight);
+  check_like_weight(op, "weight_ih", weight_ih, weight);
+  check_like_weight(op, "h_0", h0, weight);
+  check_like_weight(op, "c_0", c0, weight);
+  check_shape(op, "h_0", h0, {B, H}, "(batch, hidden_size)");
+  check_shape(op, "c_0", c0, {B, H}, "(batch, hidden_size)");
+  for (const auto& [name, bias] : {std::pair{"bias_ih", &bias_ih}, std::pair{"bias_hh", &bias_hh}}) {
+    if (bias->has_value()) {
+      check_like_weight(op, name, **bias, weight);
+      check_shape(op, name, **bias, {4 * H}, "(4*hidden_size,)");
+    }
+  }
+
+  const c10::DeviceGuard guard(input.device());
+  // All time steps' input projections in one matrix product, biases folded in.
+  const Tensor x2d = input.reshape({T * B, I});
+  Tensor gates;
+  if (bias_ih.has_value() || bias_hh.has_value()) {
+    const Tensor bias = bias_ih.has_value() && bias_hh.has_value() ? *bias_ih + *bias_hh
+                        : bias_ih.has_value()                     ? *bias_ih
+                                                                  : *bias_hh;
+    gates = at::addmm(bias, x2d, weight_ih.t());
+  } else {
+    gates = at::mm(x2d, weight_ih.t());
+  }
+  gates = gates.view({T, B, 4 * H});
+  Tensor output = at::empty({T, B, H}, input.options());
+  Tensor cells = at::empty({T, B, H}, input.options());
+  Tensor h_prev = h0.contiguous();
+  Tensor c_prev = c0.contiguous();
+  const Tensor weight_hh_t = weight_hh.t();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    Tensor g = gates[t];
+    g.addmm_(h_prev, weight_hh_t);  // the one recurrent product of the step
+    Tensor h = output[t];
+    Tensor c = cells[t];
+    if (B > 0 && H > 0) {
+      const PointwiseForwardArgs args{input.scalar_type(), B, H,
+                                      g.data_ptr(), 4 * H,
+                                      nullptr, 0,
+                                      c_prev.const_data_ptr(), H,
+                                      h.data_ptr(), H,
+                                      c.data_ptr(), H};
+      launch_forward(input, args);
+    }
+    h_prev = h;
+    c_prev = c;
+  }
+  // Outputs of an operator may not alias each other: h_n and c_n are copies.
+  return {output, h_prev.clone(), c_prev.clone(), gates, cells};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
+  constexpr const char* op = "lstm_ext.layer_backward";
+  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * 4 == weight_hh.size(0), op,
+                    ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+  TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D, got ", input.sizes());
+  const int64_t H = weight_hh.size(1);
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const Tensor& weight = weight_hh;
+  const std::pair<const char*, const Tensor*> sequences[] = {
+      {"grad_output", &grad_output}, {"output", &output}, {"cells", &cells}};
+  for (const auto& [name, t] : sequences) {
+    check_like_weight(op, name, *t, weight);
+    check_shape(op, name, *t, {T, B, H}, "(seq_len, batch, hidden_size)");
+  }
+  const std::pair<const char*, const Tensor*> states[] = {
+      {"grad_h_n", &grad_h_n}, {"grad_c_n", &grad_c_n}, {"h_0", &h0}, {"c_0", &c0}};
+  for (const auto& [name, t] : states) {
+    check_like_weight(op, name, *t, weight);
+    check_shape(op, name, *t, {B, H}, "(batch, hidden_size)");
+  }
+  check_like_weight(op, "input", input, weight);
+  check_like_weight(op, "weight_ih", weight_ih, weight);
+  check_shape(op, "weight_ih", weight_ih, {4 * H, I}, "(4*hidden_size, input_size)");
+  check_like_weight(op, "gates", gates, weight);
+  check_shape(op, "gates", gates, {T, B, 4 * H}, "(seq_len, batch, 4*hidden_size)");
+
+  const c10::DeviceGuard guard(input.device());
+  const Tensor gates_c = gates.contiguous();
+  const Tensor cells_c = cells.contiguous();
+  const Tensor c0_c = c0.contiguous();
+  // grad_h of each step: the output's gradient plus, accumulated below by the
+  // recurrent product, the gradient flowing back from the next step.
+  Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
+  Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
+  Tensor grad_gates = at::empty({T, B, 4 * H}, gates.options());
+  Tensor grad_h0 = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  if (T > 0) {
+    grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
+  }
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t
+    const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
+    Tensor gg = grad_gates[t];
+    const Tensor dh = grad_h[t];
+    if (B > 0 && H > 0) {
+      const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
+                                       gates_c[t].const_data_ptr(), 4 * H,
+                                       c_prev.const_data_ptr(), H,
+                                       cells_c[t].const_data_ptr(), H,
+                                       dh.const_data_ptr(), H,
+                                       grad_c.const_data_ptr(), H,
+                                       gg.data_ptr(), 4 * H,
+                                       grad_c.data_ptr(), H};  // in place: each element read, then written
+      launch_backward(gates, args);
+    }
+    if (s > 0) {
+      grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step
+    } else {
+      grad_h0 = at::mm(gg, weight_hh);
+    }
+  }
+  // Everything that does not recur, over all steps at once.
+  const Tensor gates2d = grad_gates.view({T * B, 4 * H});
+  Tensor grad_input = at::mm(gates2d, weight_ih).view({T, B, I});
+  Tensor grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
+  // The h each step started from, in time order: h_0 then the outputs, shifted.
+  Tensor h_prev_all = T == 0 ? output
+                      : reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
+                                : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0);
+  Tensor grad_weight_hh = weight_grad(gates2d, h_prev_all.reshape({T * B, H}));
+  Tensor grad_bias = gates2d.sum(0);
+  return {grad_input, grad_h0, grad_c, grad_weight_ih, grad_weight_hh, grad_bias};
+}
+
+}  // namespace lstm_ext

@@ -23,7 +23,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
     const Tensor& grad_h, const Tensor& grad_c, const Tensor& cx, const Tensor& c_new,
     const Tensor& gates, const Tensor& input_hidden, const Tensor& weight);
 
-// The Autograd-key kernel of cell_forward (lstm_autograd.cpp).
+// One layer, one direction, the whole sequence: input [T, B, I], state [B, H],
+// weight_ih [4H, I], weight_hh [4H, H]. Returns (output [T, B, H], h_n, c_n,
+// gates [T, B, 4H] activated, cells [T, B, H]); the last two are saved for the
+// backward. reverse runs the time loop from T-1 down to 0.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse);
+
+// Backpropagation through time for layer_forward. Returns (grad_input,
+// grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias); grad_bias is
+// the gradient of both bias_ih and bias_hh.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse);
+
+// The Autograd-key kernels (lstm_autograd.cpp).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse);
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias);

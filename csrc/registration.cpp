@@ -14,21 +14,35 @@ TORCH_LIBRARY(lstm_ext, m) {
       "cell_backward(Tensor grad_h, Tensor grad_c, Tensor cx, Tensor c, Tensor gates, "
       "Tensor input_hidden, Tensor weight) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "layer_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
+  m.def(
+      "layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, "
+      "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward);
   m.impl("cell_backward", &lstm_ext::cell_backward);
+  m.impl("layer_forward", &lstm_ext::layer_forward);
+  m.impl("layer_backward", &lstm_ext::layer_backward);
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward_autograd);
+  m.impl("layer_forward", &lstm_ext::layer_forward_autograd);
 }
 
 #ifdef LSTM_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward);
   m.impl("cell_backward", &lstm_ext::cell_backward);
+  m.impl("layer_forward", &lstm_ext::layer_forward);
+  m.impl("layer_backward", &lstm_ext::layer_backward);
 }
 #endif
 

@@ -8,11 +8,12 @@ from lstm_ext._native import native as _C
 from lstm_ext.functional import LSTMCellFunction, lstm_cell
 from lstm_ext.cell import LSTMCell
 from lstm_ext.model import LSTMModel
+from lstm_ext.rnn import LSTM, lstm_layer
 from lstm_ext import reference
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTMCell", "LSTMCellFunction", "LSTMModel", "lstm_cell", "reference",
+__all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "lstm_cell", "lstm_layer", "reference",
            "backends", "cpu_capability", "set_cpu_capability"]
 
 

@@ -125,12 +125,20 @@ def _cuda_extra_includes() -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def make_extension(name: str = "lstm_ext._C"):
-    """The setuptools Extension for the native library (CPU, or CPU + CUDA)."""
+def make_extension(name: str = "lstm_ext._C", relative_to: str | None = None):
+    """The setuptools Extension for the native library (CPU, or CPU + CUDA).
+
+    relative_to: setup.py's folder; setuptools wants sources relative to it.
+    """
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     src = source_dir()
-    sources = [os.path.join(src, f) for f in COMMON_SOURCES]
+
+    def source(name):
+        path = os.path.join(src, name)
+        return os.path.relpath(path, relative_to) if relative_to else path
+
+    sources = [source(f) for f in COMMON_SOURCES]
     macros = [(f"LSTM_EXT_HAVE_{cap}", None) for cap, _ in cpu_capabilities() if cap != "DEFAULT"]
     cxx = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is serial without it
     link = ["-fopenmp"]
@@ -147,7 +155,7 @@ def make_extension(name: str = "lstm_ext._C"):
     macros.append(("LSTM_EXT_WITH_CUDA", None))
     return CUDAExtension(
         name,
-        sources + [os.path.join(src, f) for f in CUDA_SOURCES],
+        sources + [source(f) for f in CUDA_SOURCES],
         define_macros=macros,
         include_dirs=[src],
         extra_compile_args={"cxx": cxx + extra, "nvcc": ["-O3", "-DLSTM_EXT_WITH_CUDA"] + extra},

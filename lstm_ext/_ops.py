@@ -32,3 +32,29 @@ def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
         c.new_empty(weight.shape),
         c.new_empty(weight.shape[0]),
     )
+
+
+@torch.library.register_fake("lstm_ext::layer_forward")
+def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
+    steps, batch = input.shape[0], input.shape[1]
+    hidden = weight_hh.shape[1]
+    return (
+        input.new_empty(steps, batch, hidden),
+        input.new_empty(batch, hidden),
+        input.new_empty(batch, hidden),
+        input.new_empty(steps, batch, 4 * hidden),
+        input.new_empty(steps, batch, hidden),
+    )
+
+
+@torch.library.register_fake("lstm_ext::layer_backward")
+def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
+                         output, gates, cells, reverse):
+    return (
+        input.new_empty(input.shape),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+        weight_ih.new_empty(weight_ih.shape),
+        weight_hh.new_empty(weight_hh.shape),
+        weight_hh.new_empty(weight_hh.shape[0]),
+    )

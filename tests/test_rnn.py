@@ -1,0 +1,236 @@
+"""lstm_ext.LSTM against torch.nn.LSTM, and the sequence operators."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import lstm_ext
+
+GRID = [dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
+        for L, bi, bf, bias in itertools.product((1, 2), (False, True), (False, True), (True, False))]
+SHAPES = [(5, 3, 4, 6), (1, 1, 2, 3), (4, 1, 3, 1), (3, 0, 2, 4), (1, 5, 9, 8)]  # (T, B, I, H)
+
+
+def pair(I, H, device="cpu", dtype=torch.float64, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ref = nn.LSTM(I, H, device=device, dtype=dtype, **kwargs)
+    fused = lstm_ext.LSTM(I, H, device=device, dtype=dtype, **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def inputs(T, B, I, H, config, device, dtype=torch.float64, with_state=True):
+    x = torch.randn(*((B, T, I) if config["batch_first"] else (T, B, I)), device=device, dtype=dtype)
+    layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
+    state = None
+    if with_state:
+        state = tuple(torch.randn(layers, B, H, device=device, dtype=dtype).requires_grad_() for _ in range(2))
+    return x.requires_grad_(), state
+
+
+def grads_of(module, x, state, output, h_n, c_n):
+    w = torch.linspace(-1, 1, output.numel(), dtype=output.dtype, device=output.device).reshape(output.shape)
+    loss = (output * w).sum() + 2 * h_n.sum() + 3 * c_n.sum()
+    wrt = [x] + (list(state) if state else []) + list(module.parameters())
+    return torch.autograd.grad(loss, wrt)
+
+
+@pytest.mark.parametrize("config", GRID, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_torch_lstm(config, shape, device):
+    T, B, I, H = shape
+    ref, fused = pair(I, H, device=device, **config)
+    x, state = inputs(T, B, I, H, config, device)
+    out_ref = ref(x, state)
+    out_fused = fused(x, state)
+    assert_close(out_fused[0], out_ref[0], rtol=1e-10, atol=1e-10)
+    assert_close(out_fused[1][0], out_ref[1][0], rtol=1e-10, atol=1e-10)
+    assert_close(out_fused[1][1], out_ref[1][1], rtol=1e-10, atol=1e-10)
+    g_ref = grads_of(ref, x, state, out_ref[0], *out_ref[1])
+    g_fused = grads_of(fused, x, state, out_fused[0], *out_fused[1])
+    names = ["input", "h_0", "c_0"] + [n for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, g_fused, g_ref):
+        assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32], ids=str)
+def test_float32_and_no_initial_state(dtype, device):
+    config = dict(num_layers=2, bidirectional=True, batch_first=True, bias=True)
+    ref, fused = pair(8, 16, device=device, dtype=dtype, **config)
+    x, _ = inputs(7, 5, 8, 16, config, device, dtype=dtype, with_state=False)
+    out_ref, out_fused = ref(x), fused(x)
+    assert_close(out_fused[0], out_ref[0], rtol=1e-5, atol=1e-5)
+    g_ref = grads_of(ref, x, None, out_ref[0], *out_ref[1])
+    g_fused = grads_of(fused, x, None, out_fused[0], *out_fused[1])
+    for a, b in zip(g_fused, g_ref):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unbatched_input(device):
+    ref, fused = pair(3, 4, device=device, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, dtype=torch.float64, device=device)
+    state = (torch.randn(4, 4, dtype=torch.float64, device=device), torch.randn(4, 4, dtype=torch.float64, device=device))
+    for got, expected in ((fused(x), ref(x)), (fused(x, state), ref(x, state))):
+        assert got[0].shape == expected[0].shape == (6, 8)
+        assert_close(got[0], expected[0], rtol=1e-10, atol=1e-10)
+        assert_close(got[1][0], expected[1][0], rtol=1e-10, atol=1e-10)
+
+
+def test_dropout_between_layers():
+    torch.manual_seed(0)
+    fused = lstm_ext.LSTM(3, 5, num_layers=3, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    fused.eval()
+    eval_out = fused(x)[0]
+    assert_close(fused(x)[0], eval_out)  # deterministic without dropout
+    fused.train()
+    torch.manual_seed(1)
+    train_out = fused(x)[0]
+    assert not torch.allclose(train_out, eval_out)
+    # The same as running the layers by hand with F.dropout between them, same RNG.
+    torch.manual_seed(1)
+    h = x
+    zeros = torch.zeros(2, 5, dtype=torch.float64)
+    for layer in range(3):
+        w = [getattr(fused, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h, _ = lstm_ext.lstm_layer(h, (zeros, zeros), *w)
+        if layer < 2:
+            h = nn.functional.dropout(h, 0.5, training=True)
+    assert_close(train_out, h)
+
+
+def test_parameters_names_shapes_and_init_match_torch():
+    torch.manual_seed(0)
+    ref = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    fused = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True)
+    assert [(n, p.shape) for n, p in fused.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    bound = 1 / 6 ** 0.5
+    assert all(p.abs().max() <= bound for p in fused.parameters())
+
+
+def test_from_torch_and_to_torch(device):
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2, batch_first=True, device=device, dtype=torch.float64)
+    fused = lstm_ext.LSTM.from_torch(ref)
+    assert fused.batch_first and fused.num_layers == 2
+    back = fused.to_torch()
+    x = torch.randn(2, 5, 3, dtype=torch.float64, device=device)
+    assert_close(fused(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
+    assert_close(back(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+def test_model_uses_the_sequence_operator_and_matches_cell_loop():
+    torch.manual_seed(0)
+    model = lstm_ext.LSTMModel(4, 3, 1, dtype=torch.float64)
+    x = torch.randn(10, 6, 4, dtype=torch.float64)
+    h = c = torch.zeros(10, 3, dtype=torch.float64)
+    for t in range(6):
+        h, c = model.lstm_cell(x[:, t], (h, c))
+    assert_close(model(x), model.fc(h), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_gradcheck_layer(reverse, bias, device):
+    torch.manual_seed(0)
+    T, B, I, H = 3, 2, 3, 2
+    f64 = dict(dtype=torch.float64, device=device, requires_grad=True)
+    args = [torch.randn(T, B, I, **f64), torch.randn(B, H, **f64), torch.randn(B, H, **f64),
+            torch.randn(4 * H, I, **f64), torch.randn(4 * H, H, **f64)]
+    biases = [torch.randn(4 * H, **f64), torch.randn(4 * H, **f64)] if bias else [None, None]
+
+    def f(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        out, (h_n, c_n) = lstm_ext.lstm_layer(x, (h, c), w_ih, w_hh, b_ih, b_hh, reverse=reverse)
+        return out, h_n, c_n
+
+    assert torch.autograd.gradcheck(f, tuple(args + biases))
+
+
+def test_gradcheck_module_two_layers_bidirectional(device):
+    torch.manual_seed(0)
+    fused = lstm_ext.LSTM(2, 2, num_layers=2, bidirectional=True, dtype=torch.float64, device=device)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    names = [n for n, _ in fused.named_parameters()]
+
+    def f(x, *params):
+        out, (h, c) = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x, *[p.detach().clone().requires_grad_() for p in fused.parameters()]))
+
+
+def layer_args(T=3, B=2, I=3, H=4, device="cpu", requires_grad=True, bias=True):
+    f64 = dict(dtype=torch.float64, device=device, requires_grad=requires_grad)
+    biases = (torch.randn(4 * H, **f64), torch.randn(4 * H, **f64)) if bias else (None, None)
+    return (torch.randn(T, B, I, **f64), torch.randn(B, H, **f64), torch.randn(B, H, **f64),
+            torch.randn(4 * H, I, **f64), torch.randn(4 * H, H, **f64), *biases)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", [(3, 2, 3, 4), (1, 1, 1, 1), (2, 0, 3, 2)], ids=str)
+def test_opcheck_layer_forward(reverse, shape, device):
+    torch.library.opcheck(torch.ops.lstm_ext.layer_forward.default, layer_args(*shape, device=device) + (reverse,))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_opcheck_layer_backward(reverse, device):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)
+    out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
+    args = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh,
+            out, gates, cells, reverse)
+    torch.library.opcheck(torch.ops.lstm_ext.layer_backward.default, args)
+
+
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+    _, fused = pair(3, 4, device=device, num_layers=2, bidirectional=True, batch_first=True)
+    compiled = torch.compile(fused, fullgraph=True)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    out_c = compiled(x)
+    out_e = fused(x)
+    for a, b in zip(torch.autograd.grad(out_c[0].sum() + out_c[1][1].sum(), [x, fused.weight_hh_l1_reverse]),
+                    torch.autograd.grad(out_e[0].sum() + out_e[1][1].sum(), [x, fused.weight_hh_l1_reverse])):
+        assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_close(out_c[0], out_e[0], rtol=1e-10, atol=1e-10)
+
+
+# --- bad input ------------------------------------------------------------------
+
+def test_bad_input():
+    rnn = lstm_ext.LSTM(4, 3, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"expected input of shape .* got a tensor of shape \(5,\) of 1 dims"):
+        rnn(torch.randn(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"input.size\(-1\) must be equal to input_size. Expected 4, got 6"):
+        rnn(torch.randn(5, 2, 6, dtype=torch.float64))
+    state = torch.zeros(2, 2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 2, 3\), got a tensor of shape \(1, 2, 3\)"):
+        rnn(x, (state[:1], state))
+    with pytest.raises(ValueError, match=r"expected c_0 of shape \(2, 2, 3\), got a tensor of shape \(2, 3, 3\)"):
+        rnn(x, (state, torch.zeros(2, 3, 3, dtype=torch.float64)))
+    with pytest.raises(TypeError, match=r"hx must be a pair"):
+        rnn(x, state)
+    with pytest.raises(TypeError, match=r"dtype mismatch: input is torch.float32 but weight is torch.float64"):
+        rnn(x.float())
+    with pytest.raises(TypeError, match=r"dtype mismatch: h_0 is torch.float32"):
+        rnn(x, (state.float(), state))
+    with pytest.raises(TypeError, match=r"input must be a floating point tensor .* got torch.int64"):
+        rnn(x.long())
+
+
+def test_not_implemented_features():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        lstm_ext.LSTM(4, 3, proj_size=2)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 4), [3, 2])
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        lstm_ext.LSTM(4, 3)(packed)
+
+
+def test_device_mismatch():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    rnn = lstm_ext.LSTM(4, 3).cuda()
+    with pytest.raises(ValueError, match=r"device mismatch: h_0 is on cpu but weight is on cuda:0"):
+        rnn(torch.randn(5, 2, 4, device="cuda"), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)))

@@ -78,6 +78,42 @@ def bench_shape(bench: Bench, B: int, I: int, H: int, dtype: torch.dtype, device
     bench.compare(fns, pass_="fwd+bwd", shape=shape, dtype=dtype, extras=floors)
 
 
+def pointwise_bandwidth(bench: Bench, B: int, H: int, dtype: torch.dtype, device: str) -> None:
+    """Achieved GB/s of the CUDA pointwise kernels, their device time from the profiler.
+
+    Bytes moved per element of the [B, H] state: forward reads 4 gates and
+    c_prev and writes 4 gates, c and h (11); backward reads 4 gates, c_prev, c,
+    dh, dc and writes 4 gate gradients and dc_prev (13).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cell = lstm_ext.LSTMCell(H, H, device=device, dtype=dtype)
+    x, h, c = [torch.randn(B, H, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+    grads = [torch.randn(B, H, device=device, dtype=dtype) for _ in range(2)]
+    step = lambda: torch.autograd.backward(cell(x, (h, c)), grads)  # noqa: E731
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    runs = 50
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            step()
+        torch.cuda.synchronize()
+    element = torch.empty((), dtype=dtype).element_size()
+    for kernel, per_element, pass_ in (("forward_kernel", 11, "fwd-pointwise"), ("backward_kernel", 13, "bwd-pointwise")):
+        events = [e for e in prof.key_averages() if kernel in e.key and "lstm_ext" in e.key]
+        if not events:
+            print(f"pointwise bandwidth: no {kernel} in the profile")
+            continue
+        total = sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0) for e in events)
+        us = total / sum(e.count for e in events)
+        gbps = per_element * B * H * element / (us * 1e-6) / 1e9
+        bench.rows.append({"bench": "cell", "impl": "lstm_ext", "pass": pass_, "B": B, "I": H, "H": H, "T": None,
+                           "dtype": str(dtype).replace("torch.", ""), "device": device, "median_us": round(us, 3),
+                           "gbps": round(gbps, 1)})
+        print(f"{pass_:14s} B={B} H={H} {str(dtype)[6:]:9s} {us:8.2f} us  {gbps:7.1f} GB/s")
+
+
 RATIOS = [
     ("lstm_ext", "reference", "vs reference"),
     ("lstm_ext", "torch", "vs torch.nn.LSTMCell"),
@@ -105,6 +141,11 @@ def main() -> None:
         for B, I, H in grid:
             bench_shape(bench, B, I, H, dtype, device)
     bench.report(RATIOS)
+    if device.startswith("cuda"):
+        print("\nPointwise kernels alone (device time from the profiler):")
+        for dtype in dtypes:
+            pointwise_bandwidth(bench, 256, 1024, dtype, device)
+        bench.write_json()
 
 
 if __name__ == "__main__":

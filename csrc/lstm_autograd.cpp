@@ -13,31 +13,26 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The operators below the Autograd key, looked up once.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 const auto& cell_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lstm_ext::cell_forward", "")
-                             .typed<decltype(cell_forward)>();
+  static const auto op = find_op<decltype(cell_forward)>("lstm_ext::cell_forward");
   return op;
 }
-
 const auto& cell_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lstm_ext::cell_backward", "")
-                             .typed<decltype(cell_backward)>();
+  static const auto op = find_op<decltype(cell_backward)>("lstm_ext::cell_backward");
   return op;
 }
-
 const auto& layer_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lstm_ext::layer_forward", "")
-                             .typed<decltype(layer_forward)>();
+  static const auto op = find_op<decltype(layer_forward)>("lstm_ext::layer_forward");
   return op;
 }
-
 const auto& layer_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lstm_ext::layer_backward", "")
-                             .typed<decltype(layer_backward)>();
+  static const auto op = find_op<decltype(layer_backward)>("lstm_ext::layer_backward");
   return op;
 }
 

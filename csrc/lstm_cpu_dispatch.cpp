@@ -89,13 +89,9 @@ std::atomic<const KernelTable*>& active() {
 
 }  // namespace
 
-void pointwise_forward(const PointwiseForwardArgs& args) {
-  active().load(std::memory_order_relaxed)->forward(args);
-}
+void pointwise(const PointwiseForwardArgs& args) { active().load(std::memory_order_relaxed)->forward(args); }
 
-void pointwise_backward(const PointwiseBackwardArgs& args) {
-  active().load(std::memory_order_relaxed)->backward(args);
-}
+void pointwise(const PointwiseBackwardArgs& args) { active().load(std::memory_order_relaxed)->backward(args); }
 
 const char* kernel_capability() { return active().load()->name; }
 

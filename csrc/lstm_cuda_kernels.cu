@@ -95,7 +95,7 @@ __global__ void backward_kernel(PointwiseBackwardArgs a) {
 
 }  // namespace
 
-void pointwise_forward(const PointwiseForwardArgs& args) {
+void pointwise(const PointwiseForwardArgs& args) {
   const int64_t n = args.batch * args.hidden;
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype, "lstm_ext_cuda_pointwise_forward", [&] {
@@ -104,7 +104,7 @@ void pointwise_forward(const PointwiseForwardArgs& args) {
   });
 }
 
-void pointwise_backward(const PointwiseBackwardArgs& args) {
+void pointwise(const PointwiseBackwardArgs& args) {
   const int64_t n = args.batch * args.hidden;
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype, "lstm_ext_cuda_pointwise_backward", [&] {

@@ -56,8 +56,8 @@ struct PointwiseBackwardArgs {
 namespace cpu {
 // Chosen at run time for the CPU's capability (DEFAULT, AVX2, AVX512), as
 // ATen's own kernels are.
-void pointwise_forward(const PointwiseForwardArgs& args);
-void pointwise_backward(const PointwiseBackwardArgs& args);
+void pointwise(const PointwiseForwardArgs& args);
+void pointwise(const PointwiseBackwardArgs& args);
 
 // The capability whose kernels run now, and a switch for tests and benchmarks.
 const char* kernel_capability();
@@ -69,9 +69,9 @@ const char* compiled_capabilities();
 
 #ifdef LSTM_EXT_WITH_CUDA
 namespace cuda {
-// Launched on the current CUDA stream of the device that owns the pointers.
-void pointwise_forward(const PointwiseForwardArgs& args);
-void pointwise_backward(const PointwiseBackwardArgs& args);
+// Launched on the current CUDA stream of the current device.
+void pointwise(const PointwiseForwardArgs& args);
+void pointwise(const PointwiseBackwardArgs& args);
 }  // namespace cuda
 #endif
 

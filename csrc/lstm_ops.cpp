@@ -70,30 +70,18 @@ Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
   return out;
 }
 
+// The pointwise pass on the tensors' backend; Args picks forward or backward.
 template <typename Args>
-void launch_forward(const Tensor& like, const Args& args) {
+void launch(const Tensor& like, const Args& args) {
   if (like.is_cuda()) {
 #ifdef LSTM_EXT_WITH_CUDA
-    cuda::pointwise_forward(args);
+    cuda::pointwise(args);
     return;
 #else
     TORCH_CHECK(false, "lstm_ext was built without CUDA support");
 #endif
   }
-  cpu::pointwise_forward(args);
-}
-
-template <typename Args>
-void launch_backward(const Tensor& like, const Args& args) {
-  if (like.is_cuda()) {
-#ifdef LSTM_EXT_WITH_CUDA
-    cuda::pointwise_backward(args);
-    return;
-#else
-    TORCH_CHECK(false, "lstm_ext was built without CUDA support");
-#endif
-  }
-  cpu::pointwise_backward(args);
+  cpu::pointwise(args);
 }
 
 }  // namespace
@@ -141,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
                                     c_prev.const_data_ptr(), H,
                                     h.data_ptr(), H,
                                     c.data_ptr(), H};
-    launch_forward(input, args);
+    launch(input, args);
   }
   return {h, c, gates, input_hidden};
 }
@@ -186,7 +174,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
                                      dc.const_data_ptr(), H,
                                      grad_gates.data_ptr(), 4 * H,
                                      grad_cx.data_ptr(), H};
-    launch_backward(gates, args);
+    launch(gates, args);
   }
   Tensor grad_input = at::mm(grad_gates, weight.narrow(1, 0, I));
   Tensor grad_hx = at::mm(grad_gates, weight.narrow(1, I, H));
@@ -263,7 +251,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
                                       c_prev.const_data_ptr(), H,
                                       h.data_ptr(), H,
                                       c.data_ptr(), H};
-      launch_forward(input, args);
+      launch(input, args);
     }
     h_prev = h;
     c_prev = c;
@@ -329,7 +317,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
                                        grad_c.const_data_ptr(), H,
                                        gg.data_ptr(), 4 * H,
                                        grad_c.data_ptr(), H};  // in place: each element read, then written
-      launch_backward(gates, args);
+      launch(gates, args);
     }
     if (s > 0) {
       grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step

@@ -4,19 +4,20 @@
 # environment's torch. pip must not touch that torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 before=$("$PY" -c "import torch; print(torch.__version__)")
-"$PY" -m pip install --disable-pip-version-check -q --dry-run --report "$work/report.json" . 2>&1 | grep -v "^WARNING: Location" || true
+quiet_pip "$PY" install --dry-run --report "$work/report.json" .
 "$PY" - "$work/report.json" <<'PYEOF'
 import json, sys
 names = [item["metadata"]["name"].lower() for item in json.load(open(sys.argv[1]))["install"]]
 assert "torch" not in names, f"pip install . would (re)install torch: {names}"
 print("isolated install: pip would install", names, "and leave torch alone")
 PYEOF
-"$PY" -m pip install --disable-pip-version-check -q --no-deps --target "$work/site" . 2>&1 | grep -v "^WARNING: Location" || true
+quiet_pip "$PY" install --no-deps --target "$work/site" .
 test -f "$work/site/lstm_ext/_csrc/registration.cpp"
 if ls "$work/site/lstm_ext/"_C*.so >/dev/null 2>&1; then echo "isolated build unexpectedly compiled"; exit 1; fi
 PYTHONPATH="$work/site" LSTM_EXT_BUILD_DIR="$work/cache" "$PY" - "$work" <<'PYEOF'

@@ -11,14 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+source scripts/lib.sh
 [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC into $VENV"
-  pip install "$TORCH_SPEC"
+  quiet_pip "$VENV/bin/python" install "$TORCH_SPEC"
 fi
-pip install ninja pytest numpy "setuptools>=70.1" wheel
+quiet_pip "$VENV/bin/python" install ninja pytest numpy "setuptools>=70.1" wheel
 echo "setup: building lstm_ext against torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
-"$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps . \
-  2>&1 | grep -v "^WARNING: Location"
+quiet_pip "$VENV/bin/python" install --no-build-isolation --no-deps .
 "$VENV/bin/python" -c "import lstm_ext, torch; print('setup: lstm_ext', lstm_ext.__version__, 'torch', torch.__version__, lstm_ext.backends(), 'CPU kernels', lstm_ext.cpu_capability())"

@@ -152,3 +152,21 @@ def test_default_capability_is_the_fastest_supported():
     assert lstm_ext.cpu_capability() == available[-1]
     with pytest.raises(ValueError, match="not available"):
         lstm_ext.set_cpu_capability("SSE9")
+
+
+@pytest.mark.parametrize("shape", [(100, 4, 3), (7, 16, 33), (64, 32, 256), (0, 3, 4)], ids=str)
+def test_cuda_matches_cpu(shape):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    B, I, H = shape
+    _, cpu_cell = make_pair(I, H)
+    gpu_cell = lstm_ext.LSTMCell(I, H, device="cuda", dtype=torch.float64)
+    gpu_cell.load_state_dict(cpu_cell.state_dict())
+    cpu_in = random_state(B, I, H)
+    gpu_in = [t.detach().cuda().requires_grad_() for t in cpu_in]
+    results = []
+    for cell, (x, h, c) in ((cpu_cell, cpu_in), (gpu_cell, gpu_in)):
+        out = cell(x, (h, c))
+        results.append(out + torch.autograd.grad(out[0].sum() + 2 * out[1].sum(), [x, h, c, cell.weight, cell.bias]))
+    for a, b in zip(*results):
+        assert_close(b.cpu(), a, rtol=1e-10, atol=1e-10)

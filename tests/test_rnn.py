@@ -234,3 +234,21 @@ def test_device_mismatch():
     rnn = lstm_ext.LSTM(4, 3).cuda()
     with pytest.raises(ValueError, match=r"device mismatch: h_0 is on cpu but weight is on cuda:0"):
         rnn(torch.randn(5, 2, 4, device="cuda"), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)))
+
+
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    config = dict(num_layers=2, bidirectional=True, batch_first=True, bias=True)
+    _, cpu_rnn = pair(5, 32, **config)
+    gpu_rnn = lstm_ext.LSTM(5, 32, device="cuda", dtype=torch.float64, **config)
+    gpu_rnn.load_state_dict(cpu_rnn.state_dict())
+    x, state = inputs(6, 4, 5, 32, config, "cpu")
+    gx = x.detach().cuda().requires_grad_()
+    gstate = tuple(s.detach().cuda().requires_grad_() for s in state)
+    out_c, out_g = cpu_rnn(x, state), gpu_rnn(gx, gstate)
+    g_c = grads_of(cpu_rnn, x, state, out_c[0], *out_c[1])
+    g_g = grads_of(gpu_rnn, gx, gstate, out_g[0], *out_g[1])
+    assert_close(out_g[0].cpu(), out_c[0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_g, g_c):
+        assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)

@@ -1,0 +1,105 @@
+"""A whole sequence: lstm_ext.LSTM against torch.nn.LSTM (oneDNN/MKL on the
+CPU, cuDNN on the GPU), the reference cell looped in Python, lstm_ext.LSTMCell
+looped in Python, and torch.compile of the reference loop.
+
+    python benchmarks/bench_sequence.py                 # CPU grid
+    python benchmarks/bench_sequence.py --device cuda   # GPU grid
+
+torch.compile unrolls the time loop, so at T=100 it compiles the reference
+cell and loops over the compiled step instead (row field "compiled": "step").
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+import lstm_ext
+from common import Bench, parse_common_args
+
+GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
+LAYERS = (1, 2)
+
+
+class CellStack(nn.Module):
+    """`layers` cells stepped over (T, B, I) in Python, as a user of a cell would."""
+
+    def __init__(self, cells: List[nn.Module]) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList(cells)
+
+    def forward(self, x, step=None):
+        step = step or (lambda cell, xt, state: cell(xt, state))
+        layer_input = x
+        for cell in self.cells:
+            h = x.new_zeros(x.shape[1], cell.hidden_size)
+            c = x.new_zeros(x.shape[1], cell.hidden_size)
+            outputs = []
+            for t in range(x.shape[0]):
+                h, c = step(cell, layer_input[t], (h, c))
+                outputs.append(h)
+            layer_input = torch.stack(outputs)
+        return layer_input
+
+
+def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype, device: str) -> None:
+    torch.manual_seed(0)
+    shape = {"B": B, "I": I, "H": H, "T": T}
+    extra = {"layers": layers}
+    torch_lstm = nn.LSTM(I, H, num_layers=layers, device=device, dtype=dtype)
+    fused = lstm_ext.LSTM.from_torch(torch_lstm)
+    sizes = [I] + [H] * (layers - 1)
+    ref_loop = CellStack([lstm_ext.reference.LSTMCell(n, H) for n in sizes]).to(device=device, dtype=dtype)
+    cell_loop = CellStack([lstm_ext.LSTMCell(n, H, device=device, dtype=dtype) for n in sizes])
+    if T <= 10:
+        compiled = torch.compile(ref_loop)
+        compiled_call, scope = (lambda x: compiled(x)), "loop"
+    else:
+        compiled_cells = [torch.compile(cell) for cell in ref_loop.cells]
+        lookup = {id(c): cc for c, cc in zip(ref_loop.cells, compiled_cells)}
+        compiled_call, scope = (lambda x: ref_loop(x, step=lambda cell, xt, s: lookup[id(cell)](xt, s))), "step"
+    impls = {
+        "lstm_ext": lambda x: fused(x)[0],
+        "torch": lambda x: torch_lstm(x)[0],
+        "reference": lambda x: ref_loop(x),
+        "lstm_ext_cell_loop": lambda x: cell_loop(x),
+        "compile": compiled_call,
+    }
+    extras = {name: dict(extra) for name in impls}
+    extras["compile"]["compiled"] = scope
+
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    with torch.no_grad():
+        bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
+                      extras=extras, rounds=3)
+    x.requires_grad_()
+    grad = torch.randn(T, B, H, device=device, dtype=dtype)
+    bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
+                  pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=3)
+
+
+RATIOS = [
+    ("lstm_ext", "torch", "vs torch.nn.LSTM"),
+    ("lstm_ext", "reference", "vs reference loop"),
+    ("lstm_ext", "lstm_ext_cell_loop", "vs LSTMCell loop"),
+    ("lstm_ext", "compile", "vs compile(reference)"),
+]
+
+
+def main() -> None:
+    args = parse_common_args(__doc__).parse_args()
+    bench = Bench("sequence", args.device, min_run_time=args.min_run_time)
+    grid = GRID[:2] if args.quick else GRID
+    dtypes = (torch.float32, torch.bfloat16) if args.device.startswith("cuda") else (torch.float32,)
+    print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {args.device}, "
+          f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
+    for dtype in dtypes:
+        for layers in LAYERS:
+            for B, T, I, H in grid:
+                bench_shape(bench, B, T, I, H, layers, dtype, args.device)
+    bench.report(RATIOS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Markdown tables from benchmarks/results/<machine>.json, for the README.
+
+    python benchmarks/report.py benchmarks/results/cpu-amd-epyc-2t.json
+
+Each row: the median time of lstm_ext and, for every other implementation,
+how many times slower it is than lstm_ext (> 1: lstm_ext is faster); the
+floors show how close lstm_ext is to what it cannot avoid.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def name_of(row: dict) -> str:
+    if row["impl"] == "floor":
+        return f"floor:{row['floor']}"
+    return row["impl"]
+
+
+def tables(path: str) -> str:
+    with open(path) as f:
+        data = json.load(f)
+    machine = data["machine"]
+    out = [f"Machine: {machine['device']} / {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+           f"CPU kernels {machine.get('cpu_kernels')}. Times are medians of interleaved rounds in one run."]
+    groups = defaultdict(lambda: defaultdict(dict))
+    for row in data["results"]:
+        if "gbps" in row:
+            continue
+        key = (row["bench"], row["pass"])
+        shape = (row["B"], row["T"], row["I"], row["H"], row.get("layers"), row["dtype"])
+        groups[key][shape][name_of(row)] = row["median_us"]
+    for (bench, pass_), shapes in groups.items():
+        impls = []
+        for times in shapes.values():
+            impls += [n for n in times if n not in impls and n != "lstm_ext"]
+        out.append(f"\n**{bench}, {pass_}** (lstm_ext time; other columns: their time / lstm_ext's)\n")
+        out.append("| shape | lstm_ext | " + " | ".join(impls) + " |")
+        out.append("|---" * (len(impls) + 2) + "|")
+        for (B, T, I, H, layers, dtype), times in shapes.items():
+            label = f"B={B}" + (f" T={T}" if T else "") + f" I={I} H={H}" + (f" L={layers}" if layers else "")
+            label += f" {dtype}"
+            base = times.get("lstm_ext")
+            cells = [f"{times[n] / base:.2f}" if base and n in times else "-" for n in impls]
+            out.append(f"| {label} | {base:.0f} µs | " + " | ".join(cells) + " |")
+    bandwidth = [r for r in data["results"] if "gbps" in r]
+    if bandwidth:
+        out.append("\n**pointwise kernels alone**\n\n| pass | shape | time | GB/s |\n|---|---|---|---|")
+        for r in bandwidth:
+            out.append(f"| {r['pass']} | B={r['B']} H={r['H']} {r['dtype']} | {r['median_us']:.1f} µs | {r['gbps']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        print(tables(p))

@@ -98,12 +98,30 @@ class LayerFunction : public torch::autograd::Function<LayerFunction> {
   }
 };
 
+// Inference (no grad mode, or nothing requires grad) skips building a graph
+// node: at the course's size that node costs a noticeable part of the call.
+bool needs_graph(std::initializer_list<const Tensor*> tensors,
+                 std::initializer_list<const std::optional<Tensor>*> optional) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor* t : tensors) {
+    if (t->requires_grad()) return true;
+  }
+  for (const auto* t : optional) {
+    if (present(*t) && (*t)->requires_grad()) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
+  if (!needs_graph({&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+  }
   auto out = LayerFunction::apply(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
@@ -111,6 +129,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias) {
+  if (!needs_graph({&input, &hx, &cx, &weight}, {&bias})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return cell_forward_op().call(input, hx, cx, weight, bias);
+  }
   auto out = CellFunction::apply(input, hx, cx, weight, bias);
   return {out[0], out[1], out[2], out[3]};
 }

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 export LSTM_EXT_CUDA=1  # fail, rather than quietly build CPU-only, when CUDA cannot be built
 VENV=.venv-cuda TORCH_SPEC=torch==2.14.1 bash scripts/setup.sh
-.venv-cuda/bin/python -c "import lstm_ext; assert lstm_ext.backends()['cuda'], 'CUDA kernels missing'"
+.venv-cuda/bin/python -P -c "import lstm_ext; assert lstm_ext.backends()['cuda'], 'CUDA kernels missing'"
 exec .venv-cuda/bin/pytest "$@"

@@ -11,7 +11,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 before=$("$PY" -c "import torch; print(torch.__version__)")
 quiet_pip "$PY" install --dry-run --report "$work/report.json" .
-"$PY" - "$work/report.json" <<'PYEOF'
+"$PY" -P - "$work/report.json" <<'PYEOF'
 import json, sys
 names = [item["metadata"]["name"].lower() for item in json.load(open(sys.argv[1]))["install"]]
 assert "torch" not in names, f"pip install . would (re)install torch: {names}"
@@ -20,7 +20,7 @@ PYEOF
 quiet_pip "$PY" install --no-deps --target "$work/site" .
 test -f "$work/site/lstm_ext/_csrc/registration.cpp"
 if ls "$work/site/lstm_ext/"_C*.so >/dev/null 2>&1; then echo "isolated build unexpectedly compiled"; exit 1; fi
-PYTHONPATH="$work/site" LSTM_EXT_BUILD_DIR="$work/cache" "$PY" - "$work" <<'PYEOF'
+PYTHONPATH="$work/site" LSTM_EXT_BUILD_DIR="$work/cache" "$PY" -P - "$work" <<'PYEOF'
 import sys, torch
 import lstm_ext
 assert lstm_ext.__file__.startswith(sys.argv[1]), lstm_ext.__file__

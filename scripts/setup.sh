@@ -20,4 +20,4 @@ fi
 quiet_pip "$VENV/bin/python" install ninja pytest numpy "setuptools>=70.1" wheel
 echo "setup: building lstm_ext against torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 quiet_pip "$VENV/bin/python" install --no-build-isolation --no-deps .
-"$VENV/bin/python" -c "import lstm_ext, torch; print('setup: lstm_ext', lstm_ext.__version__, 'torch', torch.__version__, lstm_ext.backends(), 'CPU kernels', lstm_ext.cpu_capability())"
+"$VENV/bin/python" -P -c "import lstm_ext, torch; print('setup: lstm_ext', lstm_ext.__version__, 'torch', torch.__version__, lstm_ext.backends(), 'CPU kernels', lstm_ext.cpu_capability())"

@@ -67,9 +67,9 @@ struct Stream {
 
 // Applies f(const Vec in[NIn], Vec out[NOut]) to every element (b, j) of
 // rows [row_begin, row_end) and columns [0, H). Full vectors are loaded
-// straight from each row; the leftover columns of every row (all of them when
-// H is smaller than a vector, as at the course's H=3) are gathered across rows
-// into one vector, so small hidden sizes run at SIMD speed too.
+// straight from each row; the leftover columns (all of them when H is smaller
+// than a vector, as at the course's H=3) are taken column by column, a vector
+// of rows at a time, so small hidden sizes run at SIMD speed too.
 template <typename scalar_t, int NIn, int NOut, typename F>
 void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
                       const std::array<Stream<const scalar_t>, NIn>& in,
@@ -77,42 +77,38 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
   using IO = VecIO<scalar_t>;
   using opmath_t = typename IO::opmath_t;
   using Vec = typename IO::Vec;
-  constexpr int kWidth = Vec::size();
+  constexpr int64_t kWidth = Vec::size();
   Vec vin[NIn];
   Vec vout[NOut];
-
-  alignas(64) opmath_t staged[NIn][kWidth] = {};
-  alignas(64) opmath_t result[kWidth];
-  int64_t staged_row[kWidth];
-  int64_t staged_col[kWidth];
-  int n_staged = 0;
-  auto flush = [&] {
-    for (int k = 0; k < NIn; ++k) vin[k] = Vec::loadu(staged[k]);
-    f(vin, vout);
-    for (int k = 0; k < NOut; ++k) {
-      vout[k].store(result);
-      for (int l = 0; l < n_staged; ++l) {
-        out[k].base[staged_row[l] * out[k].row_stride + staged_col[l]] = static_cast<scalar_t>(result[l]);
-      }
-    }
-    n_staged = 0;
-  };
+  const int64_t full = H - H % kWidth;
 
   for (int64_t b = row_begin; b < row_end; ++b) {
-    int64_t j = 0;
-    for (; j + kWidth <= H; j += kWidth) {
+    for (int64_t j = 0; j < full; j += kWidth) {
       for (int k = 0; k < NIn; ++k) vin[k] = IO::load(in[k].base + b * in[k].row_stride + j);
       f(vin, vout);
       for (int k = 0; k < NOut; ++k) IO::store(out[k].base + b * out[k].row_stride + j, vout[k]);
     }
-    for (; j < H; ++j) {
-      for (int k = 0; k < NIn; ++k) staged[k][n_staged] = in[k].base[b * in[k].row_stride + j];
-      staged_row[n_staged] = b;
-      staged_col[n_staged] = j;
-      if (++n_staged == kWidth) flush();
+  }
+  if (full == H) return;
+
+  alignas(64) opmath_t staged[NIn][kWidth] = {};
+  alignas(64) opmath_t result[kWidth];
+  for (int64_t j = full; j < H; ++j) {
+    for (int64_t b0 = row_begin; b0 < row_end; b0 += kWidth) {
+      const int64_t n = std::min(kWidth, row_end - b0);
+      for (int k = 0; k < NIn; ++k) {
+        const scalar_t* src = in[k].base + b0 * in[k].row_stride + j;
+        for (int64_t l = 0; l < n; ++l) staged[k][l] = src[l * in[k].row_stride];
+        vin[k] = Vec::loadu(staged[k]);
+      }
+      f(vin, vout);
+      for (int k = 0; k < NOut; ++k) {
+        vout[k].store(result);
+        scalar_t* dst = out[k].base + b0 * out[k].row_stride + j;
+        for (int64_t l = 0; l < n; ++l) dst[l * out[k].row_stride] = static_cast<scalar_t>(result[l]);
+      }
     }
   }
-  if (n_staged > 0) flush();
 }
 
 template <typename scalar_t>

@@ -50,24 +50,31 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
                     meaning, ", got ", t.sizes());
 }
 
-// grad_weight = grad_gates^T @ input_hidden, [4H, B] x [B, I+H]. On the CPU a
-// large output with a small batch falls off MKL's fast path (measured at
-// B=16, I=H=1024: 27 ms in one product, 6.5 ms in blocks of 512 rows), so
-// large outputs are written in row blocks. Same flops, same result.
+// A weight gradient of 32 MiB or more is, with glibc, a fresh mmap on every
+// backward, and first-touching its pages costs more than computing it (12 ms
+// of page faults at B=16, I=H=1024, where the product itself takes 5 ms).
+// So the last such buffer is kept and reused once nobody else holds it
+// (autograd has added it into .grad and dropped it). One per thread.
+Tensor recycled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  constexpr int64_t kRecycleBytes = int64_t(16) << 20;
+  thread_local Tensor kept;
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
+  if (options.device().is_cuda() || bytes < kRecycleBytes) {
+    return at::empty(sizes, options);
+  }
+  if (kept.defined() && kept.use_count() == 1 && kept.storage().use_count() == 1 && kept.sizes() == sizes &&
+      kept.dtype() == options.dtype() && kept.device() == options.device()) {
+    return kept;
+  }
+  kept = at::empty(sizes, options);
+  return kept;
+}
+
+// grad_weight = grad_gates^T @ input_hidden, [4H, B] x [B, I+H], into a
+// recycled buffer.
 Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
-  constexpr int64_t kLargeOutput = int64_t(1) << 22;  // elements
-  constexpr int64_t kRowBlock = 512;
-  const int64_t rows = grad_gates.size(1);
-  if (grad_gates.is_cuda() || rows * input_hidden.size(1) < kLargeOutput) {
-    return at::mm(grad_gates.t(), input_hidden);
-  }
-  Tensor out = at::empty({rows, input_hidden.size(1)}, input_hidden.options());
-  for (int64_t r = 0; r < rows; r += kRowBlock) {
-    const int64_t n = std::min(kRowBlock, rows - r);
-    Tensor block = out.narrow(0, r, n);
-    at::mm_out(block, grad_gates.narrow(1, r, n).t(), input_hidden);
-  }
-  return out;
+  Tensor out = recycled_empty({grad_gates.size(1), input_hidden.size(1)}, input_hidden.options());
+  return at::mm_out(out, grad_gates.t(), input_hidden);
 }
 
 // The pointwise pass on the tensors' backend; Args picks forward or backward.

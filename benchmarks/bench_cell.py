@@ -67,10 +67,14 @@ def bench_shape(bench: Bench, B: int, I: int, H: int, dtype: torch.dtype, device
     xh = torch.cat([x, h], 1).detach()
     gates_grad = torch.randn(B, 4 * H, device=device, dtype=dtype)
 
+    # Into preallocated outputs: a fresh 32 MiB result would time page faults, not the product.
+    outs = [torch.empty(B, 4 * H, device=device, dtype=dtype), torch.empty(B, I + H, device=device, dtype=dtype),
+            torch.empty(4 * H, I + H, device=device, dtype=dtype)]
+
     def matmuls():
-        torch.mm(xh, weight_t)
-        torch.mm(gates_grad, weight)
-        torch.mm(gates_grad.t(), xh)
+        torch.mm(xh, weight_t, out=outs[0])
+        torch.mm(gates_grad, weight, out=outs[1])
+        torch.mm(gates_grad.t(), xh, out=outs[2])
     h0, c0 = [t.detach().requires_grad_() for t in (h, c)]
     fns["floor:matmul"] = matmuls
     fns["floor:backward_start"] = lambda: torch.autograd.backward([h0, c0], grads)

@@ -8,8 +8,9 @@ from torch import Tensor
 
 from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
 
-_cell_forward = torch.ops.lstm_ext.cell_forward
-_cell_backward = torch.ops.lstm_ext.cell_backward
+# The overloads themselves: calling the packet resolves the overload on every call.
+_cell_forward = torch.ops.lstm_ext.cell_forward.default
+_cell_backward = torch.ops.lstm_ext.cell_backward.default
 
 
 class LSTMCellFunction(torch.autograd.Function):

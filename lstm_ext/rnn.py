@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
 from lstm_ext.functional import _describe
 
-_layer_forward = torch.ops.lstm_ext.layer_forward
+_layer_forward = torch.ops.lstm_ext.layer_forward.default
 
 
 def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,

@@ -6,3 +6,4 @@ bash scripts/setup.sh
 PY="${VENV:-.venv}/bin/python"
 "$PY" examples/train.py
 "$PY" benchmarks/bench_cell.py
+"$PY" benchmarks/bench_sequence.py

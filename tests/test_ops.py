@@ -114,3 +114,15 @@ def test_bad_input_device_mismatch():
         other = tuple(s.to("cuda:1") for s in state)
         with pytest.raises(ValueError, match=r"device mismatch: hx \(h_prev\) is on cuda:1"):
             cell(x, other)
+
+
+def test_bad_input_cell_backward():
+    x, h, c, weight, b = cell_args(requires_grad=False)
+    h_new, c_new, gates, xh = torch.ops.lstm_ext.cell_forward(x, h, c, weight, b)
+    good = [torch.randn_like(h_new), torch.randn_like(c_new), c, c_new, gates, xh, weight]
+    with pytest.raises(ValueError, match=r"gates must have shape \[3, 20\]"):
+        torch.ops.lstm_ext.cell_backward(*good[:4], gates[:, :-1], *good[5:])
+    with pytest.raises(ValueError, match=r"grad_h must have shape \[3, 5\]"):
+        torch.ops.lstm_ext.cell_backward(good[0][:2], *good[1:])
+    with pytest.raises(TypeError, match=r"dtype mismatch: input_hidden is torch.float32"):
+        torch.ops.lstm_ext.cell_backward(*good[:5], xh.float(), weight)

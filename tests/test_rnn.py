@@ -252,3 +252,17 @@ def test_cuda_matches_cpu():
     assert_close(out_g[0].cpu(), out_c[0], rtol=1e-10, atol=1e-10)
     for a, b in zip(g_g, g_c):
         assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_input_layer_ops():
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(requires_grad=False)
+    with pytest.raises(ValueError, match=r"weight_hh must have shape \[4\*hidden_size, hidden_size\]"):
+        torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh[:, :-1], b_ih, b_hh, False)
+    with pytest.raises(ValueError, match=r"input has 2 features but input_size is 3"):
+        torch.ops.lstm_ext.layer_forward(x[..., :2], h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+    with pytest.raises(ValueError, match=r"bias_hh must have shape \[16\]"):
+        torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh[:3], False)
+    out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+    grads = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n))
+    with pytest.raises(ValueError, match=r"cells must have shape \[3, 2, 4\]"):
+        torch.ops.lstm_ext.layer_backward(*grads, x, h0, c0, w_ih, w_hh, out, gates, cells[:1], False)

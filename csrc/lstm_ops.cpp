@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 
-#include <algorithm>
 #include <string>
 
 #include "lstm_kernels.h"
@@ -48,6 +47,21 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
                  const char* meaning) {
   TORCH_CHECK_VALUE(t.sizes() == expected, op, ": ", name, " must have shape ", expected, " ",
                     meaning, ", got ", t.sizes());
+}
+
+// The cell's packed weight [4H, I+H]: returns H.
+int64_t check_packed_weight(const char* op, const Tensor& weight) {
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) % 4 == 0 && weight.size(1) >= weight.size(0) / 4,
+                    op, ": weight must have shape [4*hidden_size, input_size + hidden_size], got ",
+                    weight.sizes());
+  return weight.size(0) / 4;
+}
+
+// The sequence layer's recurrent weight [4H, H]: returns H.
+int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh) {
+  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * 4 == weight_hh.size(0), op,
+                    ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+  return weight_hh.size(1);
 }
 
 // A large weight gradient is, with glibc, a fresh mmap on every backward (its
@@ -98,13 +112,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias) {
   constexpr const char* op = "lstm_ext.lstm_cell";
-  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) % 4 == 0 && weight.size(1) >= weight.size(0) / 4,
-                    op, ": weight must have shape [4*hidden_size, input_size + hidden_size], got ",
-                    weight.sizes());
-  TORCH_CHECK_TYPE(supported_dtype(weight), op,
-                   ": weight must be a floating point tensor (float32, float64, bfloat16 or float16), got ",
-                   dtype_name(weight.scalar_type()));
-  const int64_t H = weight.size(0) / 4;
+  const int64_t H = check_packed_weight(op, weight);
+  check_like_weight(op, "weight", weight, weight);
   const int64_t I = weight.size(1) - H;
   TORCH_CHECK_VALUE(input.dim() == 2, op, ": input must be 2-D (batch, input_size), got a ",
                     input.dim(), "-D tensor of shape ", input.sizes());
@@ -146,10 +155,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
     const Tensor& grad_h, const Tensor& grad_c, const Tensor& cx, const Tensor& c_new,
     const Tensor& gates, const Tensor& input_hidden, const Tensor& weight) {
   constexpr const char* op = "lstm_ext.cell_backward";
-  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) % 4 == 0 && weight.size(1) >= weight.size(0) / 4,
-                    op, ": weight must have shape [4*hidden_size, input_size + hidden_size], got ",
-                    weight.sizes());
-  const int64_t H = weight.size(0) / 4;
+  const int64_t H = check_packed_weight(op, weight);
   const int64_t I = weight.size(1) - H;
   TORCH_CHECK_VALUE(c_new.dim() == 2, op, ": c must be 2-D (batch, hidden_size), got ", c_new.sizes());
   const int64_t B = c_new.size(0);
@@ -191,21 +197,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
   return {grad_input, grad_hx, grad_cx, grad_weight, grad_bias};
 }
 
-}  // namespace lstm_ext
-
-namespace lstm_ext {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
   constexpr const char* op = "lstm_ext.LSTM";
-  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(0) % 4 == 0 && weight_hh.size(1) * 4 == weight_hh.size(0),
-                    op, ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
-  TORCH_CHECK_TYPE(supported_dtype(weight_hh), op,
-                   ": weights must be floating point tensors (float32, float64, bfloat16 or float16), got ",
-                   dtype_name(weight_hh.scalar_type()));
-  const int64_t H = weight_hh.size(1);
+  const int64_t H = check_recurrent_weight(op, weight_hh);
+  check_like_weight(op, "weight_hh", weight_hh, weight_hh);
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
                     input.sizes());
   TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H, op,
@@ -273,10 +272,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
   constexpr const char* op = "lstm_ext.layer_backward";
-  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * 4 == weight_hh.size(0), op,
-                    ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+  const int64_t H = check_recurrent_weight(op, weight_hh);
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D, got ", input.sizes());
-  const int64_t H = weight_hh.size(1);
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const Tensor& weight = weight_hh;
   const std::pair<const char*, const Tensor*> sequences[] = {
@@ -306,7 +303,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
   Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
   Tensor grad_gates = at::empty({T, B, 4 * H}, gates.options());
-  Tensor grad_h0 = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  Tensor grad_h0 = T == 0 ? grad_h_n.clone(at::MemoryFormat::Contiguous) : Tensor();  // set at the first step
   if (T > 0) {
     grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
   }

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from lstm_ext.functional import _cell_forward, _describe
+from lstm_ext.functional import _cell_forward, _require_pair
 
 # The reference's gate names, in its state_dict order, and each gate's block
 # in the packed weight (torch.nn.LSTMCell's order: i, f, g, o).
@@ -52,8 +52,8 @@ class LSTMCell(nn.Module):
         if hx is None:
             batch = input.shape[0] if input.dim() == 2 else 0
             hx = (input.new_zeros(batch, self.hidden_size), input.new_zeros(batch, self.hidden_size))
-        elif not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"lstm_ext.LSTMCell: hx must be a pair (h_prev, c_prev), got {_describe(hx)}")
+        else:
+            _require_pair(hx, "lstm_ext.LSTMCell", "(h_prev, c_prev)")
         # The operator directly, not lstm_cell(): at the course's size every
         # Python call is a measurable part of the step.
         h, c, _, _ = _cell_forward(input, hx[0], hx[1], self.weight, self.bias)

@@ -57,10 +57,15 @@ def lstm_cell(input: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor,
     """One LSTM step: ``(h, c)`` from ``input`` (B, I), ``hx = (h_prev, c_prev)``
     (B, H each), the packed ``weight`` [4H, I+H] over ``cat(input, h_prev)``
     and ``bias`` [4H], gates in the order i, f, g, o."""
-    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise TypeError(f"lstm_ext.lstm_cell: hx must be a pair (h_prev, c_prev), got {_describe(hx)}")
+    _require_pair(hx, "lstm_ext.lstm_cell", "(h_prev, c_prev)")
     h, c, _, _ = _cell_forward(input, hx[0], hx[1], weight, bias)
     return h, c
+
+
+def _require_pair(hx, where: str, names: str) -> None:
+    """A state must be a pair of tensors, never one tensor that would be unpacked along dim 0."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{where}: hx must be a pair {names}, got {_describe(hx)}")
 
 
 def _describe(value) -> str:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
-from lstm_ext.functional import _describe
+from lstm_ext.functional import _describe, _require_pair
 
 _layer_forward = torch.ops.lstm_ext.layer_forward.default
 
@@ -114,8 +114,7 @@ class LSTM(nn.Module):
             h0 = input.new_zeros(state_shape)
             c0 = input.new_zeros(state_shape)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"lstm_ext.LSTM: hx must be a pair (h_0, c_0), got {_describe(hx)}")
+            _require_pair(hx, "lstm_ext.LSTM", "(h_0, c_0)")
             h0, c0 = hx
             for name, state in (("h_0", h0), ("c_0", c0)):
                 expected = state_shape if batched else (state_shape[0], state_shape[2])

@@ -111,31 +111,38 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
   }
 }
 
+// The four gate streams of a view, and the stream of a [B, H] view.
+template <typename scalar_t, typename Ptr>
+std::array<Stream<scalar_t>, 4> gate_streams(const GatesView<Ptr>& v) {
+  auto* p = static_cast<scalar_t*>(v.data);
+  return {{{p, v.row_stride}, {p + v.gate_stride, v.row_stride}, {p + 2 * v.gate_stride, v.row_stride},
+           {p + 3 * v.gate_stride, v.row_stride}}};
+}
+
+template <typename scalar_t, typename Ptr>
+Stream<scalar_t> row_stream(const RowsView<Ptr>& v) {
+  return {static_cast<scalar_t*>(v.data), v.row_stride};
+}
+
 template <typename scalar_t>
 void forward_typed(const PointwiseForwardArgs& a) {
   using Vec = typename VecIO<scalar_t>::Vec;
-  const int64_t H = a.hidden;
-  auto* gates = static_cast<scalar_t*>(a.gates);
-  const auto* c_prev = static_cast<const scalar_t*>(a.c_prev);
-  const auto* addend = static_cast<const scalar_t*>(a.addend);
-  const int64_t gs = a.gates_stride;
-  const int64_t as = a.addend_stride;
-  // Gate k of row b starts at gates + b * gs + k * H.
-  const std::array<Stream<scalar_t>, 6> out{{
-      {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs},
-      {static_cast<scalar_t*>(a.c), a.c_stride}, {static_cast<scalar_t*>(a.h), a.h_stride}}};
-  at::parallel_for(0, a.batch, grain_rows(H), [&](int64_t row_begin, int64_t row_end) {
-    if (addend == nullptr) {
-      const std::array<Stream<const scalar_t>, 5> in{{
-          {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs}, {c_prev, a.c_prev_stride}}};
-      for_each_element<scalar_t, 5, 6>(row_begin, row_end, H, in, out, [](const Vec* x, Vec* y) {
+  const auto pre = gate_streams<const scalar_t>(a.preact);
+  const auto gates = gate_streams<scalar_t>(a.gates);
+  const auto c_prev = row_stream<const scalar_t>(a.c_prev);
+  const std::array<Stream<scalar_t>, 6> out{{gates[0], gates[1], gates[2], gates[3],
+                                             row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
+  at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+    if (a.addend.data == nullptr) {
+      const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
+      for_each_element<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
         lstm_forward_point(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], y[4], y[5]);
       });
     } else {
-      const std::array<Stream<const scalar_t>, 9> in{{
-          {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs}, {c_prev, a.c_prev_stride},
-          {addend, as}, {addend + H, as}, {addend + 2 * H, as}, {addend + 3 * H, as}}};
-      for_each_element<scalar_t, 9, 6>(row_begin, row_end, H, in, out, [](const Vec* x, Vec* y) {
+      const auto add = gate_streams<const scalar_t>(a.addend);
+      const std::array<Stream<const scalar_t>, 9> in{{pre[0], pre[1], pre[2], pre[3], c_prev,
+                                                      add[0], add[1], add[2], add[3]}};
+      for_each_element<scalar_t, 9, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
         lstm_forward_point(x[0] + x[5], x[1] + x[6], x[2] + x[7], x[3] + x[8], x[4],
                            y[0], y[1], y[2], y[3], y[4], y[5]);
       });
@@ -146,22 +153,15 @@ void forward_typed(const PointwiseForwardArgs& a) {
 template <typename scalar_t>
 void backward_typed(const PointwiseBackwardArgs& a) {
   using Vec = typename VecIO<scalar_t>::Vec;
-  const int64_t H = a.hidden;
-  const auto* gates = static_cast<const scalar_t*>(a.gates);
-  auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
-  const int64_t gs = a.gates_stride;
-  const int64_t ggs = a.grad_gates_stride;
+  const auto gates = gate_streams<const scalar_t>(a.gates);
+  const auto grad_gates = gate_streams<scalar_t>(a.grad_gates);
   const std::array<Stream<const scalar_t>, 8> in{{
-      {gates, gs}, {gates + H, gs}, {gates + 2 * H, gs}, {gates + 3 * H, gs},
-      {static_cast<const scalar_t*>(a.c_prev), a.c_prev_stride},
-      {static_cast<const scalar_t*>(a.c), a.c_stride},
-      {static_cast<const scalar_t*>(a.grad_h), a.grad_h_stride},
-      {static_cast<const scalar_t*>(a.grad_c), a.grad_c_stride}}};
-  const std::array<Stream<scalar_t>, 5> out{{
-      {grad_gates, ggs}, {grad_gates + H, ggs}, {grad_gates + 2 * H, ggs}, {grad_gates + 3 * H, ggs},
-      {static_cast<scalar_t*>(a.grad_c_prev), a.grad_c_prev_stride}}};
-  at::parallel_for(0, a.batch, grain_rows(H), [&](int64_t row_begin, int64_t row_end) {
-    for_each_element<scalar_t, 8, 5>(row_begin, row_end, H, in, out, [](const Vec* x, Vec* y) {
+      gates[0], gates[1], gates[2], gates[3], row_stream<const scalar_t>(a.c_prev), row_stream<const scalar_t>(a.c),
+      row_stream<const scalar_t>(a.grad_h), row_stream<const scalar_t>(a.grad_c)}};
+  const std::array<Stream<scalar_t>, 5> out{{grad_gates[0], grad_gates[1], grad_gates[2], grad_gates[3],
+                                             row_stream<scalar_t>(a.grad_c_prev)}};
+  at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+    for_each_element<scalar_t, 8, 5>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
       lstm_backward_point(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], y[0], y[1], y[2], y[3], y[4]);
     });
   });

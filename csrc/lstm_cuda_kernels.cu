@@ -28,38 +28,40 @@ unsigned grid_for(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(needed, resident)));
 }
 
+// Element (b, j) of gate k of a view, and element (b, j) of a [B, H] view.
+template <typename scalar_t, typename Ptr>
+__device__ __forceinline__ scalar_t* gate_at(const GatesView<Ptr>& v, int64_t b, int k, int64_t j) {
+  return static_cast<scalar_t*>(v.data) + b * v.row_stride + k * v.gate_stride + j;
+}
+
+template <typename scalar_t, typename Ptr>
+__device__ __forceinline__ scalar_t* row_at(const RowsView<Ptr>& v, int64_t b, int64_t j) {
+  return static_cast<scalar_t*>(v.data) + b * v.row_stride + j;
+}
+
 template <typename scalar_t>
 __global__ void forward_kernel(PointwiseForwardArgs a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t H = a.hidden;
   const int64_t n = a.batch * H;
-  auto* gates = static_cast<scalar_t*>(a.gates);
-  const auto* addend = static_cast<const scalar_t*>(a.addend);
-  const auto* c_prev = static_cast<const scalar_t*>(a.c_prev);
-  auto* h_out = static_cast<scalar_t*>(a.h);
-  auto* c_out = static_cast<scalar_t*>(a.c);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(blockDim.x) * gridDim.x) {
     const int64_t b = idx / H;
     const int64_t j = idx - b * H;
-    scalar_t* g = gates + b * a.gates_stride + j;
-    opmath_t pre_i = g[0], pre_f = g[H], pre_g = g[2 * H], pre_o = g[3 * H];
-    if (addend != nullptr) {
-      const scalar_t* add = addend + b * a.addend_stride + j;
-      pre_i += opmath_t(add[0]);
-      pre_f += opmath_t(add[H]);
-      pre_g += opmath_t(add[2 * H]);
-      pre_o += opmath_t(add[3 * H]);
+    opmath_t pre[4];
+    for (int k = 0; k < 4; ++k) {
+      pre[k] = *gate_at<const scalar_t>(a.preact, b, k, j);
+      if (a.addend.data != nullptr) pre[k] += opmath_t(*gate_at<const scalar_t>(a.addend, b, k, j));
     }
     opmath_t i, f, gg, o, c, h;
-    lstm_forward_point<opmath_t>(pre_i, pre_f, pre_g, pre_o, opmath_t(c_prev[b * a.c_prev_stride + j]),
+    lstm_forward_point<opmath_t>(pre[0], pre[1], pre[2], pre[3], opmath_t(*row_at<const scalar_t>(a.c_prev, b, j)),
                                  i, f, gg, o, c, h);
-    g[0] = i;
-    g[H] = f;
-    g[2 * H] = gg;
-    g[3 * H] = o;
-    c_out[b * a.c_stride + j] = c;
-    h_out[b * a.h_stride + j] = h;
+    *gate_at<scalar_t>(a.gates, b, 0, j) = i;
+    *gate_at<scalar_t>(a.gates, b, 1, j) = f;
+    *gate_at<scalar_t>(a.gates, b, 2, j) = gg;
+    *gate_at<scalar_t>(a.gates, b, 3, j) = o;
+    *row_at<scalar_t>(a.c, b, j) = c;
+    *row_at<scalar_t>(a.h, b, j) = h;
   }
 }
 
@@ -68,28 +70,21 @@ __global__ void backward_kernel(PointwiseBackwardArgs a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t H = a.hidden;
   const int64_t n = a.batch * H;
-  const auto* gates = static_cast<const scalar_t*>(a.gates);
-  const auto* c_prev = static_cast<const scalar_t*>(a.c_prev);
-  const auto* c_new = static_cast<const scalar_t*>(a.c);
-  const auto* grad_h = static_cast<const scalar_t*>(a.grad_h);
-  const auto* grad_c = static_cast<const scalar_t*>(a.grad_c);
-  auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
-  auto* grad_c_prev = static_cast<scalar_t*>(a.grad_c_prev);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(blockDim.x) * gridDim.x) {
     const int64_t b = idx / H;
     const int64_t j = idx - b * H;
-    const scalar_t* g = gates + b * a.gates_stride + j;
     opmath_t di, df, dg, d_o, dcp;
-    lstm_backward_point<opmath_t>(g[0], g[H], g[2 * H], g[3 * H], c_prev[b * a.c_prev_stride + j],
-                                  c_new[b * a.c_stride + j], grad_h[b * a.grad_h_stride + j],
-                                  grad_c[b * a.grad_c_stride + j], di, df, dg, d_o, dcp);
-    scalar_t* out = grad_gates + b * a.grad_gates_stride + j;
-    out[0] = di;
-    out[H] = df;
-    out[2 * H] = dg;
-    out[3 * H] = d_o;
-    grad_c_prev[b * a.grad_c_prev_stride + j] = dcp;
+    lstm_backward_point<opmath_t>(
+        *gate_at<const scalar_t>(a.gates, b, 0, j), *gate_at<const scalar_t>(a.gates, b, 1, j),
+        *gate_at<const scalar_t>(a.gates, b, 2, j), *gate_at<const scalar_t>(a.gates, b, 3, j),
+        *row_at<const scalar_t>(a.c_prev, b, j), *row_at<const scalar_t>(a.c, b, j),
+        *row_at<const scalar_t>(a.grad_h, b, j), *row_at<const scalar_t>(a.grad_c, b, j), di, df, dg, d_o, dcp);
+    *gate_at<scalar_t>(a.grad_gates, b, 0, j) = di;
+    *gate_at<scalar_t>(a.grad_gates, b, 1, j) = df;
+    *gate_at<scalar_t>(a.grad_gates, b, 2, j) = dg;
+    *gate_at<scalar_t>(a.grad_gates, b, 3, j) = d_o;
+    *row_at<scalar_t>(a.grad_c_prev, b, j) = dcp;
   }
 }
 

@@ -1,7 +1,8 @@
-// Raw-pointer launchers for the pointwise passes, one per backend.
+// Raw-pointer kernels: the pointwise passes, one per backend, and the CPU's
+// time loop.
 //
-// The ATen glue (lstm_ops.cpp) does the matrix products and allocation; these
-// launchers only touch memory through the pointers and row strides below.
+// The ATen glue (lstm_ops.cpp) checks, allocates and does the large matrix
+// products; these only touch memory through the pointers and strides below.
 // Element stride inside a row is always 1.
 #pragma once
 
@@ -10,47 +11,62 @@
 
 namespace lstm_ext {
 
-// Forward pass: gates holds the pre-activations [B, 4H] (i, f, g, o blocks of
-// H) on entry and the activated gates on exit, which the backward needs.
-// addend, when not null, is added to the pre-activations first: the bias
-// (addend_stride 0) or a precomputed input projection (addend_stride 4H), so
-// that neither needs a pass of its own.
+// Where one of the [B, H] state tensors lives: element (b, j) at
+// data[b * row_stride + j].
+template <typename Ptr>
+struct RowsView {
+  Ptr data;
+  int64_t row_stride;
+};
+
+// Where the four gate blocks (i, f, g, o) live: element (b, j) of gate k at
+// data[b * row_stride + k * gate_stride + j]. A [B, 4H] tensor has gate_stride
+// H; a tile of hidden units [j0, j0 + w) of it is the same view moved by j0,
+// and a packed [B, 4w] tile has gate_stride w.
+template <typename Ptr>
+struct GatesView {
+  Ptr data;
+  int64_t row_stride;
+  int64_t gate_stride;
+};
+
+using InRows = RowsView<const void*>;
+using OutRows = RowsView<void*>;
+using InGates = GatesView<const void*>;
+using OutGates = GatesView<void*>;
+
+// Forward pass over [batch, hidden] elements: reads the pre-activations
+// (plus addend, when its data is not null: the bias with row_stride 0, or a
+// precomputed input projection, so that neither needs a pass of its own) and
+// c_prev; writes the activated gates, which the backward needs, and c and h.
+// gates may be the same memory as preact or addend (each element is read
+// before it is written).
 struct PointwiseForwardArgs {
   c10::ScalarType dtype;
   int64_t batch;
   int64_t hidden;
-  void* gates;
-  int64_t gates_stride;
-  const void* addend;
-  int64_t addend_stride;
-  const void* c_prev;
-  int64_t c_prev_stride;
-  void* h;
-  int64_t h_stride;
-  void* c;
-  int64_t c_stride;
+  InGates preact;
+  InGates addend;
+  InRows c_prev;
+  OutGates gates;
+  OutRows h;
+  OutRows c;
 };
 
 // Backward pass: from the activated gates, c_prev, c and the gradients of h and
-// c, writes the gradients of the pre-activations [B, 4H] and of c_prev [B, H].
+// c, writes the gradients of the pre-activations and of c_prev (which may be
+// the same memory as grad_c).
 struct PointwiseBackwardArgs {
   c10::ScalarType dtype;
   int64_t batch;
   int64_t hidden;
-  const void* gates;
-  int64_t gates_stride;
-  const void* c_prev;
-  int64_t c_prev_stride;
-  const void* c;
-  int64_t c_stride;
-  const void* grad_h;
-  int64_t grad_h_stride;
-  const void* grad_c;
-  int64_t grad_c_stride;
-  void* grad_gates;
-  int64_t grad_gates_stride;
-  void* grad_c_prev;
-  int64_t grad_c_prev_stride;
+  InGates gates;
+  InRows c_prev;
+  InRows c;
+  InRows grad_h;
+  InRows grad_c;
+  OutGates grad_gates;
+  OutRows grad_c_prev;
 };
 
 namespace cpu {
@@ -58,6 +74,52 @@ namespace cpu {
 // ATen's own kernels are.
 void pointwise(const PointwiseForwardArgs& args);
 void pointwise(const PointwiseBackwardArgs& args);
+
+// The time loop of one layer and direction on the CPU. Per step, each task
+// takes a panel of hidden units (all four of their gates) and a block of rows:
+// one small matrix product of the recurrent weight's packed panel, then the
+// pointwise pass on that tile while it is still in cache. One parallel region
+// per step; no ATen call inside the loop.
+//
+// Forward. gates [T, B, 4H]: the input projections (biases folded in) on
+// entry, the activated gates on exit. output and cells [T, B, H] receive h and
+// c of every step. All contiguous.
+struct RecurrenceShape {
+  c10::ScalarType dtype;
+  int64_t steps;
+  int64_t batch;
+  int64_t hidden;
+  bool reverse;  // steps run from T - 1 down to 0
+};
+
+struct RecurrenceForwardArgs {
+  RecurrenceShape shape;
+  const void* weight_hh;  // [4H, H]
+  const void* h0;         // [B, H]
+  const void* c0;         // [B, H]
+  void* gates;
+  void* output;
+  void* cells;
+};
+void recurrence_forward(const RecurrenceForwardArgs& args);
+
+// Backward through time. grad_h [T, B, H] holds the gradient of each step's
+// output (the caller has added grad_h_n to the last step's) and receives the
+// recurrent contributions; grad_c [B, H] holds grad_c_n on entry and the
+// gradient of c_0 on exit; grad_gates [T, B, 4H] receives the gradients of the
+// pre-activations. The gradient of h_0 is grad_gates[first step] @ W_hh,
+// left to the caller.
+struct RecurrenceBackwardArgs {
+  RecurrenceShape shape;
+  const void* weight_hh;  // [4H, H]
+  const void* c0;         // [B, H]
+  const void* gates;      // [T, B, 4H], activated
+  const void* cells;      // [T, B, H]
+  void* grad_h;
+  void* grad_c;
+  void* grad_gates;
+};
+void recurrence_backward(const RecurrenceBackwardArgs& args);
 
 // The capability whose kernels run now, and a switch for tests and benchmarks.
 const char* kernel_capability();

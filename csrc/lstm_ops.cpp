@@ -140,12 +140,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
   Tensor h = at::empty({B, H}, input.options());
   Tensor c = at::empty({B, H}, input.options());
   if (B > 0 && H > 0) {
+    void* g = gates.data_ptr();
     const PointwiseForwardArgs args{input.scalar_type(), B, H,
-                                    gates.data_ptr(), 4 * H,
-                                    bias_cont.defined() ? bias_cont.const_data_ptr() : nullptr, 0,
-                                    c_prev.const_data_ptr(), H,
-                                    h.data_ptr(), H,
-                                    c.data_ptr(), H};
+                                    /*preact=*/{g, 4 * H, H},
+                                    /*addend=*/{bias_cont.defined() ? bias_cont.const_data_ptr() : nullptr, 0, H},
+                                    /*c_prev=*/{c_prev.const_data_ptr(), H},
+                                    /*gates=*/{g, 4 * H, H},
+                                    /*h=*/{h.data_ptr(), H},
+                                    /*c=*/{c.data_ptr(), H}};
     launch(input, args);
   }
   return {h, c, gates, input_hidden};
@@ -181,13 +183,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
   Tensor grad_cx = at::empty({B, H}, gates.options());
   if (B > 0 && H > 0) {
     const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
-                                     gates_cont.const_data_ptr(), 4 * H,
-                                     c_prev.const_data_ptr(), H,
-                                     c_cont.const_data_ptr(), H,
-                                     dh.const_data_ptr(), H,
-                                     dc.const_data_ptr(), H,
-                                     grad_gates.data_ptr(), 4 * H,
-                                     grad_cx.data_ptr(), H};
+                                     /*gates=*/{gates_cont.const_data_ptr(), 4 * H, H},
+                                     /*c_prev=*/{c_prev.const_data_ptr(), H},
+                                     /*c=*/{c_cont.const_data_ptr(), H},
+                                     /*grad_h=*/{dh.const_data_ptr(), H},
+                                     /*grad_c=*/{dc.const_data_ptr(), H},
+                                     /*grad_gates=*/{grad_gates.data_ptr(), 4 * H, H},
+                                     /*grad_c_prev=*/{grad_cx.data_ptr(), H}};
     launch(gates, args);
   }
   Tensor grad_input = at::mm(grad_gates, weight.narrow(1, 0, I));
@@ -242,29 +244,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   gates = gates.view({T, B, 4 * H});
   Tensor output = at::empty({T, B, H}, input.options());
   Tensor cells = at::empty({T, B, H}, input.options());
-  Tensor h_prev = h0.contiguous();
-  Tensor c_prev = c0.contiguous();
-  const Tensor weight_hh_t = weight_hh.t();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    Tensor g = gates[t];
-    g.addmm_(h_prev, weight_hh_t);  // the one recurrent product of the step
-    Tensor h = output[t];
-    Tensor c = cells[t];
-    if (B > 0 && H > 0) {
+  const Tensor h0_c = h0.contiguous();
+  const Tensor c0_c = c0.contiguous();
+  if (T == 0 || B == 0) {
+    return {output, h0_c.clone(), c0_c.clone(), gates, cells};
+  }
+  if (input.is_cpu()) {
+    const Tensor weight_hh_c = weight_hh.contiguous();
+    cpu::recurrence_forward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
+                             h0_c.const_data_ptr(), c0_c.const_data_ptr(), gates.data_ptr(), output.data_ptr(),
+                             cells.data_ptr()});
+  } else {
+    // Per step one recurrent product in place into the step's gates (cuBLAS)
+    // and one pointwise kernel.
+    const Tensor weight_hh_t = weight_hh.t();
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t t_prev = reverse ? t + 1 : t - 1;
+      const Tensor h_prev = s == 0 ? h0_c : output[t_prev];
+      const Tensor c_prev = s == 0 ? c0_c : cells[t_prev];
+      Tensor g = gates[t];
+      g.addmm_(h_prev, weight_hh_t);
+      void* gp = g.data_ptr();
       const PointwiseForwardArgs args{input.scalar_type(), B, H,
-                                      g.data_ptr(), 4 * H,
-                                      nullptr, 0,
-                                      c_prev.const_data_ptr(), H,
-                                      h.data_ptr(), H,
-                                      c.data_ptr(), H};
+                                      /*preact=*/{gp, 4 * H, H},
+                                      /*addend=*/{nullptr, 0, 0},
+                                      /*c_prev=*/{c_prev.const_data_ptr(), H},
+                                      /*gates=*/{gp, 4 * H, H},
+                                      /*h=*/{output[t].data_ptr(), H},
+                                      /*c=*/{cells[t].data_ptr(), H}};
       launch(input, args);
     }
-    h_prev = h;
-    c_prev = c;
   }
   // Outputs of an operator may not alias each other: h_n and c_n are copies.
-  return {output, h_prev.clone(), c_prev.clone(), gates, cells};
+  const int64_t t_last = reverse ? 0 : T - 1;
+  return {output, output[t_last].clone(), cells[t_last].clone(), gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
@@ -303,41 +317,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
   Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
   Tensor grad_gates = at::empty({T, B, 4 * H}, gates.options());
-  Tensor grad_h0 = T == 0 ? grad_h_n.clone(at::MemoryFormat::Contiguous) : Tensor();  // set at the first step
-  if (T > 0) {
-    grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
+  if (T == 0 || B == 0) {
+    const Tensor grad_h0 = T == 0 ? grad_h_n.clone(at::MemoryFormat::Contiguous) : at::zeros_like(grad_h_n);
+    return {at::zeros_like(input), grad_h0, grad_c, at::zeros_like(weight_ih), at::zeros_like(weight_hh),
+            at::zeros({4 * H}, weight_hh.options())};
   }
-  for (int64_t s = T - 1; s >= 0; --s) {
-    const int64_t t = reverse ? T - 1 - s : s;
-    const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t
-    const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
-    Tensor gg = grad_gates[t];
-    const Tensor dh = grad_h[t];
-    if (B > 0 && H > 0) {
+  const int64_t t_first = reverse ? T - 1 : 0;
+  grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
+  if (input.is_cpu()) {
+    const Tensor weight_hh_c = weight_hh.contiguous();
+    cpu::recurrence_backward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
+                              c0_c.const_data_ptr(), gates_c.const_data_ptr(), cells_c.const_data_ptr(),
+                              grad_h.data_ptr(), grad_c.data_ptr(), grad_gates.data_ptr()});
+  } else {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t
+      const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
+      Tensor gg = grad_gates[t];
+      void* ggp = gg.data_ptr();
+      void* gcp = grad_c.data_ptr();
       const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
-                                       gates_c[t].const_data_ptr(), 4 * H,
-                                       c_prev.const_data_ptr(), H,
-                                       cells_c[t].const_data_ptr(), H,
-                                       dh.const_data_ptr(), H,
-                                       grad_c.const_data_ptr(), H,
-                                       gg.data_ptr(), 4 * H,
-                                       grad_c.data_ptr(), H};  // in place: each element read, then written
+                                       /*gates=*/{gates_c[t].const_data_ptr(), 4 * H, H},
+                                       /*c_prev=*/{c_prev.const_data_ptr(), H},
+                                       /*c=*/{cells_c[t].const_data_ptr(), H},
+                                       /*grad_h=*/{grad_h[t].const_data_ptr(), H},
+                                       /*grad_c=*/{gcp, H},
+                                       /*grad_gates=*/{ggp, 4 * H, H},
+                                       /*grad_c_prev=*/{gcp, H}};  // in place: each element read, then written
       launch(gates, args);
-    }
-    if (s > 0) {
-      grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step
-    } else {
-      grad_h0 = at::mm(gg, weight_hh);
+      if (s > 0) {
+        grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step
+      }
     }
   }
+  const Tensor grad_h0 = at::mm(grad_gates[t_first], weight_hh);
   // Everything that does not recur, over all steps at once.
   const Tensor gates2d = grad_gates.view({T * B, 4 * H});
   Tensor grad_input = at::mm(gates2d, weight_ih).view({T, B, I});
   Tensor grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
   // The h each step started from, in time order: h_0 then the outputs, shifted.
-  Tensor h_prev_all = T == 0 ? output
-                      : reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
-                                : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0);
+  Tensor h_prev_all = reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
+                              : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0);
   Tensor grad_weight_hh = weight_grad(gates2d, h_prev_all.reshape({T * B, H}));
   Tensor grad_bias = gates2d.sum(0);
   return {grad_input, grad_h0, grad_c, grad_weight_ih, grad_weight_hh, grad_bias};

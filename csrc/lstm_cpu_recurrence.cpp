@@ -1,0 +1,224 @@
+// The CPU time loop of one layer and direction (see lstm_kernels.h).
+//
+// torch.nn.LSTM on the CPU is oneDNN's fused RNN primitive; a loop of ATen
+// addmm_ calls loses to it on three counts, each measured: the BLAS repacks
+// W_hh on every step, each step forks and joins threads more than once, and
+// the gates make a round trip through memory between the product and the
+// pointwise pass. Here W_hh is packed once per call into panels, each step
+// is one parallel region, and each task multiplies one panel into a tile
+// that the pointwise pass consumes while it is still in L1.
+//
+// Panels are `kPanel` hidden units wide: the forward panel of units
+// [j0, j0 + w) is the [H, 4w] matrix of their four gates' columns of W_hh^T
+// (gate-major), the backward panel is the [4H, w] slice W_hh[:, j0:j0+w].
+// Packing also removes the power-of-two row strides of W_hh that alias in the
+// L1 cache at H = 256, 512, 1024.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "lstm_kernels.h"
+
+namespace lstm_ext {
+namespace cpu {
+namespace {
+
+// Hidden units per panel: one or two SIMD vectors of each gate.
+constexpr int64_t kPanel = 16;
+// Below this many multiply-adds a task costs less than waking a thread.
+constexpr int64_t kMinTaskFmas = 32768;
+// Row blocks are at least this tall when rows are split across threads.
+constexpr int64_t kMinBlockRows = 8;
+
+// C[M, N] (+)= A[M, K] @ B[K, N], row-major with leading dimensions. float
+// goes to oneDNN's JIT micro-kernel that ATen exposes (its brgemm; without
+// oneDNN it falls back to the BLAS); the other types, which the tests and
+// rare users need, to a plain loop that accumulates in float or double.
+template <typename scalar_t>
+void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb,
+               scalar_t* C, int64_t ldc, bool accumulate) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t acc[4 * kPanel];
+  for (int64_t m = 0; m < M; ++m) {
+    scalar_t* c = C + m * ldc;
+    for (int64_t n = 0; n < N; ++n) acc[n] = accumulate ? acc_t(c[n]) : acc_t(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t a = A[m * lda + k];
+      const scalar_t* b = B + k * ldb;
+      for (int64_t n = 0; n < N; ++n) acc[n] += a * acc_t(b[n]);
+    }
+    for (int64_t n = 0; n < N; ++n) c[n] = static_cast<scalar_t>(acc[n]);
+  }
+}
+
+template <>
+void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                      float* C, int64_t ldc, bool accumulate) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
+}
+
+// How one step's work is cut: panels of hidden units times blocks of rows.
+struct Tiling {
+  int64_t hidden, batch;
+  int64_t panels, row_blocks, block_rows, grain;
+
+  Tiling(int64_t B, int64_t H) : hidden(H), batch(B) {
+    panels = (H + kPanel - 1) / kPanel;
+    const int64_t threads = at::get_num_threads();
+    // Enough tasks for every thread twice over, by splitting rows when there
+    // are too few panels.
+    const int64_t wanted_blocks = std::max<int64_t>(1, (2 * threads + panels - 1) / panels);
+    const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
+    row_blocks = std::min(wanted_blocks, max_blocks);
+    block_rows = (B + row_blocks - 1) / row_blocks;
+    row_blocks = (B + block_rows - 1) / block_rows;
+    const int64_t task_fmas = block_rows * 4 * std::min(H, kPanel) * H;
+    grain = std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, task_fmas));
+  }
+  int64_t tasks() const { return panels * row_blocks; }
+  // Task u covers hidden units [j0, j0 + width) and rows [r0, r0 + rows).
+  void task(int64_t u, int64_t& j0, int64_t& width, int64_t& r0, int64_t& rows) const {
+    const int64_t p = u / row_blocks, r = u % row_blocks;
+    j0 = p * kPanel;
+    width = std::min(kPanel, hidden - j0);
+    r0 = r * block_rows;
+    rows = std::min(block_rows, batch - r0);
+  }
+};
+
+template <typename Fn>
+void for_each_task(const Tiling& tiling, const Fn& fn) {
+  at::parallel_for(0, tiling.tasks(), tiling.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      int64_t j0, width, r0, rows;
+      tiling.task(u, j0, width, r0, rows);
+      fn(j0, width, r0, rows);
+    }
+  });
+}
+
+// fn(j0, width) for every panel, in parallel (packing the weights).
+template <typename Fn>
+void for_each_panel(const Tiling& tiling, const Fn& fn) {
+  at::parallel_for(0, tiling.panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t j0 = p * kPanel;
+      fn(j0, std::min(kPanel, tiling.hidden - j0));
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_typed(const RecurrenceForwardArgs& a) {
+  const RecurrenceShape& shape = a.shape;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, G = 4 * H;
+  const auto* w = static_cast<const scalar_t*>(a.weight_hh);
+  auto* gates = static_cast<scalar_t*>(a.gates);
+  auto* output = static_cast<scalar_t*>(a.output);
+  auto* cells = static_cast<scalar_t*>(a.cells);
+  const Tiling tiling(B, H);
+
+  // Forward panels: packed[H * 4 * j0 + k * 4w + g * w + jj] = W_hh[g*H + j0 + jj, k].
+  std::vector<scalar_t> packed(static_cast<size_t>(G * H));
+  for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+    scalar_t* panel = packed.data() + H * 4 * j0;
+    for (int64_t g = 0; g < 4; ++g)
+      for (int64_t jj = 0; jj < width; ++jj) {
+        const scalar_t* row = w + (g * H + j0 + jj) * H;
+        for (int64_t k = 0; k < H; ++k) panel[k * 4 * width + g * width + jj] = row[k];
+      }
+  });
+  // Each task's recurrent product lands in its own [rows, 4w] tile here.
+  std::vector<scalar_t> scratch(static_cast<size_t>(B * G));
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = shape.reverse ? T - 1 - s : s;
+    const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
+    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
+    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
+    scalar_t* gates_t = gates + t * B * G;
+    for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+      scalar_t* tile = scratch.data() + B * 4 * j0 + r0 * 4 * width;
+      tile_gemm<scalar_t>(rows, 4 * width, H, h_prev + r0 * H, H, packed.data() + H * 4 * j0, 4 * width, tile,
+                          4 * width, /*accumulate=*/false);
+      scalar_t* projection = gates_t + r0 * G + j0;  // input projection in, activated gates out
+      const PointwiseForwardArgs args{shape.dtype, rows, width,
+                                      /*preact=*/{tile, 4 * width, width},
+                                      /*addend=*/{projection, G, H},
+                                      /*c_prev=*/{c_prev + r0 * H + j0, H},
+                                      /*gates=*/{projection, G, H},
+                                      /*h=*/{output + t * B * H + r0 * H + j0, H},
+                                      /*c=*/{cells + t * B * H + r0 * H + j0, H}};
+      pointwise(args);
+    });
+  }
+}
+
+template <typename scalar_t>
+void backward_typed(const RecurrenceBackwardArgs& a) {
+  const RecurrenceShape& shape = a.shape;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, G = 4 * H;
+  const auto* w = static_cast<const scalar_t*>(a.weight_hh);
+  const auto* gates = static_cast<const scalar_t*>(a.gates);
+  const auto* cells = static_cast<const scalar_t*>(a.cells);
+  auto* grad_h = static_cast<scalar_t*>(a.grad_h);
+  auto* grad_c = static_cast<scalar_t*>(a.grad_c);
+  auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
+  const Tiling tiling(B, H);
+
+  // Backward panels: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
+  std::vector<scalar_t> packed(static_cast<size_t>(G * H));
+  for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+    scalar_t* panel = packed.data() + G * j0;
+    for (int64_t k = 0; k < G; ++k)
+      for (int64_t jj = 0; jj < width; ++jj) panel[k * width + jj] = w[k * H + j0 + jj];
+  });
+
+  // Steps in reverse order of the forward; step s ran after step s - 1.
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = shape.reverse ? T - 1 - s : s;
+    const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
+    const int64_t t_next = shape.reverse ? t - 1 : t + 1;
+    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
+    const scalar_t* grad_gates_next = s == T - 1 ? nullptr : grad_gates + t_next * B * G;
+    for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+      scalar_t* dh = grad_h + t * B * H + r0 * H + j0;
+      if (grad_gates_next != nullptr) {
+        // The gradient reaching h_t through the next step's gates.
+        tile_gemm<scalar_t>(rows, width, G, grad_gates_next + r0 * G, G, packed.data() + G * j0, width, dh, H,
+                            /*accumulate=*/true);
+      }
+      scalar_t* dc = grad_c + r0 * H + j0;
+      const PointwiseBackwardArgs args{shape.dtype, rows, width,
+                                       /*gates=*/{gates + t * B * G + r0 * G + j0, G, H},
+                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
+                                       /*c=*/{cells + t * B * H + r0 * H + j0, H},
+                                       /*grad_h=*/{dh, H},
+                                       /*grad_c=*/{dc, H},
+                                       /*grad_gates=*/{grad_gates + t * B * G + r0 * G + j0, G, H},
+                                       /*grad_c_prev=*/{dc, H}};  // in place: each element read, then written
+      pointwise(args);
+    });
+  }
+}
+
+}  // namespace
+
+void recurrence_forward(const RecurrenceForwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.shape.dtype, "lstm_ext_recurrence_forward",
+                                  [&] { forward_typed<scalar_t>(args); });
+}
+
+void recurrence_backward(const RecurrenceBackwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.shape.dtype, "lstm_ext_recurrence_backward",
+                                  [&] { backward_typed<scalar_t>(args); });
+}
+
+}  // namespace cpu
+}  // namespace lstm_ext

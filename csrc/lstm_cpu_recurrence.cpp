@@ -36,30 +36,44 @@ constexpr int64_t kMinTaskFmas = 32768;
 // Row blocks are at least this tall when rows are split across threads.
 constexpr int64_t kMinBlockRows = 8;
 
-// C[M, N] (+)= A[M, K] @ B[K, N], row-major with leading dimensions. float
-// goes to oneDNN's JIT micro-kernel that ATen exposes (its brgemm; without
-// oneDNN it falls back to the BLAS); the other types, which the tests and
-// rare users need, to a plain loop that accumulates in float or double.
+// C[M, N] (+)= A[M, K] @ B[K, N], row-major with leading dimensions; A is
+// read transposed (A[k * lda + m]) when transpose_a. float goes to oneDNN's
+// JIT micro-kernel that ATen exposes (its brgemm; without oneDNN it falls
+// back to the BLAS); the other types, which the tests and rare users need,
+// to a plain loop that accumulates in float or double.
 template <typename scalar_t>
-void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb,
-               scalar_t* C, int64_t ldc, bool accumulate) {
+void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool transpose_a, const scalar_t* B,
+               int64_t ldb, scalar_t* C, int64_t ldc, bool accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
-  acc_t acc[4 * kPanel];
-  for (int64_t m = 0; m < M; ++m) {
-    scalar_t* c = C + m * ldc;
-    for (int64_t n = 0; n < N; ++n) acc[n] = accumulate ? acc_t(c[n]) : acc_t(0);
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t a = A[m * lda + k];
-      const scalar_t* b = B + k * ldb;
-      for (int64_t n = 0; n < N; ++n) acc[n] += a * acc_t(b[n]);
+  constexpr int64_t kColumns = 64;
+  acc_t acc[kColumns];
+  const int64_t a_row = transpose_a ? 1 : lda, a_col = transpose_a ? lda : 1;
+  for (int64_t n0 = 0; n0 < N; n0 += kColumns) {
+    const int64_t n_end = std::min(kColumns, N - n0);
+    for (int64_t m = 0; m < M; ++m) {
+      scalar_t* c = C + m * ldc + n0;
+      for (int64_t n = 0; n < n_end; ++n) acc[n] = accumulate ? acc_t(c[n]) : acc_t(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const acc_t a = A[m * a_row + k * a_col];
+        const scalar_t* b = B + k * ldb + n0;
+        for (int64_t n = 0; n < n_end; ++n) acc[n] += a * acc_t(b[n]);
+      }
+      for (int64_t n = 0; n < n_end; ++n) c[n] = static_cast<scalar_t>(acc[n]);
     }
-    for (int64_t n = 0; n < N; ++n) c[n] = static_cast<scalar_t>(acc[n]);
   }
 }
 
 template <>
-void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
-                      float* C, int64_t ldc, bool accumulate) {
+void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool transpose_a, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  std::vector<float> a_copy;
+  if (transpose_a) {  // brgemm reads A row-major only
+    a_copy.resize(static_cast<size_t>(M * K));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t m = 0; m < M; ++m) a_copy[m * K + k] = A[k * lda + m];
+    A = a_copy.data();
+    lda = K;
+  }
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
 }
 
@@ -70,9 +84,9 @@ struct Tiling {
 
   Tiling(int64_t B, int64_t H) : hidden(H), batch(B) {
     panels = (H + kPanel - 1) / kPanel;
-    const int64_t threads = at::get_num_threads();
     // Enough tasks for every thread twice over, by splitting rows when there
-    // are too few panels.
+    // are too few panels; one block when the step is too small to share.
+    const int64_t threads = B * 4 * H * H < 2 * kMinTaskFmas ? 1 : at::get_num_threads();
     const int64_t wanted_blocks = std::max<int64_t>(1, (2 * threads + panels - 1) / panels);
     const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
     row_blocks = std::min(wanted_blocks, max_blocks);
@@ -145,7 +159,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     scalar_t* gates_t = gates + t * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* tile = scratch.data() + B * 4 * j0 + r0 * 4 * width;
-      tile_gemm<scalar_t>(rows, 4 * width, H, h_prev + r0 * H, H, packed.data() + H * 4 * j0, 4 * width, tile,
+      tile_gemm<scalar_t>(rows, 4 * width, H, h_prev + r0 * H, H, false, packed.data() + H * 4 * j0, 4 * width, tile,
                           4 * width, /*accumulate=*/false);
       scalar_t* projection = gates_t + r0 * G + j0;  // input projection in, activated gates out
       const PointwiseForwardArgs args{shape.dtype, rows, width,
@@ -191,7 +205,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
       scalar_t* dh = grad_h + t * B * H + r0 * H + j0;
       if (grad_gates_next != nullptr) {
         // The gradient reaching h_t through the next step's gates.
-        tile_gemm<scalar_t>(rows, width, G, grad_gates_next + r0 * G, G, packed.data() + G * j0, width, dh, H,
+        tile_gemm<scalar_t>(rows, width, G, grad_gates_next + r0 * G, G, false, packed.data() + G * j0, width, dh, H,
                             /*accumulate=*/true);
       }
       scalar_t* dc = grad_c + r0 * H + j0;
@@ -209,6 +223,20 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
 }
 
 }  // namespace
+
+void small_gemm(const SmallGemmArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "lstm_ext_small_gemm", [&] {
+    auto* C = static_cast<scalar_t*>(a.c);
+    bool accumulate = a.accumulate;
+    if (a.bias != nullptr) {  // C = bias + A @ B: the bias in every row first
+      const auto* bias = static_cast<const scalar_t*>(a.bias);
+      for (int64_t m = 0; m < a.m; ++m) std::copy(bias, bias + a.n, C + m * a.ldc);
+      accumulate = true;
+    }
+    tile_gemm<scalar_t>(a.m, a.n, a.k, static_cast<const scalar_t*>(a.a), a.lda, a.transpose_a,
+                        static_cast<const scalar_t*>(a.b), a.ldb, C, a.ldc, accumulate);
+  });
+}
 
 void recurrence_forward(const RecurrenceForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.shape.dtype, "lstm_ext_recurrence_forward",

@@ -121,6 +121,26 @@ struct RecurrenceBackwardArgs {
 };
 void recurrence_backward(const RecurrenceBackwardArgs& args);
 
+// C[M, N] = (bias or, when accumulate, C) + A @ B on the calling thread,
+// row-major; A read transposed when transpose_a; bias [N] may be null. For the
+// products of small problems, where the BLAS's fixed cost per call dominates
+// (MKL's small-matrix path takes ~10 us on AMD CPUs even for a few thousand
+// multiply-adds).
+struct SmallGemmArgs {
+  c10::ScalarType dtype;
+  int64_t m, n, k;
+  const void* a;
+  int64_t lda;
+  bool transpose_a;
+  const void* b;
+  int64_t ldb;
+  const void* bias;
+  void* c;
+  int64_t ldc;
+  bool accumulate;
+};
+void small_gemm(const SmallGemmArgs& args);
+
 // The capability whose kernels run now, and a switch for tests and benchmarks.
 const char* kernel_capability();
 // Returns false when name is unknown, not compiled in, or unsupported here.

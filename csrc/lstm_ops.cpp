@@ -85,11 +85,37 @@ Tensor recycled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return kept;
 }
 
+// Below this many multiply-adds a CPU product runs in cpu::small_gemm on the
+// calling thread instead of ATen's mm, whose BLAS call alone costs more.
+constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
+
+// [bias +] a @ b for a [M, K] and b [K, N], into out when given (else a new
+// tensor). Small CPU products take raw pointers (a transposed view of a
+// row-major matrix is read as it is); the rest go to ATen.
+Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), Tensor out = Tensor()) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (!out.defined()) out = at::empty({M, N}, a.options());
+  if (!a.is_cpu() || M == 0 || N == 0 || K == 0 || M * N * K > kSmallProductFmas) {
+    return bias.defined() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
+  }
+  const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
+  const bool a_columns = !a_rows && a.stride(0) == 1 && a.stride(1) >= M;
+  const Tensor a_mem = a_rows || a_columns ? a : a.contiguous();
+  const Tensor b_mem = b.stride(1) == 1 && b.stride(0) >= N ? b : b.contiguous();
+  const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
+  TORCH_INTERNAL_ASSERT(out.is_contiguous());
+  cpu::small_gemm({a.scalar_type(), M, N, K, a_mem.const_data_ptr(), a_columns ? a_mem.stride(1) : a_mem.stride(0),
+                   a_columns, b_mem.const_data_ptr(), b_mem.stride(0),
+                   bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr, out.data_ptr(), N,
+                   /*accumulate=*/false});
+  return out;
+}
+
 // grad_weight = grad_gates^T @ input_hidden, [4H, B] x [B, I+H], into a
 // recycled buffer.
 Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
   Tensor out = recycled_empty({grad_gates.size(1), input_hidden.size(1)}, input_hidden.options());
-  return at::mm_out(out, grad_gates.t(), input_hidden);
+  return product(grad_gates.t(), input_hidden, Tensor(), out);
 }
 
 // The pointwise pass on the tensors' backend; Args picks forward or backward.
@@ -134,7 +160,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
   // One packed matrix product for all four gates; the bias is added in the
   // pointwise pass, which reads the gates anyway.
   Tensor input_hidden = at::cat({input, hx}, 1);
-  Tensor gates = at::mm(input_hidden, weight.t());
+  Tensor gates = product(input_hidden, weight.t());
   const Tensor c_prev = cx.contiguous();
   const Tensor bias_cont = bias.has_value() ? bias->contiguous() : Tensor();
   Tensor h = at::empty({B, H}, input.options());
@@ -192,8 +218,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
                                      /*grad_c_prev=*/{grad_cx.data_ptr(), H}};
     launch(gates, args);
   }
-  Tensor grad_input = at::mm(grad_gates, weight.narrow(1, 0, I));
-  Tensor grad_hx = at::mm(grad_gates, weight.narrow(1, I, H));
+  Tensor grad_input = product(grad_gates, weight.narrow(1, 0, I));
+  Tensor grad_hx = product(grad_gates, weight.narrow(1, I, H));
   Tensor grad_weight = weight_grad(grad_gates, input_hidden);
   Tensor grad_bias = grad_gates.sum(0);
   return {grad_input, grad_hx, grad_cx, grad_weight, grad_bias};
@@ -232,15 +258,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   const c10::DeviceGuard guard(input.device());
   // All time steps' input projections in one matrix product, biases folded in.
   const Tensor x2d = input.reshape({T * B, I});
-  Tensor gates;
-  if (bias_ih.has_value() || bias_hh.has_value()) {
-    const Tensor bias = bias_ih.has_value() && bias_hh.has_value() ? *bias_ih + *bias_hh
-                        : bias_ih.has_value()                     ? *bias_ih
-                                                                  : *bias_hh;
-    gates = at::addmm(bias, x2d, weight_ih.t());
-  } else {
-    gates = at::mm(x2d, weight_ih.t());
-  }
+  const Tensor bias = bias_ih.has_value() && bias_hh.has_value() ? *bias_ih + *bias_hh
+                      : bias_ih.has_value()                     ? *bias_ih
+                      : bias_hh.has_value()                     ? *bias_hh
+                                                                : Tensor();
+  Tensor gates = product(x2d, weight_ih.t(), bias);
   gates = gates.view({T, B, 4 * H});
   Tensor output = at::empty({T, B, H}, input.options());
   Tensor cells = at::empty({T, B, H}, input.options());
@@ -351,10 +373,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
       }
     }
   }
-  const Tensor grad_h0 = at::mm(grad_gates[t_first], weight_hh);
+  const Tensor grad_h0 = product(grad_gates[t_first], weight_hh);
   // Everything that does not recur, over all steps at once.
   const Tensor gates2d = grad_gates.view({T * B, 4 * H});
-  Tensor grad_input = at::mm(gates2d, weight_ih).view({T, B, I});
+  Tensor grad_input = product(gates2d, weight_ih).view({T, B, I});
   Tensor grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
   // The h each step started from, in time order: h_0 then the outputs, shifted.
   Tensor h_prev_all = reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)

@@ -6,8 +6,10 @@ from torch.testing import assert_close
 import lstm_ext
 from conftest import TOLERANCES, available_cpu_capabilities, make_pair, random_state
 
-SHAPES = [  # (B, I, H): the course's size, odd sizes, vector-width edges, B=1, H=1, B=0
+SHAPES = [  # (B, I, H): the course's size, odd sizes, vector-width edges, B=1, H=1, B=0, and one whose
+    # products are large enough for ATen's matrix product rather than the small-product kernel
     (100, 4, 3), (1, 1, 1), (3, 5, 7), (2, 9, 8), (4, 3, 17), (7, 16, 33), (1, 20, 64), (0, 4, 3), (5, 0, 2),
+    (64, 48, 80),
 ]
 
 

@@ -71,8 +71,9 @@ def test_float32_and_no_initial_state(dtype, device):
 # The CPU time loop cuts each step into panels of 16 hidden units and blocks of
 # rows, one task each, in parallel when the step is large enough: these shapes
 # give several panels with a narrow last one, several row blocks, and a single
-# panel narrower than a vector.
-TILED_SHAPES = [(6, 24, 5, 37), (3, 70, 3, 3), (4, 9, 4, 40), (2, 33, 6, 16)]  # (T, B, I, H)
+# panel narrower than a vector. The last one's products are large enough for
+# ATen's matrix product rather than the small-product kernel.
+TILED_SHAPES = [(6, 24, 5, 37), (3, 70, 3, 3), (4, 9, 4, 40), (2, 33, 6, 16), (8, 32, 64, 64)]  # (T, B, I, H)
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"threads={n}")

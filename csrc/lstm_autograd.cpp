@@ -38,6 +38,22 @@ const auto& layer_backward_op() {
 
 bool present(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
+// The backward operators have no derivative of their own. Recording them
+// (create_graph=True) would give silently wrong second derivatives, so that
+// is an error, as it is for cuDNN's RNNs. Otherwise they are called below the
+// autograd keys, whose fallback costs microseconds per call at small sizes.
+class BelowAutograd {
+ public:
+  explicit BelowAutograd(const char* op) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), op,
+                ": double backward is not supported (the backward pass ran with create_graph=True); "
+                "use torch.nn.LSTM / torch.nn.LSTMCell for higher-order gradients");
+  }
+
+ private:
+  at::AutoDispatchBelowADInplaceOrView guard_;
+};
+
 class CellFunction : public torch::autograd::Function<CellFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
@@ -57,6 +73,7 @@ class CellFunction : public torch::autograd::Function<CellFunction> {
     const Tensor& cx = saved[0];
     const Tensor& c = saved[1];
     const Tensor grad_h = grads[0].defined() ? grads[0] : at::zeros_like(c);
+    const BelowAutograd below("lstm_ext.lstm_cell");
     const Tensor grad_c = grads[1].defined() ? grads[1] : at::zeros_like(c);
     auto [grad_input, grad_hx, grad_cx, grad_weight, grad_bias] =
         cell_backward_op().call(grad_h, grad_c, cx, c, saved[2], saved[3], saved[4]);
@@ -88,6 +105,7 @@ class LayerFunction : public torch::autograd::Function<LayerFunction> {
     const Tensor& output = saved[5];
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const Tensor grad_h_n = grads[1].defined() ? grads[1] : at::zeros_like(saved[1]);
+    const BelowAutograd below("lstm_ext.LSTM");
     const Tensor grad_c_n = grads[2].defined() ? grads[2] : at::zeros_like(saved[2]);
     auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias] =
         layer_backward_op().call(grad_output, grad_h_n, grad_c_n, saved[0], saved[1], saved[2], saved[3],

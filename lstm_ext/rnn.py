@@ -47,6 +47,8 @@ class LSTM(nn.Module):
             raise ValueError(f"lstm_ext.LSTM: need input_size >= 0, hidden_size > 0 and num_layers > 0, got "
                              f"{input_size}, {hidden_size}, {num_layers}")
         factory = {"device": device, "dtype": dtype}
+        # Per layer and direction, the names of (weight_ih, weight_hh, bias_ih, bias_hh), None without bias.
+        self._layer_names: List[Tuple[str, str, Optional[str], Optional[str]]] = []
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -67,6 +69,8 @@ class LSTM(nn.Module):
                 for name, shape in shapes.items():
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
                     self._flat_weights_names.append(name + suffix)
+                self._layer_names.append(("weight_ih" + suffix, "weight_hh" + suffix,
+                                          "bias_ih" + suffix if bias else None, "bias_hh" + suffix if bias else None))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -86,10 +90,10 @@ class LSTM(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s
 
-    def _layer_weights(self, layer: int, direction: int):
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        get = lambda name: getattr(self, name + suffix) if self.bias or name.startswith("weight") else None  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+    def _layer_weights(self, index: int) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of layer * directions + direction."""
+        params = self._parameters  # a dict lookup: nn.Module.__getattr__ costs more at small sizes
+        return tuple(None if name is None else params[name] for name in self._layer_names[index])
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
@@ -111,8 +115,9 @@ class LSTM(nn.Module):
         directions = 2 if self.bidirectional else 1
         state_shape = (self.num_layers * directions, batch, self.hidden_size)
         if hx is None:
-            h0 = input.new_zeros(state_shape)
-            c0 = input.new_zeros(state_shape)
+            # One zero state serves every layer and direction, as h_0 and as c_0.
+            zeros = input.new_zeros(state_shape[1:])
+            states = [(zeros, zeros)] * state_shape[0]
         else:
             _require_pair(hx, "lstm_ext.LSTM", "(h_0, c_0)")
             h0, c0 = hx
@@ -122,6 +127,7 @@ class LSTM(nn.Module):
                     raise ValueError(f"lstm_ext.LSTM: expected {name} of shape {expected}, got {_describe(state)}")
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            states = list(zip(h0.unbind(0), c0.unbind(0)))
 
         layer_input = input
         h_n, c_n = [], []
@@ -129,7 +135,7 @@ class LSTM(nn.Module):
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                out, (h, c) = lstm_layer(layer_input, (h0[index], c0[index]), *self._layer_weights(layer, direction),
+                out, (h, c) = lstm_layer(layer_input, states[index], *self._layer_weights(index),
                                          reverse=direction == 1)
                 outputs.append(out)
                 h_n.append(h)
@@ -137,7 +143,8 @@ class LSTM(nn.Module):
             layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output, h_n, c_n = layer_input, torch.stack(h_n), torch.stack(c_n)
+        output = layer_input
+        h_n, c_n = (h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)) if len(h_n) == 1 else (torch.stack(h_n), torch.stack(c_n))
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:

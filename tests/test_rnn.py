@@ -305,3 +305,14 @@ def test_bad_input_layer_ops():
     grads = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n))
     with pytest.raises(ValueError, match=r"cells must have shape \[3, 2, 4\]"):
         torch.ops.lstm_ext.layer_backward(*grads, x, h0, c0, w_ih, w_hh, out, gates, cells[:1], False)
+
+
+def test_double_backward_is_an_error_not_a_wrong_answer():
+    rnn = lstm_ext.LSTM(4, 3).double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"lstm_ext.LSTM: double backward is not supported"):
+        torch.autograd.grad(rnn(x)[0].sum(), x, create_graph=True)
+    cell = lstm_ext.LSTMCell(4, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"lstm_ext.lstm_cell: double backward is not supported"):
+        torch.autograd.grad(cell(x)[0].sum(), x, create_graph=True)

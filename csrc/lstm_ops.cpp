@@ -90,15 +90,24 @@ Tensor recycled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
 
 // [bias +] a @ b for a [M, K] and b [K, N], into out when given (else a new
-// tensor). Small CPU products take raw pointers (a transposed view of a
+// tensor). On the CPU, large float products with a row-major a take
+// cpu::packed_gemm, small ones cpu::small_gemm (a transposed view of a
 // row-major matrix is read as it is); the rest go to ATen.
 Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), Tensor out = Tensor()) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (!out.defined()) out = at::empty({M, N}, a.options());
+  const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
+  if (a.is_cpu() && a.scalar_type() == at::kFloat && a_rows && M * N * K > kSmallProductFmas) {
+    const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
+    TORCH_INTERNAL_ASSERT(out.is_contiguous());
+    cpu::packed_gemm({M, N, K, a.const_data_ptr<float>(), a.stride(0), b.const_data_ptr<float>(), b.stride(0),
+                      b.stride(1), bias_mem.defined() ? bias_mem.const_data_ptr<float>() : nullptr,
+                      out.mutable_data_ptr<float>(), N});
+    return out;
+  }
   if (!a.is_cpu() || M == 0 || N == 0 || K == 0 || M * N * K > kSmallProductFmas) {
     return bias.defined() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
   }
-  const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
   const bool a_columns = !a_rows && a.stride(0) == 1 && a.stride(1) >= M;
   const Tensor a_mem = a_rows || a_columns ? a : a.contiguous();
   const Tensor b_mem = b.stride(1) == 1 && b.stride(0) >= N ? b : b.contiguous();

@@ -81,16 +81,24 @@ void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 struct Tiling {
   int64_t hidden, batch;
   int64_t panels, row_blocks, block_rows, grain;
+  bool rows_outer;  // consecutive tasks share rows (else panels)
 
-  Tiling(int64_t B, int64_t H) : hidden(H), batch(B) {
+  // max_block_rows caps the rows of a task once the step is shared: the
+  // backward's products read [rows, 4H] of the next step's gate gradients,
+  // which at 16 rows stay in L2 while a thread runs through its panels
+  // (B=64, H=512: backward 6-13% faster than with whole-batch tasks).
+  Tiling(int64_t B, int64_t H, int64_t max_block_rows, bool rows_outer_order)
+      : hidden(H), batch(B), rows_outer(rows_outer_order) {
     panels = (H + kPanel - 1) / kPanel;
     // Enough tasks for every thread twice over, by splitting rows when there
     // are too few panels; one block when the step is too small to share.
-    const int64_t threads = B * 4 * H * H < 2 * kMinTaskFmas ? 1 : at::get_num_threads();
+    const bool shared = B * 4 * H * H >= 2 * kMinTaskFmas;
+    const int64_t threads = shared ? at::get_num_threads() : 1;
     const int64_t wanted_blocks = std::max<int64_t>(1, (2 * threads + panels - 1) / panels);
     const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
     row_blocks = std::min(wanted_blocks, max_blocks);
     block_rows = (B + row_blocks - 1) / row_blocks;
+    if (shared) block_rows = std::min(block_rows, max_block_rows);
     row_blocks = (B + block_rows - 1) / block_rows;
     const int64_t task_fmas = block_rows * 4 * std::min(H, kPanel) * H;
     grain = std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, task_fmas));
@@ -98,7 +106,8 @@ struct Tiling {
   int64_t tasks() const { return panels * row_blocks; }
   // Task u covers hidden units [j0, j0 + width) and rows [r0, r0 + rows).
   void task(int64_t u, int64_t& j0, int64_t& width, int64_t& r0, int64_t& rows) const {
-    const int64_t p = u / row_blocks, r = u % row_blocks;
+    const int64_t p = rows_outer ? u % panels : u / row_blocks;
+    const int64_t r = rows_outer ? u / panels : u % row_blocks;
     j0 = p * kPanel;
     width = std::min(kPanel, hidden - j0);
     r0 = r * block_rows;
@@ -136,7 +145,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   auto* gates = static_cast<scalar_t*>(a.gates);
   auto* output = static_cast<scalar_t*>(a.output);
   auto* cells = static_cast<scalar_t*>(a.cells);
-  const Tiling tiling(B, H);
+  const Tiling tiling(B, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
 
   // Forward panels, one [H, w] block per gate (16 columns multiply faster
   // than 64 in the micro-kernel): packed[4*H*j0 + g*H*w + k*w + jj] = W_hh[g*H + j0 + jj, k].
@@ -188,7 +197,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   auto* grad_h = static_cast<scalar_t*>(a.grad_h);
   auto* grad_c = static_cast<scalar_t*>(a.grad_c);
   auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
-  const Tiling tiling(B, H);
+  const Tiling tiling(B, H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
 
   // Backward panels: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
   std::vector<scalar_t> packed(static_cast<size_t>(G * H));

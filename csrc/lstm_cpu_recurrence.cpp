@@ -1,4 +1,5 @@
-// The CPU time loop of one layer and direction (see lstm_kernels.h).
+// The CPU time loop of one layer and direction, and the CPU matrix products
+// that do not go to ATen (see lstm_kernels.h).
 //
 // torch.nn.LSTM on the CPU is oneDNN's fused RNN primitive; a loop of ATen
 // addmm_ calls loses to it on three counts, each measured: the BLAS repacks

@@ -88,16 +88,21 @@ Tensor recycled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 // Below this many multiply-adds a CPU product runs in cpu::small_gemm on the
 // calling thread instead of ATen's mm, whose BLAS call alone costs more.
 constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
+// cpu::packed_gemm packs all of b for every call, which pays off only over
+// many rows of a: the sequence's input projections (T*B rows), not a cell's
+// B rows (at B=16, I=H=1024 packing made the cell's forward 5x slower).
+constexpr int64_t kPackedMinRows = 1024;
 
 // [bias +] a @ b for a [M, K] and b [K, N], into out when given (else a new
-// tensor). On the CPU, large float products with a row-major a take
+// tensor). On the CPU, float products with many rows of a row-major a take
 // cpu::packed_gemm, small ones cpu::small_gemm (a transposed view of a
 // row-major matrix is read as it is); the rest go to ATen.
 Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), Tensor out = Tensor()) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (!out.defined()) out = at::empty({M, N}, a.options());
   const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
-  if (a.is_cpu() && a.scalar_type() == at::kFloat && a_rows && M * N * K > kSmallProductFmas) {
+  if (a.is_cpu() && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows &&
+      M * N * K > kSmallProductFmas) {
     const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
     TORCH_INTERNAL_ASSERT(out.is_contiguous());
     cpu::packed_gemm({M, N, K, a.const_data_ptr<float>(), a.stride(0), b.const_data_ptr<float>(), b.stride(0),

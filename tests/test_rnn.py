@@ -71,9 +71,11 @@ def test_float32_and_no_initial_state(dtype, device):
 # The CPU time loop cuts each step into panels of 16 hidden units and blocks of
 # rows, one task each, in parallel when the step is large enough: these shapes
 # give several panels with a narrow last one, several row blocks, and a single
-# panel narrower than a vector. The last one's products are large enough for
-# ATen's matrix product rather than the small-product kernel.
-TILED_SHAPES = [(6, 24, 5, 37), (3, 70, 3, 3), (4, 9, 4, 40), (2, 33, 6, 16), (8, 32, 64, 64)]  # (T, B, I, H)
+# panel narrower than a vector. The last two have products too large for the
+# small-product kernel: (8, 32, 64, 64) goes to ATen's, (16, 64, 16, 24) has
+# T*B = 1024 rows for the packed-panel product of float32.
+TILED_SHAPES = [(6, 24, 5, 37), (3, 70, 3, 3), (4, 9, 4, 40), (2, 33, 6, 16), (8, 32, 64, 64),
+                (16, 64, 16, 24)]  # (T, B, I, H)
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"threads={n}")

@@ -64,25 +64,35 @@ int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh) {
   return weight_hh.size(1);
 }
 
-// A large weight gradient is, with glibc, a fresh mmap on every backward (its
-// dynamic mmap threshold stops at 32 MiB), and first-touching its pages costs
-// more than computing it: 12 ms of page faults for the 32 MiB gradient at
-// B=16, I=H=1024, where the product itself takes 5 ms. So the last buffer of
-// 16 MiB or more is kept and reused once nobody else holds it (autograd has
-// added it into .grad and dropped it). One per thread, CPU only.
+// A large buffer is, with glibc, a fresh mmap on every call (its dynamic
+// mmap threshold stops at 32 MiB), and first-touching its pages costs more
+// than filling it: 12 ms of page faults for the 32 MiB weight gradient at
+// B=16, I=H=1024, where the product itself takes 5 ms; 14% of the sequence
+// forward at B=64, T=100, H=512, whose gates take 52 MiB. So the last few
+// buffers of 16 MiB or more are kept and reused once nobody else holds them
+// (autograd has dropped the saved gates, or added a gradient into .grad and
+// dropped it). A few per thread, CPU only.
 Tensor recycled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   constexpr int64_t kRecycleBytes = int64_t(16) << 20;
-  thread_local Tensor kept;
+  constexpr size_t kKept = 4;
+  thread_local std::vector<Tensor> kept;  // oldest first
   const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
   if (options.device().is_cuda() || bytes < kRecycleBytes) {
     return at::empty(sizes, options);
   }
-  if (kept.defined() && kept.use_count() == 1 && kept.storage().use_count() == 1 && kept.sizes() == sizes &&
-      kept.dtype() == options.dtype() && kept.device() == options.device()) {
-    return kept;
+  for (auto it = kept.begin(); it != kept.end(); ++it) {
+    Tensor& t = *it;
+    if (t.use_count() == 1 && t.storage().use_count() == 1 && t.nbytes() == static_cast<size_t>(bytes) &&
+        t.dtype() == options.dtype() && t.device() == options.device()) {
+      Tensor reused = t.view(sizes);
+      kept.erase(it);
+      kept.push_back(reused);  // most recently used last
+      return reused;
+    }
   }
-  kept = at::empty(sizes, options);
-  return kept;
+  if (kept.size() == kKept) kept.erase(kept.begin());
+  kept.push_back(at::empty(sizes, options));
+  return kept.back();
 }
 
 // Below this many multiply-adds a CPU product runs in cpu::small_gemm on the
@@ -276,7 +286,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
                       : bias_ih.has_value()                     ? *bias_ih
                       : bias_hh.has_value()                     ? *bias_hh
                                                                 : Tensor();
-  Tensor gates = product(x2d, weight_ih.t(), bias);
+  Tensor gates = product(x2d, weight_ih.t(), bias, recycled_empty({T * B, 4 * H}, input.options()));
   gates = gates.view({T, B, 4 * H});
   Tensor output = at::empty({T, B, H}, input.options());
   Tensor cells = at::empty({T, B, H}, input.options());
@@ -352,7 +362,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   // recurrent product, the gradient flowing back from the next step.
   Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
   Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
-  Tensor grad_gates = at::empty({T, B, 4 * H}, gates.options());
+  Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
   if (T == 0 || B == 0) {
     const Tensor grad_h0 = T == 0 ? grad_h_n.clone(at::MemoryFormat::Contiguous) : at::zeros_like(grad_h_n);
     return {at::zeros_like(input), grad_h0, grad_c, at::zeros_like(weight_ih), at::zeros_like(weight_hh),

@@ -318,3 +318,20 @@ def test_double_backward_is_an_error_not_a_wrong_answer():
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match=r"lstm_ext.lstm_cell: double backward is not supported"):
         torch.autograd.grad(cell(x)[0].sum(), x, create_graph=True)
+
+
+def test_recycled_large_buffers_are_never_shared():
+    # Gates of 16 MiB and more are recycled once nobody holds them: two live
+    # graphs must keep their own, and a reused buffer must give the same answer.
+    torch.manual_seed(0)
+    ref = nn.LSTM(8, 256)
+    fused = lstm_ext.LSTM.from_torch(ref)
+    xs = [torch.randn(64, 64, 8, requires_grad=True) for _ in range(3)]
+    outs = [fused(x)[0] for x in xs[:2]]  # both graphs alive at once
+    grads = [torch.autograd.grad((o * o).sum(), x)[0] for o, x in zip(outs, xs[:2])]
+    outs.append(fused(xs[2])[0])  # after the first two are freed: a recycled buffer
+    grads.append(torch.autograd.grad((outs[2] * outs[2]).sum(), xs[2])[0])
+    for x, out, grad in zip(xs, outs, grads):
+        expected = ref(x)[0]
+        assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        assert_close(grad, torch.autograd.grad((expected * expected).sum(), x)[0], rtol=1e-4, atol=1e-4)

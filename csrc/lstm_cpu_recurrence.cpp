@@ -241,14 +241,12 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
 void small_gemm(const SmallGemmArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "lstm_ext_small_gemm", [&] {
     auto* C = static_cast<scalar_t*>(a.c);
-    bool accumulate = a.accumulate;
     if (a.bias != nullptr) {  // C = bias + A @ B: the bias in every row first
       const auto* bias = static_cast<const scalar_t*>(a.bias);
       for (int64_t m = 0; m < a.m; ++m) std::copy(bias, bias + a.n, C + m * a.ldc);
-      accumulate = true;
     }
     tile_gemm<scalar_t>(a.m, a.n, a.k, static_cast<const scalar_t*>(a.a), a.lda, a.transpose_a,
-                        static_cast<const scalar_t*>(a.b), a.ldb, C, a.ldc, accumulate);
+                        static_cast<const scalar_t*>(a.b), a.ldb, C, a.ldc, /*accumulate=*/a.bias != nullptr);
   });
 }
 
@@ -265,7 +263,10 @@ void packed_gemm(const PackedGemmArgs& a) {
       float* panel = packed.data() + K * n0;
       const float* src = a.b + n0 * a.b_n_stride;
       if (a.b_n_stride == 1) {
-        for (int64_t k = 0; k < K; ++k) std::copy(src + k * a.b_k_stride, src + k * a.b_k_stride + width, panel + k * width);
+        for (int64_t k = 0; k < K; ++k) {
+          const float* row = src + k * a.b_k_stride;
+          std::copy(row, row + width, panel + k * width);
+        }
       } else {  // B is a transposed weight: read its rows
         for (int64_t jj = 0; jj < width; ++jj)
           for (int64_t k = 0; k < K; ++k) panel[k * width + jj] = src[jj * a.b_n_stride + k * a.b_k_stride];

@@ -121,8 +121,8 @@ struct RecurrenceBackwardArgs {
 };
 void recurrence_backward(const RecurrenceBackwardArgs& args);
 
-// C[M, N] = (bias or, when accumulate, C) + A @ B on the calling thread,
-// row-major; A read transposed when transpose_a; bias [N] may be null. For the
+// C[M, N] = [bias +] A @ B on the calling thread, row-major; A read
+// transposed when transpose_a; bias [N] may be null. For the
 // products of small problems, where the BLAS's fixed cost per call dominates
 // (MKL's small-matrix path takes ~10 us on AMD CPUs even for a few thousand
 // multiply-adds).
@@ -137,7 +137,6 @@ struct SmallGemmArgs {
   const void* bias;
   void* c;
   int64_t ldc;
-  bool accumulate;
 };
 void small_gemm(const SmallGemmArgs& args);
 

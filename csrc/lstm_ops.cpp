@@ -49,6 +49,13 @@ void check_shape(const char* op, const char* name, const Tensor& t, at::IntArray
                     meaning, ", got ", t.sizes());
 }
 
+// An operand beside the weight: its dtype and device, then its shape.
+void check_operand(const char* op, const char* name, const Tensor& t, const Tensor& weight, at::IntArrayRef expected,
+                   const char* meaning) {
+  check_like_weight(op, name, t, weight);
+  check_shape(op, name, t, expected, meaning);
+}
+
 // The cell's packed weight [4H, I+H]: returns H.
 int64_t check_packed_weight(const char* op, const Tensor& weight) {
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) % 4 == 0 && weight.size(1) >= weight.size(0) / 4,
@@ -111,27 +118,26 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (!out.defined()) out = at::empty({M, N}, a.options());
   const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
-  if (a.is_cpu() && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows &&
-      M * N * K > kSmallProductFmas) {
-    const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
-    TORCH_INTERNAL_ASSERT(out.is_contiguous());
+  const bool empty = M == 0 || N == 0 || K == 0;
+  const bool small = !empty && M * N * K <= kSmallProductFmas;
+  const bool packed = !empty && !small && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows;
+  if (!a.is_cpu() || !(small || packed)) {
+    return bias.defined() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
+  }
+  const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
+  TORCH_INTERNAL_ASSERT(out.is_contiguous());
+  if (packed) {
     cpu::packed_gemm({M, N, K, a.const_data_ptr<float>(), a.stride(0), b.const_data_ptr<float>(), b.stride(0),
                       b.stride(1), bias_mem.defined() ? bias_mem.const_data_ptr<float>() : nullptr,
                       out.mutable_data_ptr<float>(), N});
     return out;
   }
-  if (!a.is_cpu() || M == 0 || N == 0 || K == 0 || M * N * K > kSmallProductFmas) {
-    return bias.defined() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
-  }
   const bool a_columns = !a_rows && a.stride(0) == 1 && a.stride(1) >= M;
   const Tensor a_mem = a_rows || a_columns ? a : a.contiguous();
   const Tensor b_mem = b.stride(1) == 1 && b.stride(0) >= N ? b : b.contiguous();
-  const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
-  TORCH_INTERNAL_ASSERT(out.is_contiguous());
   cpu::small_gemm({a.scalar_type(), M, N, K, a_mem.const_data_ptr(), a_columns ? a_mem.stride(1) : a_mem.stride(0),
                    a_columns, b_mem.const_data_ptr(), b_mem.stride(0),
-                   bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr, out.data_ptr(), N,
-                   /*accumulate=*/false});
+                   bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr, out.data_ptr(), N});
   return out;
 }
 
@@ -176,8 +182,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
   check_shape(op, "hx (h_prev)", hx, {B, H}, "(batch, hidden_size)");
   check_shape(op, "cx (c_prev)", cx, {B, H}, "(batch, hidden_size)");
   if (bias.has_value()) {
-    check_like_weight(op, "bias", *bias, weight);
-    check_shape(op, "bias", *bias, {4 * H}, "(4*hidden_size,)");
+    check_operand(op, "bias", *bias, weight, {4 * H}, "(4*hidden_size,)");
   }
 
   const c10::DeviceGuard guard(input.device());
@@ -214,13 +219,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
   const std::pair<const char*, const Tensor*> state_like[] = {
       {"grad_h", &grad_h}, {"grad_c", &grad_c}, {"cx", &cx}, {"c", &c_new}};
   for (const auto& [name, t] : state_like) {
-    check_like_weight(op, name, *t, weight);
-    check_shape(op, name, *t, {B, H}, "(batch, hidden_size)");
+    check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
   }
-  check_like_weight(op, "gates", gates, weight);
-  check_shape(op, "gates", gates, {B, 4 * H}, "(batch, 4*hidden_size)");
-  check_like_weight(op, "input_hidden", input_hidden, weight);
-  check_shape(op, "input_hidden", input_hidden, {B, I + H}, "(batch, input_size + hidden_size)");
+  check_operand(op, "gates", gates, weight, {B, 4 * H}, "(batch, 4*hidden_size)");
+  check_operand(op, "input_hidden", input_hidden, weight, {B, I + H}, "(batch, input_size + hidden_size)");
 
   const c10::DeviceGuard guard(c_new.device());
   // Gradients may arrive as expanded or strided views (sum() gives stride 0).
@@ -274,8 +276,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   check_shape(op, "c_0", c0, {B, H}, "(batch, hidden_size)");
   for (const auto& [name, bias] : {std::pair{"bias_ih", &bias_ih}, std::pair{"bias_hh", &bias_hh}}) {
     if (bias->has_value()) {
-      check_like_weight(op, name, **bias, weight);
-      check_shape(op, name, **bias, {4 * H}, "(4*hidden_size,)");
+      check_operand(op, name, **bias, weight, {4 * H}, "(4*hidden_size,)");
     }
   }
 
@@ -339,20 +340,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   const std::pair<const char*, const Tensor*> sequences[] = {
       {"grad_output", &grad_output}, {"output", &output}, {"cells", &cells}};
   for (const auto& [name, t] : sequences) {
-    check_like_weight(op, name, *t, weight);
-    check_shape(op, name, *t, {T, B, H}, "(seq_len, batch, hidden_size)");
+    check_operand(op, name, *t, weight, {T, B, H}, "(seq_len, batch, hidden_size)");
   }
   const std::pair<const char*, const Tensor*> states[] = {
       {"grad_h_n", &grad_h_n}, {"grad_c_n", &grad_c_n}, {"h_0", &h0}, {"c_0", &c0}};
   for (const auto& [name, t] : states) {
-    check_like_weight(op, name, *t, weight);
-    check_shape(op, name, *t, {B, H}, "(batch, hidden_size)");
+    check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
   }
   check_like_weight(op, "input", input, weight);
-  check_like_weight(op, "weight_ih", weight_ih, weight);
-  check_shape(op, "weight_ih", weight_ih, {4 * H, I}, "(4*hidden_size, input_size)");
-  check_like_weight(op, "gates", gates, weight);
-  check_shape(op, "gates", gates, {T, B, 4 * H}, "(seq_len, batch, 4*hidden_size)");
+  check_operand(op, "weight_ih", weight_ih, weight, {4 * H, I}, "(4*hidden_size, input_size)");
+  check_operand(op, "gates", gates, weight, {T, B, 4 * H}, "(seq_len, batch, 4*hidden_size)");
 
   const c10::DeviceGuard guard(input.device());
   const Tensor gates_c = gates.contiguous();
@@ -362,12 +359,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   // recurrent product, the gradient flowing back from the next step.
   Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
   Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
-  Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
   if (T == 0 || B == 0) {
     const Tensor grad_h0 = T == 0 ? grad_h_n.clone(at::MemoryFormat::Contiguous) : at::zeros_like(grad_h_n);
     return {at::zeros_like(input), grad_h0, grad_c, at::zeros_like(weight_ih), at::zeros_like(weight_hh),
             at::zeros({4 * H}, weight_hh.options())};
   }
+  Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
   const int64_t t_first = reverse ? T - 1 : 0;
   grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
   if (input.is_cpu()) {

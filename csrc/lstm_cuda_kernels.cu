@@ -39,15 +39,21 @@ __device__ __forceinline__ scalar_t* row_at(const RowsView<Ptr>& v, int64_t b, i
   return static_cast<scalar_t*>(v.data) + b * v.row_stride + j;
 }
 
+// f(b, j) for every element of the [batch, hidden] state, grid-stride.
+template <typename F>
+__device__ __forceinline__ void for_each_element(int64_t batch, int64_t hidden, const F& f) {
+  const int64_t n = batch * hidden;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
+       idx += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t b = idx / hidden;
+    f(b, idx - b * hidden);
+  }
+}
+
 template <typename scalar_t>
 __global__ void forward_kernel(PointwiseForwardArgs a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t H = a.hidden;
-  const int64_t n = a.batch * H;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t b = idx / H;
-    const int64_t j = idx - b * H;
+  for_each_element(a.batch, a.hidden, [&](int64_t b, int64_t j) {
     opmath_t pre[4];
     for (int k = 0; k < 4; ++k) {
       pre[k] = *gate_at<const scalar_t>(a.preact, b, k, j);
@@ -62,18 +68,13 @@ __global__ void forward_kernel(PointwiseForwardArgs a) {
     *gate_at<scalar_t>(a.gates, b, 3, j) = o;
     *row_at<scalar_t>(a.c, b, j) = c;
     *row_at<scalar_t>(a.h, b, j) = h;
-  }
+  });
 }
 
 template <typename scalar_t>
 __global__ void backward_kernel(PointwiseBackwardArgs a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t H = a.hidden;
-  const int64_t n = a.batch * H;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t b = idx / H;
-    const int64_t j = idx - b * H;
+  for_each_element(a.batch, a.hidden, [&](int64_t b, int64_t j) {
     opmath_t di, df, dg, d_o, dcp;
     lstm_backward_point<opmath_t>(
         *gate_at<const scalar_t>(a.gates, b, 0, j), *gate_at<const scalar_t>(a.gates, b, 1, j),
@@ -85,7 +86,7 @@ __global__ void backward_kernel(PointwiseBackwardArgs a) {
     *gate_at<scalar_t>(a.grad_gates, b, 2, j) = dg;
     *gate_at<scalar_t>(a.grad_gates, b, 3, j) = d_o;
     *row_at<scalar_t>(a.grad_c_prev, b, j) = dcp;
-  }
+  });
 }
 
 }  // namespace

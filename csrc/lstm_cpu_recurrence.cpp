@@ -22,6 +22,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "lstm_kernels.h"
@@ -67,12 +68,12 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, 
 template <>
 void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool transpose_a, const float* B,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  std::vector<float> a_copy;
+  std::unique_ptr<float[]> a_copy;  // not zero-filled: every element is written
   if (transpose_a) {  // brgemm reads A row-major only
-    a_copy.resize(static_cast<size_t>(M * K));
+    a_copy.reset(new float[static_cast<size_t>(M * K)]);
     for (int64_t k = 0; k < K; ++k)
       for (int64_t m = 0; m < M; ++m) a_copy[m * K + k] = A[k * lda + m];
-    A = a_copy.data();
+    A = a_copy.get();
     lda = K;
   }
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
@@ -95,7 +96,7 @@ struct Tiling {
     // are too few panels; one block when the step is too small to share.
     const bool shared = B * 4 * H * H >= 2 * kMinTaskFmas;
     const int64_t threads = shared ? at::get_num_threads() : 1;
-    const int64_t wanted_blocks = std::max<int64_t>(1, (2 * threads + panels - 1) / panels);
+    const int64_t wanted_blocks = shared ? std::max<int64_t>(1, (2 * threads + panels - 1) / panels) : 1;
     const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
     row_blocks = std::min(wanted_blocks, max_blocks);
     block_rows = (B + row_blocks - 1) / row_blocks;
@@ -148,15 +149,20 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   auto* cells = static_cast<scalar_t*>(a.cells);
   const Tiling tiling(B, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
 
-  // Forward panels, one [H, w] block per gate (16 columns multiply faster
-  // than 64 in the micro-kernel): packed[4*H*j0 + g*H*w + k*w + jj] = W_hh[g*H + j0 + jj, k].
+  // Forward panels. A full panel is one [H, w] block per gate (16 columns
+  // multiply faster than 64 in the micro-kernel): packed[4*H*j0 + g*H*w +
+  // k*w + jj] = W_hh[g*H + j0 + jj, k]. A narrower one (the last, or the only
+  // one when H < 16) is a single [H, 4w] block, one product instead of four
+  // tiny ones: packed[4*H*j0 + k*4w + g*w + jj].
   std::vector<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+    const bool split = width == kPanel;
     for (int64_t g = 0; g < 4; ++g) {
-      scalar_t* block = packed.data() + 4 * H * j0 + g * H * width;
+      scalar_t* block = packed.data() + 4 * H * j0 + (split ? g * H * width : g * width);
+      const int64_t ld = split ? width : 4 * width;
       for (int64_t jj = 0; jj < width; ++jj) {
         const scalar_t* row = w + (g * H + j0 + jj) * H;
-        for (int64_t k = 0; k < H; ++k) block[k * width + jj] = row[k];
+        for (int64_t k = 0; k < H; ++k) block[k * ld + jj] = row[k];
       }
     }
   });
@@ -171,9 +177,15 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     scalar_t* gates_t = gates + t * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* tile = scratch.data() + B * 4 * j0 + r0 * 4 * width;
-      for (int64_t g = 0; g < 4; ++g) {
-        tile_gemm<scalar_t>(rows, width, H, h_prev + r0 * H, H, false, packed.data() + 4 * H * j0 + g * H * width,
-                            width, tile + g * width, 4 * width, /*accumulate=*/false);
+      const scalar_t* panel = packed.data() + 4 * H * j0;
+      if (width == kPanel) {
+        for (int64_t g = 0; g < 4; ++g) {
+          tile_gemm<scalar_t>(rows, width, H, h_prev + r0 * H, H, false, panel + g * H * width, width,
+                              tile + g * width, 4 * width, /*accumulate=*/false);
+        }
+      } else {
+        tile_gemm<scalar_t>(rows, 4 * width, H, h_prev + r0 * H, H, false, panel, 4 * width, tile, 4 * width,
+                            /*accumulate=*/false);
       }
       scalar_t* projection = gates_t + r0 * G + j0;  // input projection in, activated gates out
       const PointwiseForwardArgs args{shape.dtype, rows, width,
@@ -198,6 +210,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   auto* grad_h = static_cast<scalar_t*>(a.grad_h);
   auto* grad_c = static_cast<scalar_t*>(a.grad_c);
   auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
+  const auto* grad_h_n = static_cast<const scalar_t*>(a.grad_h_n);
   const Tiling tiling(B, H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
 
   // Backward panels: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
@@ -217,6 +230,10 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
     const scalar_t* grad_gates_next = s == T - 1 ? nullptr : grad_gates + t_next * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* dh = grad_h + t * B * H + r0 * H + j0;
+      if (grad_gates_next == nullptr && grad_h_n != nullptr) {  // the last step: h_n's gradient joins
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t jj = 0; jj < width; ++jj) dh[r * H + jj] += grad_h_n[(r0 + r) * H + j0 + jj];
+      }
       if (grad_gates_next != nullptr) {
         // The gradient reaching h_t through the next step's gates.
         tile_gemm<scalar_t>(rows, width, G, grad_gates_next + r0 * G, G, false, packed.data() + G * j0, width, dh, H,
@@ -247,6 +264,17 @@ void small_gemm(const SmallGemmArgs& a) {
     }
     tile_gemm<scalar_t>(a.m, a.n, a.k, static_cast<const scalar_t*>(a.a), a.lda, a.transpose_a,
                         static_cast<const scalar_t*>(a.b), a.ldb, C, a.ldc, /*accumulate=*/a.bias != nullptr);
+  });
+}
+
+void column_sums(c10::ScalarType dtype, int64_t rows, int64_t cols, const void* data, void* out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "lstm_ext_column_sums", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> acc(static_cast<size_t>(cols), acc_t(0));
+    const auto* x = static_cast<const scalar_t*>(data);
+    for (int64_t r = 0; r < rows; ++r, x += cols)
+      for (int64_t c = 0; c < cols; ++c) acc[c] += acc_t(x[c]);
+    std::copy(acc.begin(), acc.end(), static_cast<scalar_t*>(out));
   });
 }
 

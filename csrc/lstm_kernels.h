@@ -104,8 +104,8 @@ struct RecurrenceForwardArgs {
 void recurrence_forward(const RecurrenceForwardArgs& args);
 
 // Backward through time. grad_h [T, B, H] holds the gradient of each step's
-// output (the caller has added grad_h_n to the last step's) and receives the
-// recurrent contributions; grad_c [B, H] holds grad_c_n on entry and the
+// output and receives the recurrent contributions (and grad_h_n [B, H], when
+// not null, at the last step); grad_c [B, H] holds grad_c_n on entry and the
 // gradient of c_0 on exit; grad_gates [T, B, 4H] receives the gradients of the
 // pre-activations. The gradient of h_0 is grad_gates[first step] @ W_hh,
 // left to the caller.
@@ -116,6 +116,7 @@ struct RecurrenceBackwardArgs {
   const void* gates;      // [T, B, 4H], activated
   const void* cells;      // [T, B, H]
   void* grad_h;
+  const void* grad_h_n;  // may be null
   void* grad_c;
   void* grad_gates;
 };
@@ -139,6 +140,11 @@ struct SmallGemmArgs {
   int64_t ldc;
 };
 void small_gemm(const SmallGemmArgs& args);
+
+// out[c] = sum over r of data[r * cols + c], accumulated in float or double,
+// on the calling thread: the bias gradient of small problems, where ATen's
+// reduction costs more to set up than to run.
+void column_sums(c10::ScalarType dtype, int64_t rows, int64_t cols, const void* data, void* out);
 
 // C[M, N] = [bias +] A[M, K] @ B for large float products, in parallel: B
 // (element (k, n) at b[k * b_k_stride + n * b_n_stride], so a weight or its

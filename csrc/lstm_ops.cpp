@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <cstring>
 #include <string>
 
 #include "lstm_kernels.h"
@@ -146,6 +147,36 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
 Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
   Tensor out = recycled_empty({grad_gates.size(1), input_hidden.size(1)}, input_hidden.options());
   return product(grad_gates.t(), input_hidden, Tensor(), out);
+}
+
+// Step t of a contiguous [T, B, H] sequence as a tensor of its own (a copy:
+// an operator's outputs may not alias each other). On the CPU a plain memcpy,
+// not a select and a clone: at small sizes each ATen call costs as much as
+// the copy.
+Tensor copy_step(const Tensor& sequence, int64_t t) {
+  if (!sequence.is_cpu()) return sequence[t].clone();
+  Tensor step = at::empty({sequence.size(1), sequence.size(2)}, sequence.options());
+  std::memcpy(step.data_ptr(), static_cast<const char*>(sequence.const_data_ptr()) + t * step.nbytes(), step.nbytes());
+  return step;
+}
+
+// The h each step started from, in time order [T, B, H]: h_0, then the
+// outputs shifted by one step (the other way round when reverse).
+Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse) {
+  const int64_t T = output.size(0);
+  if (!output.is_cpu()) {
+    return reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
+                   : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0);
+  }
+  const Tensor h0_c = h0.contiguous();
+  const Tensor output_c = output.contiguous();
+  Tensor states = at::empty(output.sizes(), output.options());
+  const size_t step = h0_c.nbytes();
+  auto* dst = static_cast<char*>(states.data_ptr());
+  const auto* out = static_cast<const char*>(output_c.const_data_ptr());
+  std::memcpy(reverse ? dst + (T - 1) * step : dst, h0_c.const_data_ptr(), step);
+  std::memcpy(reverse ? dst : dst + step, reverse ? out + step : out, (T - 1) * step);
+  return states;
 }
 
 // The pointwise pass on the tensors' backend; Args picks forward or backward.
@@ -325,7 +356,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   }
   // Outputs of an operator may not alias each other: h_n and c_n are copies.
   const int64_t t_last = reverse ? 0 : T - 1;
-  return {output, output[t_last].clone(), cells[t_last].clone(), gates, cells};
+  return {output, copy_step(output, t_last), copy_step(cells, t_last), gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
@@ -366,13 +397,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   }
   Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
   const int64_t t_first = reverse ? T - 1 : 0;
-  grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
   if (input.is_cpu()) {
     const Tensor weight_hh_c = weight_hh.contiguous();
+    const Tensor grad_h_n_c = grad_h_n.contiguous();
     cpu::recurrence_backward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
                               c0_c.const_data_ptr(), gates_c.const_data_ptr(), cells_c.const_data_ptr(),
-                              grad_h.data_ptr(), grad_c.data_ptr(), grad_gates.data_ptr()});
+                              grad_h.data_ptr(), grad_h_n_c.const_data_ptr(), grad_c.data_ptr(),
+                              grad_gates.data_ptr()});
   } else {
+    grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t
@@ -399,11 +432,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   const Tensor gates2d = grad_gates.view({T * B, 4 * H});
   Tensor grad_input = product(gates2d, weight_ih).view({T, B, I});
   Tensor grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
-  // The h each step started from, in time order: h_0 then the outputs, shifted.
-  Tensor h_prev_all = reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
-                              : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0);
-  Tensor grad_weight_hh = weight_grad(gates2d, h_prev_all.reshape({T * B, H}));
-  Tensor grad_bias = gates2d.sum(0);
+  Tensor grad_weight_hh = weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
+  Tensor grad_bias;
+  if (input.is_cpu() && T * B * 4 * H <= kSmallProductFmas) {
+    grad_bias = at::empty({4 * H}, gates.options());
+    cpu::column_sums(gates.scalar_type(), T * B, 4 * H, grad_gates.const_data_ptr(), grad_bias.data_ptr());
+  } else {
+    grad_bias = gates2d.sum(0);
+  }
   return {grad_input, grad_h0, grad_c, grad_weight_ih, grad_weight_hh, grad_bias};
 }
 

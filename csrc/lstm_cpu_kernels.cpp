@@ -92,42 +92,27 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
   }
   if (full == H) return;
 
-  // Leftover columns: a vector of rows at a time. float and double gather
-  // each input vector with one instruction (strided by the stream's row
-  // stride); the last partial block of rows, and the 16-bit types, go
-  // through a staging buffer.
-  int64_t b_staged = row_begin;
-  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    using Index = Vectorized<at::vec::int_same_size_t<scalar_t>>;
-    using index_t = at::vec::int_same_size_t<scalar_t>;
-    Index offsets[NIn];
-    for (int k = 0; k < NIn; ++k) offsets[k] = Index::arange(0, static_cast<index_t>(in[k].row_stride));
-    alignas(64) opmath_t result[kWidth];
-    const int64_t full_rows = row_begin + (row_end - row_begin) / kWidth * kWidth;
-    for (int64_t j = full; j < H; ++j) {
-      for (int64_t b0 = row_begin; b0 < full_rows; b0 += kWidth) {
-        for (int k = 0; k < NIn; ++k) {
-          vin[k] = at::vec::gather<sizeof(scalar_t)>(in[k].base + b0 * in[k].row_stride + j, offsets[k]);
-        }
-        f(vin, vout);
-        for (int k = 0; k < NOut; ++k) {
-          vout[k].store(result);
-          scalar_t* dst = out[k].base + b0 * out[k].row_stride + j;
-          for (int64_t l = 0; l < kWidth; ++l) dst[l * out[k].row_stride] = result[l];
-        }
-      }
-    }
-    b_staged = full_rows;
-  }
-  if (b_staged == row_end) return;
-
+  // Leftover columns: a vector of rows at a time. float and double gather a
+  // full vector of rows with one instruction (strided by the stream's row
+  // stride); the last partial block of rows, and the 16-bit types, go through
+  // a staging buffer. Results go back element by element.
+  using Index = Vectorized<at::vec::int_same_size_t<opmath_t>>;
+  using index_t = at::vec::int_same_size_t<opmath_t>;
+  Index offsets[NIn];
+  for (int k = 0; k < NIn; ++k) offsets[k] = Index::arange(0, static_cast<index_t>(in[k].row_stride));
   alignas(64) opmath_t staged[NIn][kWidth] = {};
   alignas(64) opmath_t result[kWidth];
   for (int64_t j = full; j < H; ++j) {
-    for (int64_t b0 = b_staged; b0 < row_end; b0 += kWidth) {
+    for (int64_t b0 = row_begin; b0 < row_end; b0 += kWidth) {
       const int64_t n = std::min(kWidth, row_end - b0);
       for (int k = 0; k < NIn; ++k) {
         const scalar_t* src = in[k].base + b0 * in[k].row_stride + j;
+        if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+          if (n == kWidth) {
+            vin[k] = at::vec::gather<sizeof(scalar_t)>(src, offsets[k]);
+            continue;
+          }
+        }
         for (int64_t l = 0; l < n; ++l) staged[k][l] = src[l * in[k].row_stride];
         vin[k] = Vec::loadu(staged[k]);
       }

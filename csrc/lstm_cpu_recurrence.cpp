@@ -33,6 +33,9 @@ namespace {
 
 // Hidden units per panel: one or two SIMD vectors of each gate.
 constexpr int64_t kPanel = 16;
+// Products per forward task: one per gate for a full panel, one for a
+// narrower panel (see the packing in forward_typed).
+inline int64_t forward_products(int64_t width) { return width == kPanel ? 4 : 1; }
 // Below this many multiply-adds a task costs less than waking a thread.
 constexpr int64_t kMinTaskFmas = 32768;
 // Row blocks are at least this tall when rows are split across threads.
@@ -149,20 +152,21 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   auto* cells = static_cast<scalar_t*>(a.cells);
   const Tiling tiling(B, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
 
-  // Forward panels. A full panel is one [H, w] block per gate (16 columns
-  // multiply faster than 64 in the micro-kernel): packed[4*H*j0 + g*H*w +
-  // k*w + jj] = W_hh[g*H + j0 + jj, k]. A narrower one (the last, or the only
-  // one when H < 16) is a single [H, 4w] block, one product instead of four
-  // tiny ones: packed[4*H*j0 + k*4w + g*w + jj].
+  // Forward panels: each panel's [H, 4w] block of W_hh^T (tile column
+  // g*w + jj is unit j0 + jj of gate g), cut into forward_products(w) blocks
+  // [H, n] stored one after the other, n = 4w / products. A full panel is cut
+  // per gate (16 columns multiply faster than 64 in the micro-kernel); a
+  // narrower one (the last, or the only one when H < 16) stays whole, one
+  // product instead of four tiny ones.
   std::vector<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
-    const bool split = width == kPanel;
+    const int64_t n = 4 * width / forward_products(width);
     for (int64_t g = 0; g < 4; ++g) {
-      scalar_t* block = packed.data() + 4 * H * j0 + (split ? g * H * width : g * width);
-      const int64_t ld = split ? width : 4 * width;
       for (int64_t jj = 0; jj < width; ++jj) {
+        const int64_t column = g * width + jj;
+        scalar_t* block = packed.data() + 4 * H * j0 + (column / n) * H * n + column % n;
         const scalar_t* row = w + (g * H + j0 + jj) * H;
-        for (int64_t k = 0; k < H; ++k) block[k * ld + jj] = row[k];
+        for (int64_t k = 0; k < H; ++k) block[k * n] = row[k];
       }
     }
   });
@@ -178,13 +182,9 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* tile = scratch.data() + B * 4 * j0 + r0 * 4 * width;
       const scalar_t* panel = packed.data() + 4 * H * j0;
-      if (width == kPanel) {
-        for (int64_t g = 0; g < 4; ++g) {
-          tile_gemm<scalar_t>(rows, width, H, h_prev + r0 * H, H, false, panel + g * H * width, width,
-                              tile + g * width, 4 * width, /*accumulate=*/false);
-        }
-      } else {
-        tile_gemm<scalar_t>(rows, 4 * width, H, h_prev + r0 * H, H, false, panel, 4 * width, tile, 4 * width,
+      const int64_t products = forward_products(width), n = 4 * width / products;
+      for (int64_t q = 0; q < products; ++q) {
+        tile_gemm<scalar_t>(rows, n, H, h_prev + r0 * H, H, false, panel + q * H * n, n, tile + q * n, 4 * width,
                             /*accumulate=*/false);
       }
       scalar_t* projection = gates_t + r0 * G + j0;  // input projection in, activated gates out

@@ -149,6 +149,19 @@ Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
   return product(grad_gates.t(), input_hidden, Tensor(), out);
 }
 
+// The bias gradient: the column sums of grad_gates [rows, 4H]. Small ones on
+// the CPU in a plain loop, where ATen's reduction costs more to set up than
+// to run.
+Tensor bias_grad(const Tensor& grad_gates) {
+  const int64_t rows = grad_gates.size(0), cols = grad_gates.size(1);
+  if (!grad_gates.is_cpu() || !grad_gates.is_contiguous() || rows * cols > kSmallProductFmas) {
+    return grad_gates.sum(0);
+  }
+  Tensor grad_bias = at::empty({cols}, grad_gates.options());
+  cpu::column_sums(grad_gates.scalar_type(), rows, cols, grad_gates.const_data_ptr(), grad_bias.data_ptr());
+  return grad_bias;
+}
+
 // Step t of a contiguous [T, B, H] sequence as a tensor of its own (a copy:
 // an operator's outputs may not alias each other). On the CPU a plain memcpy,
 // not a select and a clone: at small sizes each ATen call costs as much as
@@ -278,7 +291,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
   Tensor grad_input = product(grad_gates, weight.narrow(1, 0, I));
   Tensor grad_hx = product(grad_gates, weight.narrow(1, I, H));
   Tensor grad_weight = weight_grad(grad_gates, input_hidden);
-  Tensor grad_bias = grad_gates.sum(0);
+  Tensor grad_bias = bias_grad(grad_gates);
   return {grad_input, grad_hx, grad_cx, grad_weight, grad_bias};
 }
 
@@ -433,13 +446,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   Tensor grad_input = product(gates2d, weight_ih).view({T, B, I});
   Tensor grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
   Tensor grad_weight_hh = weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
-  Tensor grad_bias;
-  if (input.is_cpu() && T * B * 4 * H <= kSmallProductFmas) {
-    grad_bias = at::empty({4 * H}, gates.options());
-    cpu::column_sums(gates.scalar_type(), T * B, 4 * H, grad_gates.const_data_ptr(), grad_bias.data_ptr());
-  } else {
-    grad_bias = gates2d.sum(0);
-  }
+  Tensor grad_bias = bias_grad(gates2d);
   return {grad_input, grad_h0, grad_c, grad_weight_ih, grad_weight_hh, grad_bias};
 }
 

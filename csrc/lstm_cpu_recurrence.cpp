@@ -6,8 +6,9 @@
 // W_hh on every step, each step forks and joins threads more than once, and
 // the gates make a round trip through memory between the product and the
 // pointwise pass. Here W_hh is packed once per call into panels, each step
-// is one parallel region, and each task multiplies one panel into a tile
-// that the pointwise pass consumes while it is still in L1.
+// is one parallel region, and each task's product accumulates into its block
+// of the step's input projection, which the pointwise pass then reads while
+// it is still in L1 and overwrites with the activated gates.
 //
 // Panels are `kPanel` hidden units wide: the forward panel of units
 // [j0, j0 + w) is, per gate, the [H, w] block of that gate's columns of
@@ -33,9 +34,13 @@ namespace {
 
 // Hidden units per panel: one or two SIMD vectors of each gate.
 constexpr int64_t kPanel = 16;
-// Products per forward task: one per gate for a full panel, one for a
-// narrower panel (see the packing in forward_typed).
-inline int64_t forward_products(int64_t width) { return width == kPanel ? 4 : 1; }
+// Products per forward task: one per gate, each into that gate's columns of
+// the step's gates; one for all four gates when the panel is all of a hidden
+// size below kPanel, whose [rows, 4H] block of the step's gates is then the
+// product's output as it is (H=3: one tiny product instead of four).
+inline int64_t forward_products(int64_t width, int64_t hidden) {
+  return width == hidden && width < kPanel ? 1 : 4;
+}
 // Below this many multiply-adds a task costs less than waking a thread.
 constexpr int64_t kMinTaskFmas = 32768;
 // Row blocks are at least this tall when rows are split across threads.
@@ -152,15 +157,12 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   auto* cells = static_cast<scalar_t*>(a.cells);
   const Tiling tiling(B, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
 
-  // Forward panels: each panel's [H, 4w] block of W_hh^T (tile column
-  // g*w + jj is unit j0 + jj of gate g), cut into forward_products(w) blocks
-  // [H, n] stored one after the other, n = 4w / products. A full panel is cut
-  // per gate (16 columns multiply faster than 64 in the micro-kernel); a
-  // narrower one (the last, or the only one when H < 16) stays whole, one
-  // product instead of four tiny ones.
+  // Forward panels: each panel's [H, 4w] block of W_hh^T (column g*w + jj is
+  // unit j0 + jj of gate g), cut into forward_products blocks [H, n] stored
+  // one after the other, n = 4w / products.
   std::vector<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
-    const int64_t n = 4 * width / forward_products(width);
+    const int64_t n = 4 * width / forward_products(width, H);
     for (int64_t g = 0; g < 4; ++g) {
       for (int64_t jj = 0; jj < width; ++jj) {
         const int64_t column = g * width + jj;
@@ -170,8 +172,6 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       }
     }
   });
-  // Each task's recurrent product lands in its own [rows, 4w] tile here.
-  std::vector<scalar_t> scratch(static_cast<size_t>(B * G));
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
@@ -180,19 +180,21 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
     scalar_t* gates_t = gates + t * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
-      scalar_t* tile = scratch.data() + B * 4 * j0 + r0 * 4 * width;
+      // The recurrent product accumulates into the step's input projection
+      // in place; the pointwise pass then reads those pre-activations while
+      // they are in L1 and overwrites them with the activated gates.
+      scalar_t* block = gates_t + r0 * G + j0;
       const scalar_t* panel = packed.data() + 4 * H * j0;
-      const int64_t products = forward_products(width), n = 4 * width / products;
+      const int64_t products = forward_products(width, H), n = 4 * width / products;
       for (int64_t q = 0; q < products; ++q) {
-        tile_gemm<scalar_t>(rows, n, H, h_prev + r0 * H, H, false, panel + q * H * n, n, tile + q * n, 4 * width,
-                            /*accumulate=*/false);
+        tile_gemm<scalar_t>(rows, n, H, h_prev + r0 * H, H, false, panel + q * H * n, n, block + q * H, G,
+                            /*accumulate=*/true);
       }
-      scalar_t* projection = gates_t + r0 * G + j0;  // input projection in, activated gates out
       const PointwiseForwardArgs args{shape.dtype, rows, width,
-                                      /*preact=*/{tile, 4 * width, width},
-                                      /*addend=*/{projection, G, H},
+                                      /*preact=*/{block, G, H},
+                                      /*addend=*/{nullptr, 0, 0},
                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
-                                      /*gates=*/{projection, G, H},
+                                      /*gates=*/{block, G, H},
                                       /*h=*/{output + t * B * H + r0 * H + j0, H},
                                       /*c=*/{cells + t * B * H + r0 * H + j0, H}};
       pointwise(args);

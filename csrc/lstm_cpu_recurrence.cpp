@@ -103,8 +103,8 @@ struct Tiling {
     // Enough tasks for every thread twice over, by splitting rows when there
     // are too few panels; one block when the step is too small to share.
     const bool shared = B * 4 * H * H >= 2 * kMinTaskFmas;
-    const int64_t threads = shared ? at::get_num_threads() : 1;
-    const int64_t wanted_blocks = shared ? std::max<int64_t>(1, (2 * threads + panels - 1) / panels) : 1;
+    const int64_t wanted_blocks =
+        shared ? std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels) : 1;
     const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
     row_blocks = std::min(wanted_blocks, max_blocks);
     block_rows = (B + row_blocks - 1) / row_blocks;

@@ -77,9 +77,10 @@ void pointwise(const PointwiseBackwardArgs& args);
 
 // The time loop of one layer and direction on the CPU. Per step, each task
 // takes a panel of hidden units (all four of their gates) and a block of rows:
-// one small matrix product of the recurrent weight's packed panel, then the
-// pointwise pass on that tile while it is still in cache. One parallel region
-// per step; no ATen call inside the loop.
+// its products with the recurrent weight's packed panel (the forward's
+// accumulate into that block of the step's gates), then the pointwise pass on
+// the block while it is still in cache. One parallel region per step; no ATen
+// call inside the loop.
 //
 // Forward. gates [T, B, 4H]: the input projections (biases folded in) on
 // entry, the activated gates on exit. output and cells [T, B, H] receive h and

@@ -2,7 +2,6 @@
 // 60 us per call on the CPU, more than the whole fused cell at small sizes.
 // The backward calls the backward operator through the dispatcher, so
 // torch.compile traces it as one node.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
 #include "lstm_ops.h"
@@ -14,11 +13,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The operators below the Autograd key, looked up once.
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 const auto& cell_forward_op() {
   static const auto op = find_op<decltype(cell_forward)>("lstm_ext::cell_forward");
   return op;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
 #include <tuple>
@@ -39,6 +40,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
     const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse);
+
+// torch.nn.LSTM's forward (lstm_layers.cpp): input (T, B, I), (B, T, I) when
+// batch_first, or (T, I) unbatched; hx empty (zero states) or (h_0, c_0),
+// each (layers * directions, B, H); params per layer and direction
+// weight_ih, weight_hh[, bias_ih, bias_hh]. Returns (output, h_n, c_n). A
+// composite of layer_forward calls, so autograd and torch.compile see those.
+std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
+                                        bool has_biases, int64_t num_layers, double dropout, bool train,
+                                        bool bidirectional, bool batch_first);
+
+// An operator's handle through the dispatcher (all its keys, autograd
+// included), looked up once by the caller.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
 
 // The Autograd-key kernels (lstm_autograd.cpp).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(

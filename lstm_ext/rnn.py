@@ -5,14 +5,15 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
+from lstm_ext._native import native
 from lstm_ext.functional import _describe, _require_pair
 
 _layer_forward = torch.ops.lstm_ext.layer_forward.default
+_lstm = torch.ops.lstm_ext.lstm.default
 
 
 def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
@@ -47,8 +48,6 @@ class LSTM(nn.Module):
             raise ValueError(f"lstm_ext.LSTM: need input_size >= 0, hidden_size > 0 and num_layers > 0, got "
                              f"{input_size}, {hidden_size}, {num_layers}")
         factory = {"device": device, "dtype": dtype}
-        # Per layer and direction, the names of (weight_ih, weight_hh, bias_ih, bias_hh), None without bias.
-        self._layer_names: List[Tuple[str, str, Optional[str], Optional[str]]] = []
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -69,8 +68,6 @@ class LSTM(nn.Module):
                 for name, shape in shapes.items():
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
                     self._flat_weights_names.append(name + suffix)
-                self._layer_names.append(("weight_ih" + suffix, "weight_hh" + suffix,
-                                          "bias_ih" + suffix if bias else None, "bias_hh" + suffix if bias else None))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,66 +87,27 @@ class LSTM(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s
 
-    def _layer_weights(self, index: int) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-        """(weight_ih, weight_hh, bias_ih, bias_hh) of layer * directions + direction."""
-        params = self._parameters  # a dict lookup: nn.Module.__getattr__ costs more at small sizes
-        return tuple(None if name is None else params[name] for name in self._layer_names[index])
-
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):
             raise NotImplementedError("lstm_ext.LSTM: PackedSequence input is not supported; pad the batch "
                                       "(torch.nn.utils.rnn.pad_packed_sequence) or use torch.nn.LSTM")
-        if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+        if not isinstance(input, Tensor):
             raise ValueError(f"lstm_ext.LSTM: expected input of shape (seq_len, input_size) unbatched or "
-                             f"(seq_len, batch, input_size) ({'batch, seq_len' if self.batch_first else 'seq_len, batch'}"
-                             f" first), got {_describe(input)} of {input.dim() if isinstance(input, Tensor) else '?'} dims")
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"lstm_ext.LSTM: input.size(-1) must be equal to input_size. "
-                             f"Expected {self.input_size}, got {input.shape[-1]}")
-        batched = input.dim() == 3
-        if not batched:
-            input = input.unsqueeze(1)
-        elif self.batch_first:
-            input = input.transpose(0, 1)
-        batch = input.shape[1]
-        directions = 2 if self.bidirectional else 1
-        state_shape = (self.num_layers * directions, batch, self.hidden_size)
-        if hx is None:
-            # One zero state serves every layer and direction, as h_0 and as c_0.
-            zeros = input.new_zeros(state_shape[1:])
-            states = [(zeros, zeros)] * state_shape[0]
-        else:
+                             f"(seq_len, batch, input_size), got {_describe(input)}")
+        if hx is not None:
             _require_pair(hx, "lstm_ext.LSTM", "(h_0, c_0)")
-            h0, c0 = hx
-            for name, state in (("h_0", h0), ("c_0", c0)):
-                expected = state_shape if batched else (state_shape[0], state_shape[2])
-                if not isinstance(state, Tensor) or tuple(state.shape) != expected:
-                    raise ValueError(f"lstm_ext.LSTM: expected {name} of shape {expected}, got {_describe(state)}")
-            if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            states = list(zip(h0.unbind(0), c0.unbind(0)))
-
-        layer_input = input
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(directions):
-                index = layer * directions + direction
-                out, (h, c) = lstm_layer(layer_input, states[index], *self._layer_weights(index),
-                                         reverse=direction == 1)
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output = layer_input
-        h_n, c_n = (h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)) if len(h_n) == 1 else (torch.stack(h_n), torch.stack(c_n))
-        if not batched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+            for name, state in zip(("h_0", "c_0"), hx):
+                if not isinstance(state, Tensor):
+                    raise ValueError(f"lstm_ext.LSTM: expected {name} to be a tensor, got {_describe(state)}")
+        params = [self._parameters[name] for name in self._flat_weights_names]
+        # Shapes, dtypes and devices are checked by the operator, which also
+        # runs the layers (csrc/lstm_layers.cpp).
+        args = (params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+                self.batch_first)
+        if torch.compiler.is_compiling() or torch._C._has_torch_function((input,) if hx is None else (input, *hx)):
+            output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
+            return output, (h_n, c_n)
+        return native.lstm(input, hx, *args)  # the same operator without torch.ops' argument parsing
 
     @classmethod
     def from_torch(cls, module: nn.LSTM) -> "LSTM":

@@ -215,6 +215,69 @@ def test_opcheck_layer_forward(reverse, shape, device):
     torch.library.opcheck(torch.ops.lstm_ext.layer_forward.default, layer_args(*shape, device=device) + (reverse,))
 
 
+def lstm_op_args(module, x, state=None):
+    params = [getattr(module, name) for name in module._flat_weights_names]
+    return (x, [] if state is None else list(state), params, module.bias, module.num_layers, module.dropout,
+            module.training, module.bidirectional, module.batch_first)
+
+
+@pytest.mark.parametrize("config", [GRID[0], GRID[5], GRID[14]],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "no_state"])
+def test_opcheck_lstm(config, with_state, device):
+    _, fused = pair(3, 4, device=device, **config)
+    x, state = inputs(3, 2, 3, 4, config, device, with_state=with_state)
+    torch.library.opcheck(torch.ops.lstm_ext.lstm.default, lstm_op_args(fused, x, state))
+
+
+class RecordsTorchFunctions(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.called.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_direct_binding_and_torch_ops_agree(device):
+    # Eager calls take a direct binding of torch.ops.lstm_ext.lstm; under
+    # __torch_function__ (a mode here, torch.compile alike) the module calls
+    # torch.ops, where the mode sees the operator. Same results both ways.
+    config = dict(num_layers=2, bidirectional=True, batch_first=True, bias=True)
+    _, fused = pair(3, 4, device=device, **config)
+    x, state = inputs(5, 2, 3, 4, config, device)
+    direct = fused(x, state)
+    with RecordsTorchFunctions() as mode:
+        via_ops = fused(x, state)
+    assert torch.ops.lstm_ext.lstm.default in mode.called
+    for a, b in zip((direct[0], *direct[1]), (via_ops[0], *via_ops[1])):
+        assert_close(a, b, rtol=0, atol=0)
+    g_direct = grads_of(fused, x, state, direct[0], *direct[1])
+    g_ops = grads_of(fused, x, state, via_ops[0], *via_ops[1])
+    for a, b in zip(g_direct, g_ops):
+        assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bad_input_lstm_op():
+    _, fused = pair(3, 4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    args = list(lstm_op_args(fused, x))
+    with pytest.raises(ValueError, match=r"expected 4 parameters \(1 layers, 1 directions, 4 each\), got 3"):
+        torch.ops.lstm_ext.lstm(*args[:2], args[2][:3], *args[3:])
+    with pytest.raises(TypeError, match=r"hx must be a pair \(h_0, c_0\), got 1 tensors"):
+        torch.ops.lstm_ext.lstm(x, [torch.zeros(1, 2, 4, dtype=torch.float64)], *args[2:])
+    native = lstm_ext._native.native
+    with pytest.raises(TypeError, match=r"params must be a tuple or list of tensors, got dict"):
+        native.lstm(x, None, {}, *args[3:])
+    with pytest.raises(TypeError, match=r"params must be a Tensor, got int"):
+        native.lstm(x, None, [1, 2, 3, 4], *args[3:])
+    with pytest.raises(TypeError, match=r"takes 9 arguments, got 2"):
+        native.lstm(x, None)
+    with pytest.raises(ValueError, match=r"expected h_0 to be a tensor, got a list of length 1"):
+        fused(x, ([0], torch.zeros(1, 2, 4)))
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_opcheck_layer_backward(reverse, device):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)

@@ -73,9 +73,36 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, 
   }
 }
 
+// C[M, N] (+)= A^T @ B for A [K, M] and B [K, N] row-major, as K outer
+// products of a row of A and a row of B into an [N, M] accumulator: the
+// weight gradients of small problems (M = 4H, K = T*B), where the transposed
+// copy of A that brgemm needs cost more than the product ([500, 12] at the
+// course's size).
+constexpr int64_t kOuterProductOutputs = 1024;
+
+void outer_product_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                        float* C, int64_t ldc, bool accumulate) {
+  float acc[kOuterProductOutputs] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    const float* a = A + k * lda;
+    const float* b = B + k * ldb;
+    for (int64_t n = 0; n < N; ++n) {
+      const float bn = b[n];
+      float* column = acc + n * M;
+      for (int64_t m = 0; m < M; ++m) column[m] += a[m] * bn;
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = (accumulate ? C[m * ldc + n] : 0.0f) + acc[n * M + m];
+}
+
 template <>
 void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool transpose_a, const float* B,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (transpose_a && M * N <= kOuterProductOutputs) {
+    outer_product_gemm(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    return;
+  }
   std::unique_ptr<float[]> a_copy;  // not zero-filled: every element is written
   if (transpose_a) {  // brgemm reads A row-major only
     a_copy.reset(new float[static_cast<size_t>(M * K)]);
@@ -255,14 +282,25 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   }
 }
 
+// bias [+ bias2], n elements: the two biases of a layer as one row.
+template <typename scalar_t>
+std::vector<scalar_t> bias_sum(const scalar_t* bias, const scalar_t* bias2, int64_t n) {
+  std::vector<scalar_t> sum(bias, bias + n);
+  if (bias2 != nullptr) {
+    for (int64_t j = 0; j < n; ++j) sum[j] = static_cast<scalar_t>(sum[j] + bias2[j]);
+  }
+  return sum;
+}
+
 }  // namespace
 
 void small_gemm(const SmallGemmArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "lstm_ext_small_gemm", [&] {
     auto* C = static_cast<scalar_t*>(a.c);
     if (a.bias != nullptr) {  // C = bias + A @ B: the bias in every row first
-      const auto* bias = static_cast<const scalar_t*>(a.bias);
-      for (int64_t m = 0; m < a.m; ++m) std::copy(bias, bias + a.n, C + m * a.ldc);
+      const std::vector<scalar_t> bias = bias_sum(static_cast<const scalar_t*>(a.bias),
+                                                  static_cast<const scalar_t*>(a.bias2), a.n);
+      for (int64_t m = 0; m < a.m; ++m) std::copy(bias.begin(), bias.end(), C + m * a.ldc);
     }
     tile_gemm<scalar_t>(a.m, a.n, a.k, static_cast<const scalar_t*>(a.a), a.lda, a.transpose_a,
                         static_cast<const scalar_t*>(a.b), a.ldb, C, a.ldc, /*accumulate=*/a.bias != nullptr);
@@ -303,6 +341,7 @@ void packed_gemm(const PackedGemmArgs& a) {
       }
     }
   });
+  const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();
   const int64_t row_blocks = (M + kBlockRows - 1) / kBlockRows;
   at::parallel_for(0, row_blocks * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
@@ -310,7 +349,7 @@ void packed_gemm(const PackedGemmArgs& a) {
       const int64_t n0 = (u % panels) * kPanel, width = std::min(kPanel, N - n0);
       float* tile = a.c + m0 * a.ldc + n0;
       if (a.bias != nullptr) {
-        for (int64_t m = 0; m < rows; ++m) std::copy(a.bias + n0, a.bias + n0 + width, tile + m * a.ldc);
+        for (int64_t m = 0; m < rows; ++m) std::copy(bias.begin() + n0, bias.begin() + n0 + width, tile + m * a.ldc);
       }
       at::native::cpublas::brgemm(rows, width, K, a.lda, width, a.ldc, /*add_C=*/a.bias != nullptr,
                                   a.a + m0 * a.lda, packed.data() + K * n0, tile, /*is_vnni=*/false);

@@ -136,7 +136,8 @@ struct SmallGemmArgs {
   bool transpose_a;
   const void* b;
   int64_t ldb;
-  const void* bias;
+  const void* bias;   // [N] or null
+  const void* bias2;  // [N] added to bias (bias_ih + bias_hh), or null
   void* c;
   int64_t ldc;
 };
@@ -158,7 +159,8 @@ struct PackedGemmArgs {
   int64_t lda;
   const float* b;
   int64_t b_k_stride, b_n_stride;
-  const float* bias;  // [N] or null
+  const float* bias;   // [N] or null
+  const float* bias2;  // [N] added to bias, or null
   float* c;
   int64_t ldc;
 };

@@ -111,11 +111,13 @@ constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
 // B rows (at B=16, I=H=1024 packing made the cell's forward 5x slower).
 constexpr int64_t kPackedMinRows = 1024;
 
-// [bias +] a @ b for a [M, K] and b [K, N], into out when given (else a new
-// tensor). On the CPU, float products with many rows of a row-major a take
-// cpu::packed_gemm, small ones cpu::small_gemm (a transposed view of a
-// row-major matrix is read as it is); the rest go to ATen.
-Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), Tensor out = Tensor()) {
+// [bias + bias2 +] a @ b for a [M, K] and b [K, N], into out when given (else
+// a new tensor). On the CPU, float products with many rows of a row-major a
+// take cpu::packed_gemm, small ones cpu::small_gemm (a transposed view of a
+// row-major matrix is read as it is); the rest go to ATen. bias2 (a layer's
+// second bias) only with bias.
+Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), Tensor out = Tensor(),
+               const Tensor& bias2 = Tensor()) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (!out.defined()) out = at::empty({M, N}, a.options());
   const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
@@ -123,13 +125,16 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   const bool small = !empty && M * N * K <= kSmallProductFmas;
   const bool packed = !empty && !small && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows;
   if (!a.is_cpu() || !(small || packed)) {
-    return bias.defined() ? at::addmm_out(out, bias, a, b) : at::mm_out(out, a, b);
+    if (!bias.defined()) return at::mm_out(out, a, b);
+    return at::addmm_out(out, bias2.defined() ? bias + bias2 : bias, a, b);
   }
   const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
+  const Tensor bias2_mem = bias2.defined() ? bias2.contiguous() : bias2;
   TORCH_INTERNAL_ASSERT(out.is_contiguous());
   if (packed) {
     cpu::packed_gemm({M, N, K, a.const_data_ptr<float>(), a.stride(0), b.const_data_ptr<float>(), b.stride(0),
                       b.stride(1), bias_mem.defined() ? bias_mem.const_data_ptr<float>() : nullptr,
+                      bias2_mem.defined() ? bias2_mem.const_data_ptr<float>() : nullptr,
                       out.mutable_data_ptr<float>(), N});
     return out;
   }
@@ -138,7 +143,8 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   const Tensor b_mem = b.stride(1) == 1 && b.stride(0) >= N ? b : b.contiguous();
   cpu::small_gemm({a.scalar_type(), M, N, K, a_mem.const_data_ptr(), a_columns ? a_mem.stride(1) : a_mem.stride(0),
                    a_columns, b_mem.const_data_ptr(), b_mem.stride(0),
-                   bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr, out.data_ptr(), N});
+                   bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr,
+                   bias2_mem.defined() ? bias2_mem.const_data_ptr() : nullptr, out.data_ptr(), N});
   return out;
 }
 
@@ -327,11 +333,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   const c10::DeviceGuard guard(input.device());
   // All time steps' input projections in one matrix product, biases folded in.
   const Tensor x2d = input.reshape({T * B, I});
-  const Tensor bias = bias_ih.has_value() && bias_hh.has_value() ? *bias_ih + *bias_hh
-                      : bias_ih.has_value()                     ? *bias_ih
-                      : bias_hh.has_value()                     ? *bias_hh
-                                                                : Tensor();
-  Tensor gates = product(x2d, weight_ih.t(), bias, recycled_empty({T * B, 4 * H}, input.options()));
+  const Tensor bias = bias_ih.has_value() ? *bias_ih : bias_hh.has_value() ? *bias_hh : Tensor();
+  const Tensor bias2 = bias_ih.has_value() && bias_hh.has_value() ? *bias_hh : Tensor();
+  Tensor gates = product(x2d, weight_ih.t(), bias, recycled_empty({T * B, 4 * H}, input.options()), bias2);
   gates = gates.view({T, B, 4 * H});
   Tensor output = at::empty({T, B, H}, input.options());
   Tensor cells = at::empty({T, B, H}, input.options());

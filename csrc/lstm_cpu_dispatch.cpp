@@ -19,6 +19,7 @@ namespace cpu {
   namespace CAP {                                             \
   void pointwise_forward(const PointwiseForwardArgs& args);   \
   void pointwise_backward(const PointwiseBackwardArgs& args); \
+  void outer_products(const OuterProductArgs& args);          \
   }
 
 LSTM_EXT_DECLARE_CAPABILITY(DEFAULT)
@@ -36,15 +37,16 @@ struct KernelTable {
   int rank;  // the matching at::native::CPUCapability value
   void (*forward)(const PointwiseForwardArgs&);
   void (*backward)(const PointwiseBackwardArgs&);
+  void (*outer_products)(const OuterProductArgs&);
 };
 
 const KernelTable kTables[] = {
-    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward},
+    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::outer_products},
 #ifdef LSTM_EXT_HAVE_AVX2
-    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward},
+    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::outer_products},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
-    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward},
+    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::outer_products},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -92,6 +94,10 @@ std::atomic<const KernelTable*>& active() {
 void pointwise(const PointwiseForwardArgs& args) { active().load(std::memory_order_relaxed)->forward(args); }
 
 void pointwise(const PointwiseBackwardArgs& args) { active().load(std::memory_order_relaxed)->backward(args); }
+
+void outer_products(const OuterProductArgs& args) {
+  active().load(std::memory_order_relaxed)->outer_products(args);
+}
 
 const char* kernel_capability() { return active().load()->name; }
 

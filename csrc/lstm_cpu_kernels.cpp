@@ -182,6 +182,63 @@ void backward_typed(const PointwiseBackwardArgs& a) {
   });
 }
 
+// Blocks of C of kOuterRows x kOuterColumns SIMD vectors (8 accumulators),
+// each over all of K: per row of A two vector loads, per row of B four
+// broadcasts, eight fused multiply-adds.
+constexpr int kOuterRows = 2;
+constexpr int kOuterColumns = 4;
+
+template <typename scalar_t>
+void outer_products_typed(const OuterProductArgs& p) {
+  using Vec = Vectorized<scalar_t>;
+  constexpr int64_t W = Vec::size();
+  const auto* A = static_cast<const scalar_t*>(p.a);
+  const auto* B = static_cast<const scalar_t*>(p.b);
+  auto* C = static_cast<scalar_t*>(p.c);
+  alignas(64) scalar_t lanes[W];
+  const int64_t a_extent = (p.k - 1) * p.lda + p.m;  // elements of A from its first to past its last
+  for (int64_t m0 = 0; m0 < p.m; m0 += kOuterRows * W) {
+    const int64_t m_count = std::min(kOuterRows * W, p.m - m0);
+    for (int64_t n0 = 0; n0 < p.n; n0 += kOuterColumns) {
+      const int64_t n_count = std::min<int64_t>(kOuterColumns, p.n - n0);
+      Vec acc[kOuterRows][kOuterColumns];
+      for (auto& row : acc)
+        for (auto& v : row) v = Vec(scalar_t(0));
+      for (int64_t k = 0; k < p.k; ++k) {
+        const int64_t a_offset = k * p.lda + m0;
+        // Whole vectors, reading past column M into the next rows (lanes that
+        // are never stored), unless that would run past A's last element.
+        Vec va[kOuterRows];
+        for (int r = 0; r < kOuterRows; ++r) {
+          const int64_t count = std::min<int64_t>(W, m_count - r * W), start = a_offset + r * W;
+          va[r] = count <= 0                            ? Vec(scalar_t(0))
+                  : count == W || start + W <= a_extent ? Vec::loadu(A + start)
+                                                        : Vec::loadu(A + start, count);
+        }
+        const scalar_t* b = B + k * p.ldb + n0;
+        for (int64_t c = 0; c < n_count; ++c) {
+          const Vec vb(b[c]);
+          for (int r = 0; r < kOuterRows; ++r) acc[r][c] = at::vec::fmadd(va[r], vb, acc[r][c]);
+        }
+      }
+      for (int r = 0; r < kOuterRows; ++r) {
+        for (int64_t c = 0; c < n_count; ++c) {
+          acc[r][c].store(lanes);
+          for (int64_t l = 0; l < std::min<int64_t>(W, m_count - r * W); ++l) {
+            scalar_t& out = C[(m0 + r * W + l) * p.ldc + n0 + c];
+            out = p.accumulate ? out + lanes[l] : lanes[l];
+          }
+        }
+      }
+    }
+  }
+}
+
+void outer_products(const OuterProductArgs& args) {
+  TORCH_CHECK(args.dtype == at::kFloat || args.dtype == at::kDouble, "outer_products: float or double only");
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_outer_products", [&] { outer_products_typed<scalar_t>(args); });
+}
+
 void pointwise_forward(const PointwiseForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.dtype, "lstm_ext_pointwise_forward",
                                   [&] { forward_typed<scalar_t>(args); });

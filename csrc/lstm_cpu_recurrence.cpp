@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "lstm_kernels.h"
@@ -46,14 +47,33 @@ constexpr int64_t kMinTaskFmas = 32768;
 // Row blocks are at least this tall when rows are split across threads.
 constexpr int64_t kMinBlockRows = 8;
 
+// Up to this many outputs (M*N), a float or double product with A read
+// transposed (the weight gradients of small problems) is outer_products'
+// (lstm_kernels.h). Returns whether it took the product.
+constexpr int64_t kOuterProductOutputs = 1024;
+
+template <typename scalar_t>
+bool by_outer_products(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool transpose_a,
+                       const scalar_t* B, int64_t ldb, scalar_t* C, int64_t ldc, bool accumulate) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+    if (transpose_a && M * N <= kOuterProductOutputs) {
+      outer_products({c10::CppTypeToScalarType<scalar_t>::value, M, N, K, A, lda, B, ldb, C, ldc, accumulate});
+      return true;
+    }
+  }
+  return false;
+}
+
 // C[M, N] (+)= A[M, K] @ B[K, N], row-major with leading dimensions; A is
-// read transposed (A[k * lda + m]) when transpose_a. float goes to oneDNN's
-// JIT micro-kernel that ATen exposes (its brgemm; without oneDNN it falls
-// back to the BLAS); the other types, which the tests and rare users need,
-// to a plain loop that accumulates in float or double.
+// read transposed (A[k * lda + m]) when transpose_a. Small transposed ones
+// go to outer_products; other float ones to oneDNN's JIT micro-kernel that
+// ATen exposes (its brgemm; without oneDNN it falls back to the BLAS); the
+// rest, which the tests and rare users need, to a plain loop that
+// accumulates in float or double.
 template <typename scalar_t>
 void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool transpose_a, const scalar_t* B,
                int64_t ldb, scalar_t* C, int64_t ldc, bool accumulate) {
+  if (by_outer_products(M, N, K, A, lda, transpose_a, B, ldb, C, ldc, accumulate)) return;
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kColumns = 64;
   acc_t acc[kColumns];
@@ -73,36 +93,10 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, 
   }
 }
 
-// C[M, N] (+)= A^T @ B for A [K, M] and B [K, N] row-major, as K outer
-// products of a row of A and a row of B into an [N, M] accumulator: the
-// weight gradients of small problems (M = 4H, K = T*B), where the transposed
-// copy of A that brgemm needs cost more than the product ([500, 12] at the
-// course's size).
-constexpr int64_t kOuterProductOutputs = 1024;
-
-void outer_product_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
-                        float* C, int64_t ldc, bool accumulate) {
-  float acc[kOuterProductOutputs] = {};
-  for (int64_t k = 0; k < K; ++k) {
-    const float* a = A + k * lda;
-    const float* b = B + k * ldb;
-    for (int64_t n = 0; n < N; ++n) {
-      const float bn = b[n];
-      float* column = acc + n * M;
-      for (int64_t m = 0; m < M; ++m) column[m] += a[m] * bn;
-    }
-  }
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = (accumulate ? C[m * ldc + n] : 0.0f) + acc[n * M + m];
-}
-
 template <>
 void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool transpose_a, const float* B,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  if (transpose_a && M * N <= kOuterProductOutputs) {
-    outer_product_gemm(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
-    return;
-  }
+  if (by_outer_products(M, N, K, A, lda, transpose_a, B, ldb, C, ldc, accumulate)) return;
   std::unique_ptr<float[]> a_copy;  // not zero-filled: every element is written
   if (transpose_a) {  // brgemm reads A row-major only
     a_copy.reset(new float[static_cast<size_t>(M * K)]);
@@ -302,8 +296,18 @@ void small_gemm(const SmallGemmArgs& a) {
                                                   static_cast<const scalar_t*>(a.bias2), a.n);
       for (int64_t m = 0; m < a.m; ++m) std::copy(bias.begin(), bias.end(), C + m * a.ldc);
     }
-    tile_gemm<scalar_t>(a.m, a.n, a.k, static_cast<const scalar_t*>(a.a), a.lda, a.transpose_a,
-                        static_cast<const scalar_t*>(a.b), a.ldb, C, a.ldc, /*accumulate=*/a.bias != nullptr);
+    const auto* B = static_cast<const scalar_t*>(a.b);
+    int64_t ldb = a.b_k_stride;
+    std::vector<scalar_t> b_rows;  // B row-major, when it is a transposed weight
+    if (a.b_n_stride != 1) {
+      b_rows.resize(static_cast<size_t>(a.k * a.n));
+      for (int64_t k = 0; k < a.k; ++k)
+        for (int64_t n = 0; n < a.n; ++n) b_rows[k * a.n + n] = B[k * a.b_k_stride + n * a.b_n_stride];
+      B = b_rows.data();
+      ldb = a.n;
+    }
+    tile_gemm<scalar_t>(a.m, a.n, a.k, static_cast<const scalar_t*>(a.a), a.lda, a.transpose_a, B, ldb, C, a.ldc,
+                        /*accumulate=*/a.bias != nullptr);
   });
 }
 

@@ -134,14 +134,34 @@ struct SmallGemmArgs {
   const void* a;
   int64_t lda;
   bool transpose_a;
-  const void* b;
-  int64_t ldb;
+  const void* b;                    // element (k, n) at b[k * b_k_stride + n * b_n_stride]:
+  int64_t b_k_stride, b_n_stride;   // row-major, or a transposed weight (copied row-major first)
   const void* bias;   // [N] or null
   const void* bias2;  // [N] added to bias (bias_ih + bias_hh), or null
   void* c;
   int64_t ldc;
 };
 void small_gemm(const SmallGemmArgs& args);
+
+// C[M, N] (+)= A^T @ B for A [K, M] and B [K, N], row-major with leading
+// dimensions, float or double, as K outer products of a row of A and a row of
+// B accumulated in SIMD registers: the weight gradients of small problems
+// (M = 4H, K = T*B), for which brgemm would need A copied transposed first.
+// Per CPU capability, like the pointwise passes. Reads whole SIMD vectors
+// past the M columns of a row of A where they stay within A's extent
+// (K - 1) * lda + M.
+struct OuterProductArgs {
+  c10::ScalarType dtype;
+  int64_t m, n, k;
+  const void* a;
+  int64_t lda;
+  const void* b;
+  int64_t ldb;
+  void* c;
+  int64_t ldc;
+  bool accumulate;
+};
+void outer_products(const OuterProductArgs& args);
 
 // out[c] = sum over r of data[r * cols + c], accumulated in float or double,
 // on the calling thread: the bias gradient of small problems, where ATen's

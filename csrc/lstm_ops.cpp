@@ -140,9 +140,11 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   }
   const bool a_columns = !a_rows && a.stride(0) == 1 && a.stride(1) >= M;
   const Tensor a_mem = a_rows || a_columns ? a : a.contiguous();
-  const Tensor b_mem = b.stride(1) == 1 && b.stride(0) >= N ? b : b.contiguous();
+  // b row-major, or a transposed weight, which small_gemm copies row-major.
+  const bool b_rows = b.stride(1) == 1 && b.stride(0) >= N, b_columns = b.stride(0) == 1 && b.stride(1) >= K;
+  const Tensor b_mem = b_rows || b_columns ? b : b.contiguous();
   cpu::small_gemm({a.scalar_type(), M, N, K, a_mem.const_data_ptr(), a_columns ? a_mem.stride(1) : a_mem.stride(0),
-                   a_columns, b_mem.const_data_ptr(), b_mem.stride(0),
+                   a_columns, b_mem.const_data_ptr(), b_mem.stride(0), b_mem.stride(1),
                    bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr,
                    bias2_mem.defined() ? bias2_mem.const_data_ptr() : nullptr, out.data_ptr(), N});
   return out;

@@ -1,11 +1,12 @@
 // The one place where operators get their schemas and their kernels, plus the
-// tiny Python module lstm_ext._C: what the build has, and a direct binding of
-// torch.ops.lstm_ext.lstm for eager calls.
+// tiny Python module lstm_ext._C: what the build has, and direct bindings of
+// the forward operators for eager calls.
 #include <Python.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
 #include "lstm_kernels.h"
@@ -89,29 +90,33 @@ PyObject* with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
-// torch.ops.lstm_ext.lstm(...) parses its arguments against the schema in
-// Python and C++, ~25 us per call on this machine's CPU (more than the
-// operator at the course's size); torch.nn.LSTM avoids that with a direct
-// binding (_VF.lstm), and so does this: the same operator, through the same
-// dispatcher (autograd, profiler, dispatch modes), called with the arguments
-// converted by hand. Used by lstm_ext.LSTM outside torch.compile and
-// __torch_function__ overrides, which take torch.ops.
+// torch.ops.lstm_ext.*(...) parses its arguments against the schema in
+// Python and C++, ~10-25 us per call on this machine's CPU (more than the
+// operators at the course's size); torch.nn.LSTM avoids that with a direct
+// binding (_VF.lstm), and so do these: the same operators, through the same
+// dispatcher (autograd, profiler, dispatch modes), with the arguments
+// converted by hand. The modules and functions use them outside
+// torch.compile and __torch_function__ overrides, which take torch.ops.
 
-const at::Tensor& tensor_arg(PyObject* obj, const char* name) {
-  TORCH_CHECK_TYPE(THPVariable_Check(obj), "lstm_ext.LSTM: ", name, " must be a Tensor, got ",
-                   Py_TYPE(obj)->tp_name);
+const at::Tensor& tensor_arg(PyObject* obj, const char* op, const char* name) {
+  TORCH_CHECK_TYPE(THPVariable_Check(obj), op, ": ", name, " must be a Tensor, got ", Py_TYPE(obj)->tp_name);
   return THPVariable_Unpack(obj);
 }
 
-std::vector<at::Tensor> tensor_list_arg(PyObject* obj, const char* name) {
+std::optional<at::Tensor> optional_tensor_arg(PyObject* obj, const char* op, const char* name) {
+  if (obj == Py_None) return std::nullopt;
+  return tensor_arg(obj, op, name);
+}
+
+std::vector<at::Tensor> tensor_list_arg(PyObject* obj, const char* op, const char* name) {
   std::vector<at::Tensor> tensors;
   if (obj == Py_None) return tensors;
-  TORCH_CHECK_TYPE(PyTuple_Check(obj) || PyList_Check(obj), "lstm_ext.LSTM: ", name,
+  TORCH_CHECK_TYPE(PyTuple_Check(obj) || PyList_Check(obj), op, ": ", name,
                    " must be a tuple or list of tensors, got ", Py_TYPE(obj)->tp_name);
   const Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
   PyObject** items = PySequence_Fast_ITEMS(obj);
   tensors.reserve(n);
-  for (Py_ssize_t k = 0; k < n; ++k) tensors.push_back(tensor_arg(items[k], name));
+  for (Py_ssize_t k = 0; k < n; ++k) tensors.push_back(tensor_arg(items[k], op, name));
   return tensors;
 }
 
@@ -121,44 +126,90 @@ bool bool_arg(PyObject* obj) {
   return value != 0;
 }
 
-// Releases the GIL while the operator runs (as torch's own bindings do).
-class ReleaseGil {
- public:
-  ReleaseGil() : state_(PyEval_SaveThread()) {}
-  ~ReleaseGil() { PyEval_RestoreThread(state_); }
+void check_nargs(Py_ssize_t nargs, Py_ssize_t expected, const char* binding) {
+  TORCH_CHECK_TYPE(nargs == expected, "lstm_ext._C.", binding, " takes ", expected, " arguments, got ", nargs);
+}
 
- private:
-  PyThreadState* state_;
-};
+// Runs fn with the GIL released (as torch's own bindings do).
+template <typename Fn>
+auto without_gil(const Fn& fn) {
+  struct Released {
+    PyThreadState* state = PyEval_SaveThread();
+    ~Released() { PyEval_RestoreThread(state); }
+  } released;
+  return fn();
+}
+
+// (output, (h_n, c_n)), as torch.nn.LSTM returns them.
+PyObject* output_and_state(at::Tensor output, at::Tensor h_n, at::Tensor c_n) {
+  return Py_BuildValue("(N(NN))", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)),
+                       THPVariable_Wrap(std::move(c_n)));
+}
 
 // lstm(input, hx or None, params, has_biases, num_layers, dropout, train,
 // bidirectional, batch_first) -> (output, (h_n, c_n))
 PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   static const auto op = lstm_ext::find_op<decltype(lstm_ext::lstm)>("lstm_ext::lstm");
-  TORCH_CHECK_TYPE(nargs == 9, "lstm_ext._C.lstm takes 9 arguments, got ", nargs);
-  const at::Tensor& input = tensor_arg(args[0], "input");
-  const std::vector<at::Tensor> hx = tensor_list_arg(args[1], "hx");
-  const std::vector<at::Tensor> params = tensor_list_arg(args[2], "params");
+  constexpr const char* name = "lstm_ext.LSTM";
+  check_nargs(nargs, 9, "lstm");
+  const at::Tensor& input = tensor_arg(args[0], name, "input");
+  const std::vector<at::Tensor> hx = tensor_list_arg(args[1], name, "hx");
+  const std::vector<at::Tensor> params = tensor_list_arg(args[2], name, "params");
   const bool has_biases = bool_arg(args[3]);
   const int64_t num_layers = PyLong_AsLongLong(args[4]);
   const double dropout = PyFloat_AsDouble(args[5]);
   if (PyErr_Occurred()) throw python_error();
   const bool train = bool_arg(args[6]), bidirectional = bool_arg(args[7]), batch_first = bool_arg(args[8]);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> result;
-  {
-    ReleaseGil released;
-    result = op.call(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
-  }
-  auto& [output, h_n, c_n] = result;
-  return Py_BuildValue("(N(NN))", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)),
-                       THPVariable_Wrap(std::move(c_n)));
+  auto [output, h_n, c_n] = without_gil([&] {
+    return op.call(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
+  });
+  return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
+  END_HANDLE_TH_ERRORS
+}
+
+// layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih or None,
+// bias_hh or None, reverse) -> (output, (h_n, c_n))
+PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  static const auto op = lstm_ext::find_op<decltype(lstm_ext::layer_forward)>("lstm_ext::layer_forward");
+  constexpr const char* name = "lstm_ext.lstm_layer";
+  check_nargs(nargs, 8, "layer_forward");
+  const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
+  const at::Tensor* t[5];
+  for (int k = 0; k < 5; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
+  const auto bias_ih = optional_tensor_arg(args[5], name, "bias_ih");
+  const auto bias_hh = optional_tensor_arg(args[6], name, "bias_hh");
+  const bool reverse = bool_arg(args[7]);
+  auto [output, h_n, c_n, gates, cells] =
+      without_gil([&] { return op.call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse); });
+  return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
+  END_HANDLE_TH_ERRORS
+}
+
+// cell_forward(input, h_prev, c_prev, weight, bias or None) -> (h, c)
+PyObject* cell_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  static const auto op = lstm_ext::find_op<decltype(lstm_ext::cell_forward)>("lstm_ext::cell_forward");
+  constexpr const char* name = "lstm_ext.lstm_cell";
+  check_nargs(nargs, 5, "cell_forward");
+  const at::Tensor& input = tensor_arg(args[0], name, "input");
+  const at::Tensor& hx = tensor_arg(args[1], name, "h_prev");
+  const at::Tensor& cx = tensor_arg(args[2], name, "c_prev");
+  const at::Tensor& weight = tensor_arg(args[3], name, "weight");
+  const auto bias = optional_tensor_arg(args[4], name, "bias");
+  auto [h, c, gates, input_hidden] = without_gil([&] { return op.call(input, hx, cx, weight, bias); });
+  return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(h)), THPVariable_Wrap(std::move(c)));
   END_HANDLE_TH_ERRORS
 }
 
 PyMethodDef kMethods[] = {
     {"lstm", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(lstm_binding)), METH_FASTCALL,
      "torch.ops.lstm_ext.lstm without the argument parsing of torch.ops; returns (output, (h_n, c_n))."},
+    {"layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(layer_forward_binding)),
+     METH_FASTCALL, "torch.ops.lstm_ext.layer_forward, directly; returns (output, (h_n, c_n))."},
+    {"cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cell_forward_binding)),
+     METH_FASTCALL, "torch.ops.lstm_ext.cell_forward, directly; returns (h, c)."},
     {"cpu_capability", cpu_capability, METH_NOARGS, "CPU kernels in use: DEFAULT, AVX2 or AVX512."},
     {"set_cpu_capability", set_cpu_capability, METH_O, "Choose the CPU kernels (tests, benchmarks)."},
     {"compiled_cpu_capabilities", compiled_cpu_capabilities, METH_NOARGS,

@@ -7,7 +7,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from lstm_ext.functional import _cell_forward, _require_pair
+from lstm_ext._native import native
+from lstm_ext.functional import _cell_forward, _direct, _require_pair
 
 # The reference's gate names, in its state_dict order, and each gate's block
 # in the packed weight (torch.nn.LSTMCell's order: i, f, g, o).
@@ -56,6 +57,8 @@ class LSTMCell(nn.Module):
             _require_pair(hx, "lstm_ext.LSTMCell", "(h_prev, c_prev)")
         # The operator directly, not lstm_cell(): at the course's size every
         # Python call is a measurable part of the step.
+        if _direct((input, *hx)):
+            return native.cell_forward(input, hx[0], hx[1], self.weight, self.bias)
         h, c, _, _ = _cell_forward(input, hx[0], hx[1], self.weight, self.bias)
         return h, c
 

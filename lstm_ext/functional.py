@@ -7,9 +7,18 @@ import torch
 from torch import Tensor
 
 from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
+from lstm_ext._native import native
 
 # The overloads themselves: calling the packet resolves the overload on every call.
 _cell_forward = torch.ops.lstm_ext.cell_forward.default
+
+
+def _direct(tensors: tuple) -> bool:
+    """Whether to call an operator through its direct binding in lstm_ext._C (the
+    same operator, without torch.ops' argument parsing: ~10-25 us per call on a
+    slow CPU) rather than through torch.ops, which torch.compile traces and
+    __torch_function__ overrides (modes, tensor subclasses) see."""
+    return not torch.compiler.is_compiling() and not torch._C._has_torch_function(tensors)
 _cell_backward = torch.ops.lstm_ext.cell_backward.default
 
 
@@ -58,6 +67,8 @@ def lstm_cell(input: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor,
     (B, H each), the packed ``weight`` [4H, I+H] over ``cat(input, h_prev)``
     and ``bias`` [4H], gates in the order i, f, g, o."""
     _require_pair(hx, "lstm_ext.lstm_cell", "(h_prev, c_prev)")
+    if _direct((input, *hx)):
+        return native.cell_forward(input, hx[0], hx[1], weight, bias)
     h, c, _, _ = _cell_forward(input, hx[0], hx[1], weight, bias)
     return h, c
 

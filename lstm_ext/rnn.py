@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from lstm_ext import _ops  # noqa: F401  (operators and their fake implementations)
 from lstm_ext._native import native
-from lstm_ext.functional import _describe, _require_pair
+from lstm_ext.functional import _describe, _direct, _require_pair
 
 _layer_forward = torch.ops.lstm_ext.layer_forward.default
 _lstm = torch.ops.lstm_ext.lstm.default
@@ -21,6 +21,8 @@ def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weig
                reverse: bool = False) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """One layer and direction over a whole sequence: input (T, B, I), hx = (h_0, c_0)
     each (B, H); returns (output (T, B, H), (h_n, c_n)). Differentiable."""
+    if _direct((input, *hx)):
+        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     return output, (h_n, c_n)
 
@@ -104,10 +106,10 @@ class LSTM(nn.Module):
         # runs the layers (csrc/lstm_layers.cpp).
         args = (params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
                 self.batch_first)
-        if torch.compiler.is_compiling() or torch._C._has_torch_function((input,) if hx is None else (input, *hx)):
-            output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
-            return output, (h_n, c_n)
-        return native.lstm(input, hx, *args)  # the same operator without torch.ops' argument parsing
+        if _direct((input,) if hx is None else (input, *hx)):
+            return native.lstm(input, hx, *args)
+        output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
+        return output, (h_n, c_n)
 
     @classmethod
     def from_torch(cls, module: nn.LSTM) -> "LSTM":

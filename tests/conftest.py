@@ -71,3 +71,16 @@ def pytest_report_header(config):
     return (f"lstm_ext {lstm_ext.__version__} from {lstm_ext.__file__}, native library "
             f"{lstm_ext._C.__file__}, backends {lstm_ext.backends()}, CPU kernels {lstm_ext.cpu_capability()}, "
             f"torch {torch.__version__}")
+
+
+class RecordsTorchFunctions(torch.overrides.TorchFunctionMode):
+    """Records the functions called under it. The modules then call operators
+    through torch.ops (which the mode sees) instead of their direct bindings."""
+
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.called.append(func)
+        return func(*args, **(kwargs or {}))

@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 import lstm_ext
-from conftest import TOLERANCES, available_cpu_capabilities, make_pair, random_state
+from conftest import TOLERANCES, RecordsTorchFunctions, available_cpu_capabilities, make_pair, random_state
 
 SHAPES = [  # (B, I, H): the course's size, odd sizes, vector-width edges, B=1, H=1, B=0, and one whose
     # products are large enough for ATen's matrix product rather than the small-product kernel
@@ -172,3 +172,24 @@ def test_cuda_matches_cpu(shape):
         results.append(out + torch.autograd.grad(out[0].sum() + 2 * out[1].sum(), [x, h, c, cell.weight, cell.bias]))
     for a, b in zip(*results):
         assert_close(b.cpu(), a, rtol=1e-10, atol=1e-10)
+
+
+def test_direct_binding_and_torch_ops_agree(device):
+    # Eager calls take lstm_ext._C.cell_forward; under __torch_function__ (and
+    # torch.compile) the cell calls torch.ops.lstm_ext.cell_forward. Same results.
+    torch.manual_seed(0)
+    cell = lstm_ext.LSTMCell(3, 4, device=device, dtype=torch.float64)
+    x = torch.randn(2, 3, device=device, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(2, 4, device=device, dtype=torch.float64) for _ in range(2))
+    direct = [cell(x, state), lstm_ext.lstm_cell(x, state, cell.weight, cell.bias)]
+    with RecordsTorchFunctions() as mode:
+        via_ops = [cell(x, state), lstm_ext.lstm_cell(x, state, cell.weight, cell.bias)]
+    assert mode.called.count(torch.ops.lstm_ext.cell_forward.default) == 2
+    for (h_a, c_a), (h_b, c_b) in zip(direct, via_ops):
+        assert_close(h_a, h_b, rtol=0, atol=0)
+        assert_close(c_a, c_b, rtol=0, atol=0)
+        grads = [torch.autograd.grad(h.sum() + 2 * c.sum(), [x, cell.weight]) for h, c in ((h_a, c_a), (h_b, c_b))]
+        for a, b in zip(*grads):
+            assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"lstm_ext.lstm_cell: h_prev must be a Tensor, got list"):
+        cell(x, ([0.0], state[1]))

@@ -7,6 +7,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import lstm_ext
+from conftest import RecordsTorchFunctions
 
 GRID = [dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
         for L, bi, bf, bias in itertools.product((1, 2), (False, True), (False, True), (True, False))]
@@ -230,16 +231,6 @@ def test_opcheck_lstm(config, with_state, device):
     torch.library.opcheck(torch.ops.lstm_ext.lstm.default, lstm_op_args(fused, x, state))
 
 
-class RecordsTorchFunctions(torch.overrides.TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.called = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.called.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 def test_direct_binding_and_torch_ops_agree(device):
     # Eager calls take a direct binding of torch.ops.lstm_ext.lstm; under
     # __torch_function__ (a mode here, torch.compile alike) the module calls
@@ -267,7 +258,7 @@ def test_bad_input_lstm_op():
         torch.ops.lstm_ext.lstm(*args[:2], args[2][:3], *args[3:])
     with pytest.raises(TypeError, match=r"hx must be a pair \(h_0, c_0\), got 1 tensors"):
         torch.ops.lstm_ext.lstm(x, [torch.zeros(1, 2, 4, dtype=torch.float64)], *args[2:])
-    native = lstm_ext._native.native
+    native = lstm_ext._native.native  # the direct bindings
     with pytest.raises(TypeError, match=r"params must be a tuple or list of tensors, got dict"):
         native.lstm(x, None, {}, *args[3:])
     with pytest.raises(TypeError, match=r"params must be a Tensor, got int"):
@@ -276,6 +267,18 @@ def test_bad_input_lstm_op():
         native.lstm(x, None)
     with pytest.raises(ValueError, match=r"expected h_0 to be a tensor, got a list of length 1"):
         fused(x, ([0], torch.zeros(1, 2, 4)))
+    with pytest.raises(TypeError, match=r"lstm_ext.lstm_layer: bias_hh must be a Tensor, got str"):
+        native.layer_forward(x, *args[2][:2], *args[2][:3], "b", False)
+
+
+def test_lstm_layer_direct_binding_and_torch_ops_agree(device):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device)
+    direct = lstm_ext.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, reverse=True)
+    with RecordsTorchFunctions() as mode:
+        via_ops = lstm_ext.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, reverse=True)
+    assert torch.ops.lstm_ext.layer_forward.default in mode.called
+    for a, b in zip((direct[0], *direct[1]), (via_ops[0], *via_ops[1])):
+        assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

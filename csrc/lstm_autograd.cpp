@@ -12,24 +12,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The operators below the Autograd key, looked up once.
-const auto& cell_forward_op() {
-  static const auto op = find_op<decltype(cell_forward)>("lstm_ext::cell_forward");
-  return op;
-}
-const auto& cell_backward_op() {
-  static const auto op = find_op<decltype(cell_backward)>("lstm_ext::cell_backward");
-  return op;
-}
-const auto& layer_forward_op() {
-  static const auto op = find_op<decltype(layer_forward)>("lstm_ext::layer_forward");
-  return op;
-}
-const auto& layer_backward_op() {
-  static const auto op = find_op<decltype(layer_backward)>("lstm_ext::layer_backward");
-  return op;
-}
-
 bool present(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
 // The backward operators have no derivative of their own. Recording them

@@ -24,11 +24,6 @@ std::string python_shape(at::IntArrayRef sizes) {
   return out.str();
 }
 
-const auto& layer_forward_op() {
-  static const auto op = find_op<decltype(layer_forward)>("lstm_ext::layer_forward");
-  return op;
-}
-
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,

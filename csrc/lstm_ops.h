@@ -51,11 +51,24 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
                                         bool bidirectional, bool batch_first);
 
 // An operator's handle through the dispatcher (all its keys, autograd
-// included), looked up once by the caller.
+// included: a caller below them holds an AutoDispatchBelowADInplaceOrView).
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
+
+// The handles of the operators above, each looked up once for the library.
+#define LSTM_EXT_OPERATOR_HANDLE(NAME)                                      \
+  inline const c10::TypedOperatorHandle<decltype(NAME)>& NAME##_op() {      \
+    static const auto op = find_op<decltype(NAME)>("lstm_ext::" #NAME);     \
+    return op;                                                              \
+  }
+LSTM_EXT_OPERATOR_HANDLE(cell_forward)
+LSTM_EXT_OPERATOR_HANDLE(cell_backward)
+LSTM_EXT_OPERATOR_HANDLE(layer_forward)
+LSTM_EXT_OPERATOR_HANDLE(layer_backward)
+LSTM_EXT_OPERATOR_HANDLE(lstm)
+#undef LSTM_EXT_OPERATOR_HANDLE
 
 // The Autograd-key kernels (lstm_autograd.cpp).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(

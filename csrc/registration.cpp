@@ -150,7 +150,7 @@ PyObject* output_and_state(at::Tensor output, at::Tensor h_n, at::Tensor c_n) {
 // bidirectional, batch_first) -> (output, (h_n, c_n))
 PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  static const auto op = lstm_ext::find_op<decltype(lstm_ext::lstm)>("lstm_ext::lstm");
+  const auto& op = lstm_ext::lstm_op();
   constexpr const char* name = "lstm_ext.LSTM";
   check_nargs(nargs, 9, "lstm");
   const at::Tensor& input = tensor_arg(args[0], name, "input");
@@ -172,7 +172,7 @@ PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // bias_hh or None, reverse) -> (output, (h_n, c_n))
 PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  static const auto op = lstm_ext::find_op<decltype(lstm_ext::layer_forward)>("lstm_ext::layer_forward");
+  const auto& op = lstm_ext::layer_forward_op();
   constexpr const char* name = "lstm_ext.lstm_layer";
   check_nargs(nargs, 8, "layer_forward");
   const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
@@ -190,7 +190,7 @@ PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
 // cell_forward(input, h_prev, c_prev, weight, bias or None) -> (h, c)
 PyObject* cell_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  static const auto op = lstm_ext::find_op<decltype(lstm_ext::cell_forward)>("lstm_ext::cell_forward");
+  const auto& op = lstm_ext::cell_forward_op();
   constexpr const char* name = "lstm_ext.lstm_cell";
   check_nargs(nargs, 5, "cell_forward");
   const at::Tensor& input = tensor_arg(args[0], name, "input");

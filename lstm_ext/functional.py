@@ -11,6 +11,7 @@ from lstm_ext._native import native
 
 # The overloads themselves: calling the packet resolves the overload on every call.
 _cell_forward = torch.ops.lstm_ext.cell_forward.default
+_cell_backward = torch.ops.lstm_ext.cell_backward.default
 
 
 def _direct(tensors: tuple) -> bool:
@@ -19,7 +20,6 @@ def _direct(tensors: tuple) -> bool:
     slow CPU) rather than through torch.ops, which torch.compile traces and
     __torch_function__ overrides (modes, tensor subclasses) see."""
     return not torch.compiler.is_compiling() and not torch._C._has_torch_function(tensors)
-_cell_backward = torch.ops.lstm_ext.cell_backward.default
 
 
 class LSTMCellFunction(torch.autograd.Function):

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <atomic>
 #include <cstring>
 #include <string>
 
@@ -10,6 +11,15 @@
 
 namespace lstm_ext {
 namespace {
+
+std::atomic<bool> cpu_specialized_enabled{true};
+
+// Whether a tensor takes the CPU's own code (the fused time loop, small and
+// packed products, plain copies) rather than the device-generic path that
+// CUDA tensors take: on the CPU, unless tests switched to the generic path.
+bool cpu_specialized(const Tensor& t) {
+  return t.is_cpu() && cpu_specialized_enabled.load(std::memory_order_relaxed);
+}
 
 // "torch.float32" rather than c10's "Float": the names Python users know.
 std::string dtype_name(c10::ScalarType t) {
@@ -124,7 +134,7 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   const bool empty = M == 0 || N == 0 || K == 0;
   const bool small = !empty && M * N * K <= kSmallProductFmas;
   const bool packed = !empty && !small && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows;
-  if (!a.is_cpu() || !(small || packed)) {
+  if (!cpu_specialized(a) || !(small || packed)) {
     if (!bias.defined()) return at::mm_out(out, a, b);
     return at::addmm_out(out, bias2.defined() ? bias + bias2 : bias, a, b);
   }
@@ -162,7 +172,7 @@ Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
 // to run.
 Tensor bias_grad(const Tensor& grad_gates) {
   const int64_t rows = grad_gates.size(0), cols = grad_gates.size(1);
-  if (!grad_gates.is_cpu() || !grad_gates.is_contiguous() || rows * cols > kSmallProductFmas) {
+  if (!cpu_specialized(grad_gates) || !grad_gates.is_contiguous() || rows * cols > kSmallProductFmas) {
     return grad_gates.sum(0);
   }
   Tensor grad_bias = at::empty({cols}, grad_gates.options());
@@ -175,7 +185,7 @@ Tensor bias_grad(const Tensor& grad_gates) {
 // not a select and a clone: at small sizes each ATen call costs as much as
 // the copy.
 Tensor copy_step(const Tensor& sequence, int64_t t) {
-  if (!sequence.is_cpu()) return sequence[t].clone();
+  if (!cpu_specialized(sequence)) return sequence[t].clone();
   Tensor step = at::empty({sequence.size(1), sequence.size(2)}, sequence.options());
   std::memcpy(step.data_ptr(), static_cast<const char*>(sequence.const_data_ptr()) + t * step.nbytes(), step.nbytes());
   return step;
@@ -185,7 +195,7 @@ Tensor copy_step(const Tensor& sequence, int64_t t) {
 // outputs shifted by one step (the other way round when reverse).
 Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse) {
   const int64_t T = output.size(0);
-  if (!output.is_cpu()) {
+  if (!cpu_specialized(output)) {
     return reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
                    : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0);
   }
@@ -215,6 +225,8 @@ void launch(const Tensor& like, const Args& args) {
 }
 
 }  // namespace
+
+bool set_cpu_specialized(bool enabled) { return cpu_specialized_enabled.exchange(enabled); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
@@ -346,7 +358,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   if (T == 0 || B == 0) {
     return {output, h0_c.clone(), c0_c.clone(), gates, cells};
   }
-  if (input.is_cpu()) {
+  if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     cpu::recurrence_forward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
                              h0_c.const_data_ptr(), c0_c.const_data_ptr(), gates.data_ptr(), output.data_ptr(),
@@ -416,7 +428,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   }
   Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
   const int64_t t_first = reverse ? T - 1 : 0;
-  if (input.is_cpu()) {
+  if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.contiguous();
     cpu::recurrence_backward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),

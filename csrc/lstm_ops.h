@@ -50,6 +50,12 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
                                         bool has_biases, int64_t num_layers, double dropout, bool train,
                                         bool bidirectional, bool batch_first);
 
+// Switches CPU tensors between the CPU's own code (true, the default) and
+// the device-generic path that CUDA tensors take (ATen products, one ATen
+// product and one pointwise launch per step), so that the tests check that
+// path's logic on a machine without a GPU. Returns the previous setting.
+bool set_cpu_specialized(bool enabled);
+
 // An operator's handle through the dispatcher (all its keys, autograd
 // included: a caller below them holds an AutoDispatchBelowADInplaceOrView).
 template <typename Signature>

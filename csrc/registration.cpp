@@ -82,6 +82,12 @@ PyObject* compiled_cpu_capabilities(PyObject*, PyObject*) {
   return PyUnicode_FromString(lstm_ext::cpu::compiled_capabilities());
 }
 
+PyObject* set_cpu_specialized(PyObject*, PyObject* arg) {
+  const int enabled = PyObject_IsTrue(arg);
+  if (enabled < 0) return nullptr;
+  return PyBool_FromLong(lstm_ext::set_cpu_specialized(enabled != 0));
+}
+
 PyObject* with_cuda(PyObject*, PyObject*) {
 #ifdef LSTM_EXT_WITH_CUDA
   Py_RETURN_TRUE;
@@ -214,6 +220,9 @@ PyMethodDef kMethods[] = {
     {"set_cpu_capability", set_cpu_capability, METH_O, "Choose the CPU kernels (tests, benchmarks)."},
     {"compiled_cpu_capabilities", compiled_cpu_capabilities, METH_NOARGS,
      "Comma-separated CPU capabilities compiled into this build."},
+    {"_set_cpu_specialized", set_cpu_specialized, METH_O,
+     "Tests: False sends CPU tensors down the device-generic path that CUDA tensors take; returns the "
+     "previous setting."},
     {"with_cuda", with_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
     {nullptr, nullptr, 0, nullptr}};
 

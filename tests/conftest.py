@@ -15,14 +15,23 @@ def cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.fixture(params=["cpu", "cuda"])
+@pytest.fixture(params=["cpu", "cpu-generic", "cuda"])
 def device(request) -> str:
+    """The device to test on. "cpu-generic" is the CPU with the operators sent
+    down the device-generic path that CUDA tensors take (ATen products, one
+    product and one pointwise launch per step), so that path's logic is
+    tested without a GPU; only the CUDA pointwise kernel itself then needs one."""
     if request.param == "cuda":
         if not cuda_usable():
             pytest.skip("no CUDA device")
         # A GPU is present: a build without CUDA kernels is a failure, not a skip.
         assert lstm_ext.backends()["cuda"], "a GPU is present but lstm_ext was built without CUDA"
-    return request.param
+    if request.param == "cpu-generic":
+        previous = lstm_ext._C._set_cpu_specialized(False)
+        yield "cpu"
+        lstm_ext._C._set_cpu_specialized(previous)
+        return
+    yield request.param
 
 
 def available_cpu_capabilities():

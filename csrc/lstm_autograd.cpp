@@ -80,11 +80,10 @@ class LayerFunction : public torch::autograd::Function<LayerFunction> {
     const auto saved = ctx->get_saved_variables();
     const Tensor& output = saved[5];
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
-    const Tensor grad_h_n = grads[1].defined() ? grads[1] : at::zeros_like(saved[1]);
     const BelowAutograd below("lstm_ext.LSTM");
-    const Tensor grad_c_n = grads[2].defined() ? grads[2] : at::zeros_like(saved[2]);
+    // Unused h_n / c_n: no gradient (the operator takes it as zeros).
     auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias] =
-        layer_backward_op().call(grad_output, grad_h_n, grad_c_n, saved[0], saved[1], saved[2], saved[3],
+        layer_backward_op().call(grad_output, grads[1], grads[2], saved[0], saved[1], saved[2], saved[3],
                                  saved[4], output, saved[6], saved[7], ctx->saved_data["reverse"].toBool());
     return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh,
             ctx->saved_data["has_bias_ih"].toBool() ? grad_bias : Tensor(),

@@ -391,7 +391,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n_opt, const std::optional<Tensor>& grad_c_n_opt,
+    const Tensor& input,
     const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
   constexpr const char* op = "lstm_ext.layer_backward";
@@ -404,10 +405,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   for (const auto& [name, t] : sequences) {
     check_operand(op, name, *t, weight, {T, B, H}, "(seq_len, batch, hidden_size)");
   }
+  // Undefined when absent, as autograd passes the gradients of unused outputs.
+  const Tensor grad_h_n = grad_h_n_opt.value_or(Tensor());
+  const Tensor grad_c_n = grad_c_n_opt.value_or(Tensor());
   const std::pair<const char*, const Tensor*> states[] = {
       {"grad_h_n", &grad_h_n}, {"grad_c_n", &grad_c_n}, {"h_0", &h0}, {"c_0", &c0}};
   for (const auto& [name, t] : states) {
-    check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
+    if (t->defined()) check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
   }
   check_like_weight(op, "input", input, weight);
   check_operand(op, "weight_ih", weight_ih, weight, {4 * H, I}, "(4*hidden_size, input_size)");
@@ -420,9 +424,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   // grad_h of each step: the output's gradient plus, accumulated below by the
   // recurrent product, the gradient flowing back from the next step.
   Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
-  Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
+  // The running gradient of c, from c_n's back to c_0's.
+  Tensor grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous)
+                                     : at::zeros({B, H}, c0.options());
   if (T == 0 || B == 0) {
-    const Tensor grad_h0 = T == 0 ? grad_h_n.clone(at::MemoryFormat::Contiguous) : at::zeros_like(grad_h_n);
+    const Tensor grad_h0 = T == 0 && grad_h_n.defined() ? grad_h_n.clone(at::MemoryFormat::Contiguous)
+                                                        : at::zeros({B, H}, h0.options());
     return {at::zeros_like(input), grad_h0, grad_c, at::zeros_like(weight_ih), at::zeros_like(weight_hh),
             at::zeros({4 * H}, weight_hh.options())};
   }
@@ -430,13 +437,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   const int64_t t_first = reverse ? T - 1 : 0;
   if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
-    const Tensor grad_h_n_c = grad_h_n.contiguous();
+    const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
     cpu::recurrence_backward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
                               c0_c.const_data_ptr(), gates_c.const_data_ptr(), cells_c.const_data_ptr(),
-                              grad_h.data_ptr(), grad_h_n_c.const_data_ptr(), grad_c.data_ptr(),
-                              grad_gates.data_ptr()});
+                              grad_h.data_ptr(), grad_h_n.defined() ? grad_h_n_c.const_data_ptr() : nullptr,
+                              grad_c.data_ptr(), grad_gates.data_ptr()});
   } else {
-    grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
+    if (grad_h_n.defined()) grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t

@@ -35,9 +35,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 
 // Backpropagation through time for layer_forward. Returns (grad_input,
 // grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias); grad_bias is
-// the gradient of both bias_ih and bias_hh.
+// the gradient of both bias_ih and bias_hh. A missing grad_h_n or grad_c_n
+// (nothing used h_n or c_n, the usual case) counts as zeros.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const Tensor& input,
     const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse);
 

@@ -281,13 +281,30 @@ def test_lstm_layer_direct_binding_and_torch_ops_agree(device):
         assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("state_grads", [True, False], ids=["state_grads", "no_state_grads"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_opcheck_layer_backward(reverse, device):
+def test_opcheck_layer_backward(reverse, state_grads, device):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)
     out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
-    args = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh,
-            out, gates, cells, reverse)
+    grad_h_n, grad_c_n = (torch.randn_like(h_n), torch.randn_like(c_n)) if state_grads else (None, None)
+    args = (torch.randn_like(out), grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates, cells, reverse)
     torch.library.opcheck(torch.ops.lstm_ext.layer_backward.default, args)
+
+
+@pytest.mark.parametrize("steps", [3, 0], ids=lambda t: f"T={t}")
+def test_layer_backward_missing_state_grads_are_zeros(steps, device):
+    """Autograd passes no gradient for an unused h_n or c_n: the same as zeros."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)
+    x = x[:steps]
+    out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+    grad_out = torch.randn_like(out)
+    saved = (x, h0, c0, w_ih, w_hh, out, gates, cells, False)
+    for grad_h_n, grad_c_n in ((None, None), (torch.randn_like(h_n), None), (None, torch.randn_like(c_n))):
+        missing = torch.ops.lstm_ext.layer_backward(grad_out, grad_h_n, grad_c_n, *saved)
+        zeros = torch.ops.lstm_ext.layer_backward(grad_out, torch.zeros_like(h_n) if grad_h_n is None else grad_h_n,
+                                                  torch.zeros_like(c_n) if grad_c_n is None else grad_c_n, *saved)
+        for a, b in zip(missing, zeros):
+            assert_close(a, b, rtol=0, atol=0)
 
 
 def test_compile_fullgraph(device):

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -392,9 +393,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n_opt, const std::optional<Tensor>& grad_c_n_opt,
-    const Tensor& input,
-    const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse) {
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
+    std::array<bool, 4> output_mask) {
   constexpr const char* op = "lstm_ext.layer_backward";
   const int64_t H = check_recurrent_weight(op, weight_hh);
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D, got ", input.sizes());
@@ -427,11 +428,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   // The running gradient of c, from c_n's back to c_0's.
   Tensor grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous)
                                      : at::zeros({B, H}, c0.options());
+  const auto [want_input, want_h0, want_c0, want_weights] = output_mask;
   if (T == 0 || B == 0) {
     const Tensor grad_h0 = T == 0 && grad_h_n.defined() ? grad_h_n.clone(at::MemoryFormat::Contiguous)
                                                         : at::zeros({B, H}, h0.options());
-    return {at::zeros_like(input), grad_h0, grad_c, at::zeros_like(weight_ih), at::zeros_like(weight_hh),
-            at::zeros({4 * H}, weight_hh.options())};
+    const auto zeros_if = [](bool wanted, const Tensor& like) { return wanted ? at::zeros_like(like) : Tensor(); };
+    return {zeros_if(want_input, input), want_h0 ? grad_h0 : Tensor(), want_c0 ? grad_c : Tensor(),
+            zeros_if(want_weights, weight_ih), zeros_if(want_weights, weight_hh),
+            want_weights ? at::zeros({4 * H}, weight_hh.options()) : Tensor()};
   }
   Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
   const int64_t t_first = reverse ? T - 1 : 0;
@@ -465,14 +469,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
       }
     }
   }
-  const Tensor grad_h0 = product(grad_gates[t_first], weight_hh);
-  // Everything that does not recur, over all steps at once.
+  // Everything that does not recur, over all steps at once; only what the
+  // caller needs (a first layer's input is data; frozen weights need nothing).
   const Tensor gates2d = grad_gates.view({T * B, 4 * H});
-  Tensor grad_input = product(gates2d, weight_ih).view({T, B, I});
-  Tensor grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
-  Tensor grad_weight_hh = weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
-  Tensor grad_bias = bias_grad(gates2d);
-  return {grad_input, grad_h0, grad_c, grad_weight_ih, grad_weight_hh, grad_bias};
+  Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias;
+  if (want_h0) grad_h0 = product(grad_gates[t_first], weight_hh);
+  if (want_input) grad_input = product(gates2d, weight_ih).view({T, B, I});
+  if (want_weights) {
+    grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
+    grad_weight_hh = weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
+    grad_bias = bias_grad(gates2d);
+  }
+  return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias};
 }
 
 }  // namespace lstm_ext

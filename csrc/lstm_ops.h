@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -36,12 +37,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 // Backpropagation through time for layer_forward. Returns (grad_input,
 // grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias); grad_bias is
 // the gradient of both bias_ih and bias_hh. A missing grad_h_n or grad_c_n
-// (nothing used h_n or c_n, the usual case) counts as zeros.
+// (nothing used h_n or c_n, the usual case) counts as zeros. output_mask, as
+// in ATen's RNN backwards, says which gradients to form: (input, h0, c0,
+// weights); the others are returned undefined and their products skipped.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
-    const Tensor& input,
-    const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse);
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
+    std::array<bool, 4> output_mask);
 
 // torch.nn.LSTM's forward (lstm_layers.cpp): input (T, B, I), (B, T, I) when
 // batch_first, or (T, I) unbatched; hx empty (zero states) or (h_0, c_0),

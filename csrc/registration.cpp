@@ -26,7 +26,8 @@ TORCH_LIBRARY(lstm_ext, m) {
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
   m.def(
       "layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
-      "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse) "
+      "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse, "
+      "bool[4] output_mask) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias)");
   m.def(

@@ -49,12 +49,17 @@ def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, r
 
 @torch.library.register_fake("lstm_ext::layer_backward")
 def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
-                         output, gates, cells, reverse):
+                         output, gates, cells, reverse, output_mask):
+    want_input, want_h0, want_c0, want_weights = output_mask
+
+    def like(wanted, tensor, shape):  # gradients outside output_mask are not formed
+        return tensor.new_empty(shape) if wanted else None
+
     return (
-        input.new_empty(input.shape),
-        h0.new_empty(h0.shape),
-        c0.new_empty(c0.shape),
-        weight_ih.new_empty(weight_ih.shape),
-        weight_hh.new_empty(weight_hh.shape),
-        weight_hh.new_empty(weight_hh.shape[0]),
+        like(want_input, input, input.shape),
+        like(want_h0, h0, h0.shape),
+        like(want_c0, c0, c0.shape),
+        like(want_weights, weight_ih, weight_ih.shape),
+        like(want_weights, weight_hh, weight_hh.shape),
+        like(want_weights, weight_hh, weight_hh.shape[0]),
     )

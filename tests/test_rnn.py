@@ -281,14 +281,59 @@ def test_lstm_layer_direct_binding_and_torch_ops_agree(device):
         assert_close(a, b, rtol=0, atol=0)
 
 
+ALL_GRADS = [True, True, True, True]  # layer_backward's output_mask: input, h0, c0, weights
+
+
+@pytest.mark.parametrize("mask", [ALL_GRADS, [False, False, False, True], [True, True, True, False]],
+                         ids=["all", "weights_only", "no_weights"])
 @pytest.mark.parametrize("state_grads", [True, False], ids=["state_grads", "no_state_grads"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_opcheck_layer_backward(reverse, state_grads, device):
+def test_opcheck_layer_backward(reverse, state_grads, mask, device):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)
     out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse)
     grad_h_n, grad_c_n = (torch.randn_like(h_n), torch.randn_like(c_n)) if state_grads else (None, None)
-    args = (torch.randn_like(out), grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates, cells, reverse)
+    args = (torch.randn_like(out), grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, out, gates, cells, reverse, mask)
     torch.library.opcheck(torch.ops.lstm_ext.layer_backward.default, args)
+
+
+@pytest.mark.parametrize("steps", [3, 0], ids=lambda t: f"T={t}")
+def test_layer_backward_forms_only_the_masked_gradients(steps, device):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)
+    x = x[:steps]
+    out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+    args = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh, out, gates,
+            cells, False)
+    full = torch.ops.lstm_ext.layer_backward(*args, ALL_GRADS)
+    for mask in ([False, True, True, True], [True, False, False, True], [True, True, True, False], [False] * 4):
+        partial = torch.ops.lstm_ext.layer_backward(*args, mask)
+        wanted = mask[:3] + [mask[3]] * 3  # the weight flag covers weight_ih, weight_hh and the bias
+        for got, expected, want in zip(partial, full, wanted):
+            if want:
+                assert_close(got, expected, rtol=0, atol=0)
+            else:
+                assert got is None
+
+
+@pytest.mark.parametrize("frozen", ["input", "weights", "layer0_weights"])
+def test_gradients_when_some_inputs_need_none(frozen, device):
+    """The module's gradients equal torch.nn.LSTM's when the input is data (the
+    usual first layer) or some weights are frozen: the skipped products were
+    not needed."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2, bidirectional=True, device=device, dtype=torch.float64)
+    ours = lstm_ext.LSTM.from_torch(ref)
+    x = torch.randn(5, 2, 3, device=device, dtype=torch.float64, requires_grad=frozen != "input")
+    for module in (ref, ours):
+        for name, p in module.named_parameters():
+            p.requires_grad_(not (frozen == "weights" or (frozen == "layer0_weights" and "_l0" in name)))
+    expected = ref(x)[0].sum()
+    got = ours(x)[0].sum()
+    assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    inputs = [x] if x.requires_grad else []
+    ref_inputs = inputs + [p for p in ref.parameters() if p.requires_grad]
+    our_inputs = inputs + [p for p in ours.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(got, our_inputs), torch.autograd.grad(expected, ref_inputs)):
+        assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("steps", [3, 0], ids=lambda t: f"T={t}")
@@ -298,7 +343,7 @@ def test_layer_backward_missing_state_grads_are_zeros(steps, device):
     x = x[:steps]
     out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
     grad_out = torch.randn_like(out)
-    saved = (x, h0, c0, w_ih, w_hh, out, gates, cells, False)
+    saved = (x, h0, c0, w_ih, w_hh, out, gates, cells, False, ALL_GRADS)
     for grad_h_n, grad_c_n in ((None, None), (torch.randn_like(h_n), None), (None, torch.randn_like(c_n))):
         missing = torch.ops.lstm_ext.layer_backward(grad_out, grad_h_n, grad_c_n, *saved)
         zeros = torch.ops.lstm_ext.layer_backward(grad_out, torch.zeros_like(h_n) if grad_h_n is None else grad_h_n,
@@ -389,7 +434,7 @@ def test_bad_input_layer_ops():
     out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
     grads = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n))
     with pytest.raises(ValueError, match=r"cells must have shape \[3, 2, 4\]"):
-        torch.ops.lstm_ext.layer_backward(*grads, x, h0, c0, w_ih, w_hh, out, gates, cells[:1], False)
+        torch.ops.lstm_ext.layer_backward(*grads, x, h0, c0, w_ih, w_hh, out, gates, cells[:1], False, ALL_GRADS)
 
 
 def test_double_backward_is_an_error_not_a_wrong_answer():

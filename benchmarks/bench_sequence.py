@@ -1,6 +1,8 @@
 """A whole sequence: lstm_ext.LSTM against torch.nn.LSTM (oneDNN/MKL on the
 CPU, cuDNN on the GPU), the reference cell looped in Python, lstm_ext.LSTMCell
-looped in Python, and torch.compile of the reference loop.
+looped in Python, and torch.compile of the reference loop: forward,
+forward+backward, and (lstm_ext and torch.nn.LSTM only) forward+backward with
+an input that needs no gradient, as a first layer's data.
 
     python benchmarks/bench_sequence.py                 # CPU grid
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
@@ -69,17 +71,23 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     extras = {name: dict(extra) for name in impls}
     extras["compile"]["compiled"] = scope
 
-    # Calls of under a millisecond are timed in many short interleaved rounds:
-    # this machine's slow spells last seconds, and three rounds let one of them
-    # land on a single implementation (at the course's size the same code gave
-    # 2.3 ms and 3.5 ms for the reference loop in two runs).
-    rounds = 15 if T * B * H * max(I, H) < 2**20 else 3
+    # Interleaved rounds, many for calls under a millisecond: this machine's
+    # slow spells last seconds, and three rounds let one of them land on a
+    # single implementation (at the course's size the same code gave 2.3 ms
+    # and 3.5 ms for the reference loop in two runs; at T=100 a round can be
+    # a single call, so five rather than three).
+    rounds = 15 if T * B * H * max(I, H) < 2**20 else 5
     x = torch.randn(T, B, I, device=device, dtype=dtype)
     with torch.no_grad():
         bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
                       extras=extras, rounds=rounds)
-    x.requires_grad_()
     grad = torch.randn(T, B, H, device=device, dtype=dtype)
+    # The usual training step of a first layer: the input is data, so no
+    # gradient of it is needed (lstm_ext then skips that product).
+    layer_impls = {k: impls[k] for k in ("lstm_ext", "torch")}
+    bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in layer_impls.items()},
+                  pass_="fwd+bwd, x without grad", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    x.requires_grad_()
     bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
 

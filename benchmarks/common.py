@@ -102,7 +102,7 @@ class Bench:
             row = {"bench": self.bench, "impl": name.split(":")[0], "pass": pass_}
             row.update({k: shape.get(k) for k in ("B", "I", "H", "T")})
             row.update({"dtype": str(dtype).replace("torch.", ""), "device": self.device,
-                        "median_us": round(median_us, 3)})
+                        "median_us": round(median_us, 3), "min_us": round(min(m.times) * 1e6, 3)})
             row.update(extras.get(name) or {})
             self.rows.append(row)
             print(f"  [{time.time() - self.started:6.0f}s] {pass_:7s} {sub_label:32s} {m.task_spec.description:34s} "

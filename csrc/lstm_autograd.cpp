@@ -81,16 +81,14 @@ class LayerFunction : public torch::autograd::Function<LayerFunction> {
     const Tensor& output = saved[5];
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const BelowAutograd below("lstm_ext.LSTM");
-    // Unused h_n / c_n: no gradient (the operator takes it as zeros).
     const bool has_bias_ih = ctx->saved_data["has_bias_ih"].toBool();
     const bool has_bias_hh = ctx->saved_data["has_bias_hh"].toBool();
     // Gradient edges: input, h0, c0, weight_ih, weight_hh, then the biases present.
-    bool want_weights = false;
-    for (size_t edge = 3; edge < 5u + has_bias_ih + has_bias_hh; ++edge) {
-      want_weights = want_weights || ctx->needs_input_grad(edge);
-    }
+    const size_t weight_edges_end = 5 + has_bias_ih + has_bias_hh;
     const std::array<bool, 4> output_mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                          ctx->needs_input_grad(2), want_weights};
+                                          ctx->needs_input_grad(2),
+                                          ctx->needs_input_grad({{3, weight_edges_end}})};
+    // grads[1] / grads[2] are undefined for an unused h_n / c_n: the operator takes them as zeros.
     auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias] =
         layer_backward_op().call(grad_output, grads[1], grads[2], saved[0], saved[1], saved[2], saved[3],
                                  saved[4], output, saved[6], saved[7], ctx->saved_data["reverse"].toBool(),

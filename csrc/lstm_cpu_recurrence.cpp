@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "buffer_pool.h"
 #include "lstm_kernels.h"
 
 namespace lstm_ext {
@@ -181,7 +182,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   // Forward panels: each panel's [H, 4w] block of W_hh^T (column g*w + jj is
   // unit j0 + jj of gate g), cut into forward_products blocks [H, n] stored
   // one after the other, n = 4w / products.
-  std::vector<scalar_t> packed(static_cast<size_t>(G * H));
+  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
     const int64_t n = 4 * width / forward_products(width, H);
     for (int64_t g = 0; g < 4; ++g) {
@@ -237,7 +238,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const Tiling tiling(B, H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
 
   // Backward panels: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
-  std::vector<scalar_t> packed(static_cast<size_t>(G * H));
+  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
     scalar_t* panel = packed.data() + G * j0;
     for (int64_t k = 0; k < G; ++k)
@@ -328,7 +329,7 @@ void packed_gemm(const PackedGemmArgs& a) {
   constexpr int64_t kBlockRows = 64;
   const int64_t M = a.m, N = a.n, K = a.k;
   const int64_t panels = (N + kPanel - 1) / kPanel;
-  std::vector<float> packed(static_cast<size_t>(K * N));
+  const PooledArray<float> packed(static_cast<size_t>(K * N));
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n0 = p * kPanel, width = std::min(kPanel, N - n0);

@@ -1,6 +1,7 @@
 #include "lstm_ops.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/DeviceGuard.h>
 
 #include <array>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "buffer_pool.h"
 #include "lstm_kernels.h"
 
 namespace lstm_ext {
@@ -83,35 +85,33 @@ int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh) {
   return weight_hh.size(1);
 }
 
-// A large buffer is, with glibc, a fresh mmap on every call (its dynamic
-// mmap threshold stops at 32 MiB), and first-touching its pages costs more
-// than filling it: 12 ms of page faults for the 32 MiB weight gradient at
-// B=16, I=H=1024, where the product itself takes 5 ms; 14% of the sequence
-// forward at B=64, T=100, H=512, whose gates take 52 MiB. So the last few
-// buffers of 16 MiB or more are kept and reused once nobody else holds them
-// (autograd has dropped the saved gates, or added a gradient into .grad and
-// dropped it). A few per thread, CPU only.
-Tensor recycled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  constexpr int64_t kRecycleBytes = int64_t(16) << 20;
-  constexpr size_t kKept = 4;
-  thread_local std::vector<Tensor> kept;  // oldest first
+// An uninitialised tensor; on the CPU, from 1 MiB up, its memory comes from
+// the buffer pool (buffer_pool.cpp: reused blocks instead of fresh mmaps
+// whose page faults cost more than filling them). Its storage stays
+// resizable, through the CPU allocator.
+Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  constexpr int64_t kPooledMinBytes = int64_t(1) << 20;
   const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
-  if (options.device().is_cuda() || bytes < kRecycleBytes) {
+  if (!options.device().is_cpu() || bytes < kPooledMinBytes) {
     return at::empty(sizes, options);
   }
-  for (auto it = kept.begin(); it != kept.end(); ++it) {
-    Tensor& t = *it;
-    if (t.use_count() == 1 && t.storage().use_count() == 1 && t.nbytes() == static_cast<size_t>(bytes) &&
-        t.dtype() == options.dtype() && t.device() == options.device()) {
-      Tensor reused = t.view(sizes);
-      kept.erase(it);
-      kept.push_back(reused);  // most recently used last
-      return reused;
-    }
-  }
-  if (kept.size() == kKept) kept.erase(kept.begin());
-  kept.push_back(at::empty(sizes, options));
-  return kept.back();
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
+  const size_t block_bytes = pool_block_bytes(static_cast<size_t>(bytes));
+  auto* block = new Block{pool_take(block_bytes), block_bytes};
+  const auto give_back = [](void* context) {
+    const auto* b = static_cast<Block*>(context);
+    pool_give_back(b->data, b->bytes);
+    delete b;
+  };
+  return at::for_blob(block->data, sizes)
+      .context(block, give_back)
+      .options(options)
+      .resizeable_storage()
+      .allocator(c10::GetCPUAllocator())
+      .make_tensor();
 }
 
 // Below this many multiply-adds a CPU product runs in cpu::small_gemm on the
@@ -162,9 +162,9 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
 }
 
 // grad_weight = grad_gates^T @ input_hidden, [4H, B] x [B, I+H], into a
-// recycled buffer.
+// pooled buffer.
 Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
-  Tensor out = recycled_empty({grad_gates.size(1), input_hidden.size(1)}, input_hidden.options());
+  Tensor out = pooled_empty({grad_gates.size(1), input_hidden.size(1)}, input_hidden.options());
   return product(grad_gates.t(), input_hidden, Tensor(), out);
 }
 
@@ -202,7 +202,7 @@ Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse) {
   }
   const Tensor h0_c = h0.contiguous();
   const Tensor output_c = output.contiguous();
-  Tensor states = at::empty(output.sizes(), output.options());
+  Tensor states = pooled_empty(output.sizes(), output.options());
   const size_t step = h0_c.nbytes();
   auto* dst = static_cast<char*>(states.data_ptr());
   const auto* out = static_cast<const char*>(output_c.const_data_ptr());
@@ -350,10 +350,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   const Tensor x2d = input.reshape({T * B, I});
   const Tensor bias = bias_ih.has_value() ? *bias_ih : bias_hh.has_value() ? *bias_hh : Tensor();
   const Tensor bias2 = bias_ih.has_value() && bias_hh.has_value() ? *bias_hh : Tensor();
-  Tensor gates = product(x2d, weight_ih.t(), bias, recycled_empty({T * B, 4 * H}, input.options()), bias2);
+  Tensor gates = product(x2d, weight_ih.t(), bias, pooled_empty({T * B, 4 * H}, input.options()), bias2);
   gates = gates.view({T, B, 4 * H});
-  Tensor output = at::empty({T, B, H}, input.options());
-  Tensor cells = at::empty({T, B, H}, input.options());
+  Tensor output = pooled_empty({T, B, H}, input.options());
+  Tensor cells = pooled_empty({T, B, H}, input.options());
   const Tensor h0_c = h0.contiguous();
   const Tensor c0_c = c0.contiguous();
   if (T == 0 || B == 0) {
@@ -424,7 +424,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   const Tensor c0_c = c0.contiguous();
   // grad_h of each step: the output's gradient plus, accumulated below by the
   // recurrent product, the gradient flowing back from the next step.
-  Tensor grad_h = grad_output.clone(at::MemoryFormat::Contiguous);
+  Tensor grad_h = pooled_empty({T, B, H}, grad_output.options());
+  grad_h.copy_(grad_output);
   // The running gradient of c, from c_n's back to c_0's.
   Tensor grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous)
                                      : at::zeros({B, H}, c0.options());
@@ -437,7 +438,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
             zeros_if(want_weights, weight_ih), zeros_if(want_weights, weight_hh),
             want_weights ? at::zeros({4 * H}, weight_hh.options()) : Tensor()};
   }
-  Tensor grad_gates = recycled_empty({T, B, 4 * H}, gates.options());
+  Tensor grad_gates = pooled_empty({T, B, 4 * H}, gates.options());
   const int64_t t_first = reverse ? T - 1 : 0;
   if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
@@ -474,7 +475,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
   const Tensor gates2d = grad_gates.view({T * B, 4 * H});
   Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias;
   if (want_h0) grad_h0 = product(grad_gates[t_first], weight_hh);
-  if (want_input) grad_input = product(gates2d, weight_ih).view({T, B, I});
+  if (want_input) {
+    grad_input = product(gates2d, weight_ih, Tensor(), pooled_empty({T * B, I}, input.options())).view({T, B, I});
+  }
   if (want_weights) {
     grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
     grad_weight_hh = weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));

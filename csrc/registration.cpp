@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "buffer_pool.h"
 #include "lstm_kernels.h"
 #include "lstm_ops.h"
 
@@ -88,6 +89,10 @@ PyObject* set_cpu_specialized(PyObject*, PyObject* arg) {
   if (enabled < 0) return nullptr;
   return PyBool_FromLong(lstm_ext::set_cpu_specialized(enabled != 0));
 }
+
+PyObject* empty_cache(PyObject*, PyObject*) { return PyLong_FromSize_t(lstm_ext::pool_release_cached()); }
+
+PyObject* cached_bytes(PyObject*, PyObject*) { return PyLong_FromSize_t(lstm_ext::pool_cached_bytes()); }
 
 PyObject* with_cuda(PyObject*, PyObject*) {
 #ifdef LSTM_EXT_WITH_CUDA
@@ -224,6 +229,8 @@ PyMethodDef kMethods[] = {
     {"_set_cpu_specialized", set_cpu_specialized, METH_O,
      "Tests: False sends CPU tensors down the device-generic path that CUDA tensors take; returns the "
      "previous setting."},
+    {"empty_cache", empty_cache, METH_NOARGS, "Free the kept host buffers; returns the bytes freed."},
+    {"cached_bytes", cached_bytes, METH_NOARGS, "Bytes of host buffers kept for reuse."},
     {"with_cuda", with_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
     {nullptr, nullptr, 0, nullptr}};
 

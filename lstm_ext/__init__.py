@@ -14,7 +14,7 @@ from lstm_ext import reference
 __version__ = "0.1.0"
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "lstm_cell", "lstm_layer", "reference",
-           "backends", "cpu_capability", "set_cpu_capability"]
+           "backends", "cpu_capability", "set_cpu_capability", "empty_cache", "cached_bytes"]
 
 
 def backends() -> dict:
@@ -33,3 +33,18 @@ def cpu_capability() -> str:
 def set_cpu_capability(name: str) -> None:
     """Choose the CPU kernels (for tests and benchmarks); ValueError if unavailable here."""
     _C.set_cpu_capability(name)
+
+
+def empty_cache() -> int:
+    """Free the host buffers that lstm_ext keeps for reuse; returns the bytes freed.
+
+    CPU buffers of 1 MiB or more (a sequence's gates, outputs, gradients) go
+    back to a pool when freed, up to 1 GiB, rather than to the system: with
+    glibc a fresh large block costs more in page faults than filling it.
+    """
+    return _C.empty_cache()
+
+
+def cached_bytes() -> int:
+    """Bytes of host buffers kept for reuse now (see :func:`empty_cache`)."""
+    return _C.cached_bytes()

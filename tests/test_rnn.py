@@ -1,5 +1,6 @@
 """lstm_ext.LSTM against torch.nn.LSTM, and the sequence operators."""
 import itertools
+import threading
 
 import pytest
 import torch
@@ -448,18 +449,42 @@ def test_double_backward_is_an_error_not_a_wrong_answer():
         torch.autograd.grad(cell(x)[0].sum(), x, create_graph=True)
 
 
-def test_recycled_large_buffers_are_never_shared():
-    # Gates of 16 MiB and more are recycled once nobody holds them: two live
-    # graphs must keep their own, and a reused buffer must give the same answer.
+def test_pooled_large_buffers_are_never_shared():
+    # CPU buffers of 1 MiB and more come from a pool and go back to it when
+    # freed: two live graphs must keep their own, and a reused buffer must give
+    # the same answer.
     torch.manual_seed(0)
     ref = nn.LSTM(8, 256)
     fused = lstm_ext.LSTM.from_torch(ref)
     xs = [torch.randn(64, 64, 8, requires_grad=True) for _ in range(3)]
     outs = [fused(x)[0] for x in xs[:2]]  # both graphs alive at once
     grads = [torch.autograd.grad((o * o).sum(), x)[0] for o, x in zip(outs, xs[:2])]
-    outs.append(fused(xs[2])[0])  # after the first two are freed: a recycled buffer
+    outs.append(fused(xs[2])[0])  # after the first two graphs are freed: reused buffers
     grads.append(torch.autograd.grad((outs[2] * outs[2]).sum(), xs[2])[0])
     for x, out, grad in zip(xs, outs, grads):
         expected = ref(x)[0]
         assert_close(out, expected, rtol=1e-4, atol=1e-5)
         assert_close(grad, torch.autograd.grad((expected * expected).sum(), x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_pooled_buffers_are_ordinary_tensors_and_can_be_freed():
+    torch.manual_seed(0)
+    fused = lstm_ext.LSTM(8, 256)
+    x = torch.randn(64, 64, 8, requires_grad=True)
+    out = fused(x)[0]  # 4 MiB: pooled
+    kept = out.detach().clone()
+    out.sum().backward()
+    first_grad = fused.weight_ih_l0.grad
+    assert first_grad is not None
+    # Freed in another thread: the block still goes back to the pool.
+    thread = threading.Thread(target=lambda: fused(x.detach())[0].sum().item())
+    thread.start()
+    thread.join()
+    assert lstm_ext.cached_bytes() > 0
+    again = fused(x)[0]
+    assert_close(out, kept, rtol=0, atol=0)  # a live output is never handed out again
+    assert_close(again, kept, rtol=0, atol=0)
+    again.detach().resize_(2 * again.numel()).fill_(1.0)  # storage resizable, as at::empty's
+    del out, again
+    assert lstm_ext.empty_cache() > 0
+    assert lstm_ext.cached_bytes() == 0

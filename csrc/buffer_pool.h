@@ -17,7 +17,8 @@ size_t pool_release_cached();
 // Bytes kept now, free for reuse.
 size_t pool_cached_bytes();
 
-// A scratch array from the pool for the lifetime of a scope.
+// count elements from the pool, given back on destruction: a scratch array
+// for a scope, or (lstm_ops.cpp) the memory of a pooled tensor.
 template <typename T>
 class PooledArray {
  public:

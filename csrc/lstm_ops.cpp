@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -95,19 +96,12 @@ Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (!options.device().is_cpu() || bytes < kPooledMinBytes) {
     return at::empty(sizes, options);
   }
-  struct Block {
-    void* data;
-    size_t bytes;
-  };
-  const size_t block_bytes = pool_block_bytes(static_cast<size_t>(bytes));
-  auto* block = new Block{pool_take(block_bytes), block_bytes};
-  const auto give_back = [](void* context) {
-    const auto* b = static_cast<Block*>(context);
-    pool_give_back(b->data, b->bytes);
-    delete b;
-  };
-  return at::for_blob(block->data, sizes)
-      .context(block, give_back)
+  // The block is owned by its tensor's storage and goes back to the pool
+  // when the storage is freed.
+  using Block = PooledArray<std::byte>;
+  auto* block = new Block(static_cast<size_t>(bytes));
+  return at::for_blob(block->data(), sizes)
+      .context(block, [](void* context) { delete static_cast<Block*>(context); })
       .options(options)
       .resizeable_storage()
       .allocator(c10::GetCPUAllocator())

@@ -3,13 +3,20 @@
 // The backward calls the backward operator through the dispatcher, so
 // torch.compile traces it as one node.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+#include <array>
+#include <memory>
+#include <mutex>
+#include <type_traits>
 
 #include "lstm_ops.h"
 
 namespace lstm_ext {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 bool present(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
@@ -30,73 +37,87 @@ class BelowAutograd {
   at::AutoDispatchBelowADInplaceOrView guard_;
 };
 
-class CellFunction : public torch::autograd::Function<CellFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
-                               const Tensor& cx, const Tensor& weight,
-                               const std::optional<Tensor>& bias) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [h, c, gates, input_hidden] = cell_forward_op().call(input, hx, cx, weight, bias);
-    ctx->save_for_backward({cx, c, gates, input_hidden, weight});
-    ctx->saved_data["has_bias"] = present(bias);
-    ctx->mark_non_differentiable({gates, input_hidden});
-    ctx->set_materialize_grads(false);  // no zero-filled gradients for gates and input_hidden
-    return {h, c, gates, input_hidden};
+// The graph nodes are written out rather than made by torch::autograd::Function,
+// whose node costs ~10 us more per call at the course's size (boxed saved
+// data, a list of every argument, checks of every output). A node holds the
+// tensors its backward operator needs as SavedVariables, so the usual checks
+// (a second backward, an output modified in place) and saved-tensor hooks
+// apply as for any node.
+template <size_t N>
+struct SavingNode : Node {
+  std::array<SavedVariable, N> saved;
+
+  // Saves tensors, each with whether it is an output of this node.
+  void save(std::initializer_list<std::pair<const Tensor*, bool>> tensors) {
+    size_t k = 0;
+    for (const auto& [t, is_output] : tensors) saved[k++] = SavedVariable(*t, is_output);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor& cx = saved[0];
-    const Tensor& c = saved[1];
-    const Tensor grad_h = grads[0].defined() ? grads[0] : at::zeros_like(c);
+  std::array<Tensor, N> unpack() {
+    std::array<Tensor, N> out;
+    const auto self = getptr();
+    for (size_t k = 0; k < N; ++k) out[k] = saved[k].unpack(self);
+    return out;
+  }
+
+  void release_variables() override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable& v : saved) v.reset_data();
+  }
+};
+
+// Edges to input, hx, cx, weight, bias.
+struct CellBackward final : SavingNode<5> {  // cx, c, gates, input_hidden, weight
+  bool has_bias = false;
+
+  std::string name() const override { return "LSTMCellBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto [cx, c, gates, input_hidden, weight] = unpack();
     const BelowAutograd below("lstm_ext.lstm_cell");
+    // Undefined for an unused h or c (gates and input_hidden never have one).
+    const Tensor grad_h = grads[0].defined() ? grads[0] : at::zeros_like(c);
     const Tensor grad_c = grads[1].defined() ? grads[1] : at::zeros_like(c);
     auto [grad_input, grad_hx, grad_cx, grad_weight, grad_bias] =
-        cell_backward_op().call(grad_h, grad_c, cx, c, saved[2], saved[3], saved[4]);
-    return {grad_input, grad_hx, grad_cx, grad_weight,
-            ctx->saved_data["has_bias"].toBool() ? grad_bias : Tensor()};
+        cell_backward_op().call(grad_h, grad_c, cx, c, gates, input_hidden, weight);
+    return {grad_input, grad_hx, grad_cx, grad_weight, has_bias ? grad_bias : Tensor()};
   }
 };
 
-class LayerFunction : public torch::autograd::Function<LayerFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& h0,
-                               const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-                               const std::optional<Tensor>& bias_ih,
-                               const std::optional<Tensor>& bias_hh, bool reverse) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, h_n, c_n, gates, cells] =
-        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
-    ctx->save_for_backward({input, h0, c0, weight_ih, weight_hh, output, gates, cells});
-    ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["has_bias_ih"] = present(bias_ih);
-    ctx->saved_data["has_bias_hh"] = present(bias_hh);
-    ctx->mark_non_differentiable({gates, cells});
-    ctx->set_materialize_grads(false);
-    return {output, h_n, c_n, gates, cells};
-  }
+// Edges to input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh.
+struct LayerBackward final : SavingNode<8> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells
+  bool reverse = false, has_bias_ih = false, has_bias_hh = false;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor& output = saved[5];
-    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+  std::string name() const override { return "LSTMLayerBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells] = unpack();
     const BelowAutograd below("lstm_ext.LSTM");
-    const bool has_bias_ih = ctx->saved_data["has_bias_ih"].toBool();
-    const bool has_bias_hh = ctx->saved_data["has_bias_hh"].toBool();
-    // Gradient edges: input, h0, c0, weight_ih, weight_hh, then the biases present.
-    const size_t weight_edges_end = 5 + has_bias_ih + has_bias_hh;
-    const std::array<bool, 4> output_mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                          ctx->needs_input_grad(2),
-                                          ctx->needs_input_grad({{3, weight_edges_end}})};
+    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    const std::array<bool, 4> output_mask{task_should_compute_output(0), task_should_compute_output(1),
+                                          task_should_compute_output(2), task_should_compute_output({{3, 7}})};
     // grads[1] / grads[2] are undefined for an unused h_n / c_n: the operator takes them as zeros.
     auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias] =
-        layer_backward_op().call(grad_output, grads[1], grads[2], saved[0], saved[1], saved[2], saved[3],
-                                 saved[4], output, saved[6], saved[7], ctx->saved_data["reverse"].toBool(),
-                                 output_mask);
+        layer_backward_op().call(grad_output, grads[1], grads[2], input, h0, c0, weight_ih, weight_hh, output,
+                                 gates, cells, reverse, output_mask);
     return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, has_bias_ih ? grad_bias : Tensor(),
-            has_bias_hh ? grad_bias : Tensor(), Tensor()};
+            has_bias_hh ? grad_bias : Tensor()};
   }
 };
+
+// A new node: torch 2.11 holds nodes by std::shared_ptr, later versions by
+// c10::intrusive_ptr (Node::getptr() returns the one in use).
+template <typename T>
+auto make_node() {
+  using NodePtr = decltype(std::declval<Node&>().getptr());
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>) {
+    return std::make_shared<T>();
+  } else {
+    return c10::make_intrusive<T>();
+  }
+}
 
 // Inference (no grad mode, or nothing requires grad) skips building a graph
 // node: at the course's size that node costs a noticeable part of the call.
@@ -118,23 +139,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
-  if (!needs_graph({&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+  at::Tensor output, h_n, c_n, gates, cells;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+    std::tie(output, h_n, c_n, gates, cells) =
+        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
   }
-  auto out = LayerFunction::apply(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
-  return {out[0], out[1], out[2], out[3], out[4]};
+  if (needs_graph({&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+    auto node = make_node<LayerBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh));
+    torch::autograd::set_history({output, h_n, c_n}, node);
+    node->save({{&input, false}, {&h0, false}, {&c0, false}, {&weight_ih, false}, {&weight_hh, false},
+                {&output, true}, {&gates, false}, {&cells, false}});
+    node->reverse = reverse;
+    node->has_bias_ih = present(bias_ih);
+    node->has_bias_hh = present(bias_hh);
+  }
+  return {output, h_n, c_n, gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias) {
-  if (!needs_graph({&input, &hx, &cx, &weight}, {&bias})) {
+  at::Tensor h, c, gates, input_hidden;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return cell_forward_op().call(input, hx, cx, weight, bias);
+    std::tie(h, c, gates, input_hidden) = cell_forward_op().call(input, hx, cx, weight, bias);
   }
-  auto out = CellFunction::apply(input, hx, cx, weight, bias);
-  return {out[0], out[1], out[2], out[3]};
+  if (needs_graph({&input, &hx, &cx, &weight}, {&bias})) {
+    auto node = make_node<CellBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input, hx, cx, weight, bias));
+    torch::autograd::set_history({h, c}, node);
+    node->save({{&cx, false}, {&c, true}, {&gates, false}, {&input_hidden, false}, {&weight, false}});
+    node->has_bias = present(bias);
+  }
+  return {h, c, gates, input_hidden};
 }
 
 }  // namespace lstm_ext

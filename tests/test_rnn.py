@@ -449,6 +449,43 @@ def test_double_backward_is_an_error_not_a_wrong_answer():
         torch.autograd.grad(cell(x)[0].sum(), x, create_graph=True)
 
 
+def graph_cases():
+    """(name, fn(x) -> differentiable output, x) for the layer and the cell."""
+    torch.manual_seed(0)
+    rnn = lstm_ext.LSTM(4, 3).double()
+    cell = lstm_ext.LSTMCell(4, 3).double()
+    return [("LSTMLayerBackward", lambda x: rnn(x)[0], torch.randn(5, 2, 4, dtype=torch.float64)),
+            ("LSTMCellBackward", lambda x: cell(x)[1], torch.randn(2, 4, dtype=torch.float64))]
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["layer", "cell"])
+def test_graph_nodes_behave_like_any_autograd_node(case):
+    # The nodes are hand-written (csrc/lstm_autograd.cpp): the engine's usual
+    # rules must hold for them as for torch's own.
+    name, fn, x0 = graph_cases()[case]
+    x = x0.clone().requires_grad_()
+    out = fn(x)
+    assert out.grad_fn.name() == name
+    # retain_graph keeps the saved tensors; a second backward without it fails.
+    (first,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
+    (again,) = torch.autograd.grad(out.sum(), x)
+    assert_close(again, first, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(out.sum(), x)
+    # An output modified in place after the forward is detected, not used.
+    out = fn(x)
+    out.detach().add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    # Saved-tensor hooks see every saved tensor and give back what is used.
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t.clone(), lambda t: t):
+        out = fn(x)
+    assert len(packed) >= 5
+    (hooked,) = torch.autograd.grad(out.sum(), x)
+    assert_close(hooked, first, rtol=0, atol=0)
+
+
 def test_pooled_large_buffers_are_never_shared():
     # CPU buffers of 1 MiB and more come from a pool and go back to it when
     # freed: two live graphs must keep their own, and a reused buffer must give

@@ -133,12 +133,25 @@ bool needs_graph(std::initializer_list<const Tensor*> tensors,
   return false;
 }
 
+// Forward-mode AD (dual tensors, torch.func.jvp) has no formula here: an
+// error, never a silently missing tangent.
+void check_no_forward_grad(const char* op, std::initializer_list<const Tensor*> tensors,
+                           std::initializer_list<const std::optional<Tensor>*> optional) {
+  const auto dual = [](const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); };
+  bool any = false;
+  for (const Tensor* t : tensors) any = any || dual(*t);
+  for (const auto* t : optional) any = any || (t->has_value() && dual(**t));
+  TORCH_CHECK_NOT_IMPLEMENTED(!any, op, ": forward-mode AD (dual tensors, torch.func.jvp) is not supported; "
+                              "use torch.nn.LSTM / torch.nn.LSTMCell for it");
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
+  check_no_forward_grad("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
   at::Tensor output, h_n, c_n, gates, cells;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -161,6 +174,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias) {
+  check_no_forward_grad("lstm_ext.lstm_cell", {&input, &hx, &cx, &weight}, {&bias});
   at::Tensor h, c, gates, input_hidden;
   {
     at::AutoDispatchBelowADInplaceOrView guard;

@@ -458,6 +458,7 @@ def graph_cases():
             ("LSTMCellBackward", lambda x: cell(x)[1], torch.randn(2, 4, dtype=torch.float64))]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # make_dual loads jit decompositions
 @pytest.mark.parametrize("case", [0, 1], ids=["layer", "cell"])
 def test_graph_nodes_behave_like_any_autograd_node(case):
     # The nodes are hand-written (csrc/lstm_autograd.cpp): the engine's usual
@@ -484,6 +485,11 @@ def test_graph_nodes_behave_like_any_autograd_node(case):
     assert len(packed) >= 5
     (hooked,) = torch.autograd.grad(out.sum(), x)
     assert_close(hooked, first, rtol=0, atol=0)
+    # Forward-mode AD has no formula: an error, not a tangent silently lost.
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x0, torch.ones_like(x0))
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            fn(dual)
 
 
 def test_pooled_large_buffers_are_never_shared():

@@ -76,7 +76,7 @@ struct CellBackward final : SavingNode<5> {  // cx, c, gates, input_hidden, weig
     const std::lock_guard<std::mutex> lock(mutex_);
     const auto [cx, c, gates, input_hidden, weight] = unpack();
     const BelowAutograd below("lstm_ext.lstm_cell");
-    // Undefined for an unused h or c (gates and input_hidden never have one).
+    // grads[0] / grads[1] are undefined for an unused h / c.
     const Tensor grad_h = grads[0].defined() ? grads[0] : at::zeros_like(c);
     const Tensor grad_c = grads[1].defined() ? grads[1] : at::zeros_like(c);
     auto [grad_input, grad_hx, grad_cx, grad_weight, grad_bias] =
@@ -152,7 +152,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
   check_no_forward_grad("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
-  at::Tensor output, h_n, c_n, gates, cells;
+  Tensor output, h_n, c_n, gates, cells;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, c_n, gates, cells) =
@@ -175,7 +175,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias) {
   check_no_forward_grad("lstm_ext.lstm_cell", {&input, &hx, &cx, &weight}, {&bias});
-  at::Tensor h, c, gates, input_hidden;
+  Tensor h, c, gates, input_hidden;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(h, c, gates, input_hidden) = cell_forward_op().call(input, hx, cx, weight, bias);

@@ -119,30 +119,27 @@ auto make_node() {
   }
 }
 
-// Inference (no grad mode, or nothing requires grad) skips building a graph
-// node: at the course's size that node costs a noticeable part of the call.
-bool needs_graph(std::initializer_list<const Tensor*> tensors,
+// Whether to build a graph node: inference (no grad mode, or nothing
+// requires grad) skips it, as at the course's size that node costs a
+// noticeable part of the call. Forward-mode AD (dual tensors,
+// torch.func.jvp) has no formula here: an error, never a silently missing
+// tangent.
+bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,
                  std::initializer_list<const std::optional<Tensor>*> optional) {
-  if (!at::GradMode::is_enabled()) return false;
+  bool requires_grad = false;
+  const auto inspect = [&](const Tensor& t) {
+    TORCH_CHECK_NOT_IMPLEMENTED(!t._fw_grad(/*level=*/0).defined(), op,
+                                ": forward-mode AD (dual tensors, torch.func.jvp) is not supported; "
+                                "use torch.nn.LSTM / torch.nn.LSTMCell for it");
+    requires_grad = requires_grad || t.requires_grad();
+  };
   for (const Tensor* t : tensors) {
-    if (t->requires_grad()) return true;
+    if (t->defined()) inspect(*t);
   }
   for (const auto* t : optional) {
-    if (present(*t) && (*t)->requires_grad()) return true;
+    if (present(*t)) inspect(**t);
   }
-  return false;
-}
-
-// Forward-mode AD (dual tensors, torch.func.jvp) has no formula here: an
-// error, never a silently missing tangent.
-void check_no_forward_grad(const char* op, std::initializer_list<const Tensor*> tensors,
-                           std::initializer_list<const std::optional<Tensor>*> optional) {
-  const auto dual = [](const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); };
-  bool any = false;
-  for (const Tensor* t : tensors) any = any || dual(*t);
-  for (const auto* t : optional) any = any || (t->has_value() && dual(**t));
-  TORCH_CHECK_NOT_IMPLEMENTED(!any, op, ": forward-mode AD (dual tensors, torch.func.jvp) is not supported; "
-                              "use torch.nn.LSTM / torch.nn.LSTMCell for it");
+  return requires_grad && at::GradMode::is_enabled();
 }
 
 }  // namespace
@@ -151,14 +148,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
-  check_no_forward_grad("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
+  const bool graph = needs_graph("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
   Tensor output, h_n, c_n, gates, cells;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, c_n, gates, cells) =
         layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
   }
-  if (needs_graph({&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+  if (graph) {
     auto node = make_node<LayerBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh));
     torch::autograd::set_history({output, h_n, c_n}, node);
@@ -174,13 +171,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias) {
-  check_no_forward_grad("lstm_ext.lstm_cell", {&input, &hx, &cx, &weight}, {&bias});
+  const bool graph = needs_graph("lstm_ext.lstm_cell", {&input, &hx, &cx, &weight}, {&bias});
   Tensor h, c, gates, input_hidden;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(h, c, gates, input_hidden) = cell_forward_op().call(input, hx, cx, weight, bias);
   }
-  if (needs_graph({&input, &hx, &cx, &weight}, {&bias})) {
+  if (graph) {
     auto node = make_node<CellBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, hx, cx, weight, bias));
     torch::autograd::set_history({h, c}, node);

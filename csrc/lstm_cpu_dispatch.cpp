@@ -20,6 +20,7 @@ namespace cpu {
   void pointwise_forward(const PointwiseForwardArgs& args);   \
   void pointwise_backward(const PointwiseBackwardArgs& args); \
   void outer_products(const OuterProductArgs& args);          \
+  void transpose(const TransposeArgs& args);                  \
   }
 
 LSTM_EXT_DECLARE_CAPABILITY(DEFAULT)
@@ -38,15 +39,19 @@ struct KernelTable {
   void (*forward)(const PointwiseForwardArgs&);
   void (*backward)(const PointwiseBackwardArgs&);
   void (*outer_products)(const OuterProductArgs&);
+  void (*transpose)(const TransposeArgs&);
 };
 
 const KernelTable kTables[] = {
-    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::outer_products},
+    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::outer_products,
+     DEFAULT::transpose},
 #ifdef LSTM_EXT_HAVE_AVX2
-    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::outer_products},
+    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::outer_products,
+     AVX2::transpose},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
-    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::outer_products},
+    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::outer_products,
+     AVX512::transpose},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -98,6 +103,8 @@ void pointwise(const PointwiseBackwardArgs& args) { active().load(std::memory_or
 void outer_products(const OuterProductArgs& args) {
   active().load(std::memory_order_relaxed)->outer_products(args);
 }
+
+void transpose(const TransposeArgs& args) { active().load(std::memory_order_relaxed)->transpose(args); }
 
 const char* kernel_capability() { return active().load()->name; }
 

@@ -11,6 +11,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <array>
 #include <type_traits>
 
@@ -237,6 +238,28 @@ void outer_products_typed(const OuterProductArgs& p) {
 void outer_products(const OuterProductArgs& args) {
   TORCH_CHECK(args.dtype == at::kFloat || args.dtype == at::kDouble, "outer_products: float or double only");
   AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_outer_products", [&] { outer_products_typed<scalar_t>(args); });
+}
+
+void transpose(const TransposeArgs& a) {
+  constexpr int64_t kBlock = 16;  // at::vec's 16 x 16 float transpose (two 8 x 8 ones below AVX-512)
+  const int64_t row_blocks = (a.rows + kBlock - 1) / kBlock;
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kBlock * std::max<int64_t>(1, a.cols)));
+  at::parallel_for(0, row_blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t r0 = block * kBlock, rows = std::min(kBlock, a.rows - r0);
+      for (int64_t c0 = 0; c0 < a.cols; c0 += kBlock) {
+        const int64_t cols = std::min(kBlock, a.cols - c0);
+        const float* src = a.src + r0 * a.ld_src + c0;
+        float* dst = a.dst + c0 * a.ld_dst + r0;
+        if (rows == kBlock && cols == kBlock) {
+          at::vec::transpose_mxn<float, kBlock, kBlock>(src, a.ld_src, dst, a.ld_dst);
+        } else {
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < cols; ++c) dst[c * a.ld_dst + r] = src[r * a.ld_src + c];
+        }
+      }
+    }
+  });
 }
 
 void pointwise_forward(const PointwiseForwardArgs& args) {

@@ -362,6 +362,33 @@ void packed_gemm(const PackedGemmArgs& a) {
   });
 }
 
+void long_k_gemm(const LongKGemmArgs& a) {
+  // A block of B, [kDepth, kWidth] floats (128 KB), stays in L2 while brgemm
+  // runs every row of A over it; C's [M, kWidth] column block takes the sum
+  // over K one block of rows at a time.
+  constexpr int64_t kWidth = 64, kDepth = 512, kBlockRows = 64;
+  const int64_t M = a.m, N = a.n, K = a.k;
+  const int64_t column_blocks = (N + kWidth - 1) / kWidth;
+  at::parallel_for(0, column_blocks, 1, [&](int64_t begin, int64_t end) {
+    const PooledArray<float> packed(static_cast<size_t>(kDepth * kWidth));
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t n0 = block * kWidth, width = std::min(kWidth, N - n0);
+      for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+        const int64_t depth = std::min(kDepth, K - k0);
+        for (int64_t k = 0; k < depth; ++k) {
+          const float* row = a.b + (k0 + k) * a.ldb + n0;
+          std::copy(row, row + width, packed.data() + k * width);
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) {
+          at::native::cpublas::brgemm(std::min(kBlockRows, M - m0), width, depth, a.lda, width, a.ldc,
+                                      /*add_C=*/k0 > 0, a.a + m0 * a.lda + k0, packed.data(),
+                                      a.c + m0 * a.ldc + n0, /*is_vnni=*/false);
+        }
+      }
+    }
+  });
+}
+
 void recurrence_forward(const RecurrenceForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.shape.dtype, "lstm_ext_recurrence_forward",
                                   [&] { forward_typed<scalar_t>(args); });

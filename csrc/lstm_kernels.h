@@ -186,6 +186,35 @@ struct PackedGemmArgs {
 };
 void packed_gemm(const PackedGemmArgs& args);
 
+// dst[c * ld_dst + r] = src[r * ld_src + c] for a float [rows, cols] matrix,
+// in 16 x 16 SIMD blocks, in parallel over blocks of rows: the operands and
+// results of long_k_gemm. Per CPU capability, like the pointwise passes.
+struct TransposeArgs {
+  int64_t rows, cols;
+  const float* src;
+  int64_t ld_src;
+  float* dst;
+  int64_t ld_dst;
+};
+void transpose(const TransposeArgs& args);
+
+// C[M, N] = A[M, K] @ B[K, N] for float, all row-major, for a long K and a
+// short M: a layer's weight gradients over all its steps, sequence^T @
+// grad_gates (K = T*B). Threads split N into blocks of 64 columns; each copies
+// its block of B 512 rows at a time into L2 and runs brgemm over all rows of A
+// on the copy. On AMD CPUs MKL's sgemm of grad_gates^T @ sequence reaches
+// 140-190 GFLOP/s on two cores here, this 200-210 (transposes included: 170-196).
+struct LongKGemmArgs {
+  int64_t m, n, k;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float* c;
+  int64_t ldc;
+};
+void long_k_gemm(const LongKGemmArgs& args);
+
 // The capability whose kernels run now, and a switch for tests and benchmarks.
 const char* kernel_capability();
 // Returns false when name is unknown, not compiled in, or unsupported here.

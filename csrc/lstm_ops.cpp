@@ -162,6 +162,33 @@ Tensor weight_grad(const Tensor& grad_gates, const Tensor& input_hidden) {
   return product(grad_gates.t(), input_hidden, Tensor(), out);
 }
 
+// Whether a layer's weight gradients over all steps, grad_gates^T @ sequence
+// with K = T*B, take cpu::long_k_gemm rather than ATen's mm: float, large,
+// and with as many steps' rows as packed_gemm needs to pay off.
+bool long_k_weight_grads(const Tensor& grad_gates2d, int64_t sequence_columns) {
+  const int64_t K = grad_gates2d.size(0), N = grad_gates2d.size(1);
+  return cpu_specialized(grad_gates2d) && grad_gates2d.scalar_type() == at::kFloat && K >= kPackedMinRows &&
+         sequence_columns * N * K > kSmallProductFmas;
+}
+
+// [rows, cols] rows of a float matrix (row stride ld) into a new pooled [cols, rows] one.
+Tensor transposed(const float* rows, int64_t count, int64_t cols, int64_t ld, const at::TensorOptions& options) {
+  Tensor out = pooled_empty({cols, count}, options);
+  cpu::transpose({count, cols, rows, ld, out.mutable_data_ptr<float>(), count});
+  return out;
+}
+
+// grad_gates^T @ sequence, [4H, M], from sequence^T [M, K] and grad_gates
+// [K, 4H] (K = T*B), computed as (sequence^T @ grad_gates)^T: the operand
+// that is re-read for every block of columns is the short sequence^T.
+Tensor long_k_weight_grad(const Tensor& grad_gates2d, const Tensor& sequence_t) {
+  const int64_t M = sequence_t.size(0), K = sequence_t.size(1), N = grad_gates2d.size(1);
+  Tensor product_t = pooled_empty({M, N}, sequence_t.options());
+  cpu::long_k_gemm({M, N, K, sequence_t.const_data_ptr<float>(), K, grad_gates2d.const_data_ptr<float>(),
+                    grad_gates2d.stride(0), product_t.mutable_data_ptr<float>(), N});
+  return transposed(product_t.const_data_ptr<float>(), M, N, N, sequence_t.options());
+}
+
 // The bias gradient: the column sums of grad_gates [rows, 4H]. Small ones on
 // the CPU in a plain loop, where ATen's reduction costs more to set up than
 // to run.
@@ -202,6 +229,20 @@ Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse) {
   const auto* out = static_cast<const char*>(output_c.const_data_ptr());
   std::memcpy(reverse ? dst + (T - 1) * step : dst, h0_c.const_data_ptr(), step);
   std::memcpy(reverse ? dst : dst + step, reverse ? out + step : out, (T - 1) * step);
+  return states;
+}
+
+// previous_states transposed, [H, T*B]: column block t is the h step t
+// started from; float on the CPU only (long_k_weight_grad's operand).
+Tensor previous_states_transposed(const Tensor& output, const Tensor& h0, bool reverse) {
+  const int64_t T = output.size(0), B = output.size(1), H = output.size(2);
+  const Tensor h0_c = h0.contiguous();
+  const Tensor output_c = output.contiguous();
+  Tensor states = pooled_empty({H, T * B}, output.options());
+  float* dst = states.mutable_data_ptr<float>();
+  const float* out = output_c.const_data_ptr<float>();
+  cpu::transpose({B, H, h0_c.const_data_ptr<float>(), H, reverse ? dst + (T - 1) * B : dst, T * B});
+  cpu::transpose({(T - 1) * B, H, reverse ? out + B * H : out, H, reverse ? dst : dst + B, T * B});
   return states;
 }
 
@@ -473,8 +514,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     grad_input = product(gates2d, weight_ih, Tensor(), pooled_empty({T * B, I}, input.options())).view({T, B, I});
   }
   if (want_weights) {
-    grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
-    grad_weight_hh = weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
+    if (long_k_weight_grads(gates2d, I)) {
+      const Tensor input_c = input.contiguous();
+      grad_weight_ih = long_k_weight_grad(
+          gates2d, transposed(input_c.const_data_ptr<float>(), T * B, I, I, input.options()));
+    } else {
+      grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
+    }
+    grad_weight_hh = long_k_weight_grads(gates2d, H)
+                         ? long_k_weight_grad(gates2d, previous_states_transposed(output, h0, reverse))
+                         : weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
     grad_bias = bias_grad(gates2d);
   }
   return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias};

@@ -75,15 +75,19 @@ def test_float32_and_no_initial_state(dtype, device):
 # give several panels with a narrow last one, several row blocks, and a single
 # panel narrower than a vector. The last two have products too large for the
 # small-product kernel: (8, 32, 64, 64) goes to ATen's, (16, 64, 16, 24) has
-# T*B = 1024 rows for the packed-panel product of float32.
+# T*B = 1024 rows for the packed-panel product of float32 and the long-K
+# weight gradients, and (20, 55, 70, 20) gives those a partial block of K
+# (T*B = 1100), two blocks of rows (70) and a narrow block of columns (80).
 TILED_SHAPES = [(6, 24, 5, 37), (3, 70, 3, 3), (4, 9, 4, 40), (2, 33, 6, 16), (8, 32, 64, 64),
-                (16, 64, 16, 24)]  # (T, B, I, H)
+                (16, 64, 16, 24), (20, 55, 70, 20)]  # (T, B, I, H)
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"threads={n}")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
-def test_tiled_time_loop_matches_torch(shape, dtype, threads):
+def test_tiled_time_loop_matches_torch(shape, dtype, threads, cpu_capability):
+    """Every CPU kernel variant (the pointwise passes and the transposes of
+    the long-K weight gradients are per capability)."""
     T, B, I, H = shape
     config = dict(num_layers=2, bidirectional=True, batch_first=False, bias=True)
     ref, fused = pair(I, H, dtype=torch.float64, **config)

@@ -170,9 +170,9 @@ void column_sums(c10::ScalarType dtype, int64_t rows, int64_t cols, const void* 
 
 // C[M, N] = [bias +] A[M, K] @ B for large float products, in parallel: B
 // (element (k, n) at b[k * b_k_stride + n * b_n_stride], so a weight or its
-// transpose) packed into panels of 16 columns, each (64 rows, panel) tile one
+// transpose) packed into panels of 64 columns, each (64 rows, panel) tile one
 // brgemm call. On AMD CPUs MKL's sgemm reaches 100-165 GFLOP/s on two cores
-// for the input projections here, this 165-180.
+// for the input projections here, this 165-225.
 struct PackedGemmArgs {
   int64_t m, n, k;
   const float* a;

@@ -370,6 +370,7 @@ void long_k_gemm(const LongKGemmArgs& a) {
   // over K one block of rows at a time.
   constexpr int64_t kWidth = 64, kDepth = 512, kBlockRows = 64;
   const int64_t M = a.m, N = a.n, K = a.k;
+  TORCH_INTERNAL_ASSERT(K > 0, "long_k_gemm: C is written by the first block of K, so K must be positive");
   const int64_t column_blocks = (N + kWidth - 1) / kWidth;
   at::parallel_for(0, column_blocks, 1, [&](int64_t begin, int64_t end) {
     const PooledArray<float> packed(static_cast<size_t>(kDepth * kWidth));

@@ -35,7 +35,9 @@ class LSTM(nn.Module):
     product and one fused pointwise pass; backward through time inside the
     operator, weight gradients as single products after the loop.
 
-    proj_size > 0 and PackedSequence input raise NotImplementedError.
+    A PackedSequence input runs the operator once per stretch of steps over
+    which the batch does not shrink (lstm_ext/packed.py). proj_size > 0 raises
+    NotImplementedError.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -89,18 +91,21 @@ class LSTM(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError("lstm_ext.LSTM: PackedSequence input is not supported; pad the batch "
-                                      "(torch.nn.utils.rnn.pad_packed_sequence) or use torch.nn.LSTM")
-        if not isinstance(input, Tensor):
-            raise ValueError(f"lstm_ext.LSTM: expected input of shape (seq_len, input_size) unbatched or "
-                             f"(seq_len, batch, input_size), got {_describe(input)}")
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+        """(output, (h_n, c_n)) as torch.nn.LSTM returns them; a PackedSequence
+        input gives a PackedSequence output."""
         if hx is not None:
             _require_pair(hx, "lstm_ext.LSTM", "(h_0, c_0)")
             for name, state in zip(("h_0", "c_0"), hx):
                 if not isinstance(state, Tensor):
                     raise ValueError(f"lstm_ext.LSTM: expected {name} to be a tensor, got {_describe(state)}")
+        if isinstance(input, PackedSequence):
+            from lstm_ext.packed import lstm_packed  # packed.py imports this module
+
+            return lstm_packed(self, input, hx)
+        if not isinstance(input, Tensor):
+            raise ValueError(f"lstm_ext.LSTM: expected input of shape (seq_len, input_size) unbatched or "
+                             f"(seq_len, batch, input_size), got {_describe(input)}")
         params = [self._parameters[name] for name in self._flat_weights_names]
         # Shapes, dtypes and devices are checked by the operator, which also
         # runs the layers (csrc/lstm_layers.cpp).

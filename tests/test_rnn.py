@@ -398,9 +398,69 @@ def test_bad_input():
 def test_not_implemented_features():
     with pytest.raises(NotImplementedError, match="proj_size"):
         lstm_ext.LSTM(4, 3, proj_size=2)
-    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 4), [3, 2])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        lstm_ext.LSTM(4, 3)(packed)
+
+
+PACKED_LENGTHS = [[5, 3, 3, 1, 4], [2], [3, 3, 3], [1, 4, 1, 2]]
+
+
+@pytest.mark.parametrize("config", [dict(num_layers=L, bidirectional=bi, bias=bias)
+                                    for L, bi, bias in ((1, False, True), (2, True, True), (2, False, False),
+                                                        (1, True, False))],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("lengths", PACKED_LENGTHS, ids=str)
+@pytest.mark.parametrize("enforce_sorted", [False, True], ids=lambda v: f"sorted={v}")
+@pytest.mark.parametrize("with_state", [False, True], ids=lambda v: f"state={v}")
+def test_packed_sequence_matches_torch(config, lengths, enforce_sorted, with_state):
+    """PackedSequence in, PackedSequence out: data, h_n, c_n and every gradient
+    as torch.nn.LSTM's, the states in the caller's batch order."""
+    if enforce_sorted:
+        lengths = sorted(lengths, reverse=True)
+    I, H = 3, 4
+    ref, fused = pair(I, H, batch_first=True, **config)
+    B, T = len(lengths), max(lengths)
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
+    state = None
+    if with_state:
+        state = tuple(torch.randn(layers, B, H, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    results = []
+    for module in (ref, fused):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=enforce_sorted)
+        out, (h_n, c_n) = module(packed, state)
+        assert isinstance(out, nn.utils.rnn.PackedSequence)
+        assert torch.equal(out.batch_sizes, packed.batch_sizes)
+        w = torch.linspace(-1, 1, out.data.numel(), dtype=out.data.dtype).reshape(out.data.shape)
+        loss = (out.data * w).sum() + 2 * (h_n * torch.arange(B)[:, None]).sum() + 3 * c_n.sum()
+        wrt = [x] + (list(state) if state else []) + list(module.parameters())
+        results.append((out.data, h_n, c_n) + torch.autograd.grad(loss, wrt))
+    for a, b in zip(*results[::-1]):
+        assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if not enforce_sorted:
+        assert torch.equal(out.sorted_indices, packed.sorted_indices)
+
+
+def test_packed_sequence_dropout_between_layers():
+    """Sequences of equal length: one stretch per layer, so the same operator
+    calls and dropout draws as the tensor input, same seed, same result."""
+    fused = lstm_ext.LSTM(3, 5, num_layers=3, dropout=0.5, bidirectional=True, dtype=torch.float64).train()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    expected = fused(x)[0]
+    torch.manual_seed(1)
+    out = fused(nn.utils.rnn.pack_padded_sequence(x, [4, 4]))[0]
+    assert_close(out.data, nn.utils.rnn.pack_padded_sequence(expected, [4, 4]).data)
+
+
+def test_packed_sequence_bad_input():
+    rnn = lstm_ext.LSTM(3, 4, num_layers=2)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 3), [4, 2])
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 2, 4\), got a tensor of shape \(1, 2, 4\)"):
+        rnn(packed, (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
+    wrong = nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 5), [4, 2])
+    with pytest.raises(ValueError, match=r"input has 5 features but input_size is 3"):
+        rnn(wrong)
+    with pytest.raises(TypeError, match=r"hx must be a pair"):
+        rnn(packed, torch.zeros(2, 2, 4))
 
 
 def test_device_mismatch():

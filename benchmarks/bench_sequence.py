@@ -2,7 +2,8 @@
 CPU, cuDNN on the GPU), the reference cell looped in Python, lstm_ext.LSTMCell
 looped in Python, and torch.compile of the reference loop: forward,
 forward+backward, and (lstm_ext and torch.nn.LSTM only) forward+backward with
-an input that needs no gradient, as a first layer's data.
+an input that needs no gradient, as a first layer's data, and forward+backward
+of a PackedSequence of lengths T/2 to T.
 
     python benchmarks/bench_sequence.py                 # CPU grid
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
@@ -90,6 +91,19 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     x.requires_grad_()
     bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    # A padded batch of varying lengths (T/2 to T, the longest T), packed in
+    # each call (x needs its gradient): lstm_ext runs one operator call per
+    # distinct length, torch.nn.LSTM its packed-sequence path.
+    lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=torch.Generator().manual_seed(0))
+    lengths[0] = T
+    grad_data = torch.randn(int(lengths.sum()), H, device=device, dtype=dtype)
+
+    def packed_step(module):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        torch.autograd.backward(module(packed)[0].data, grad_data)
+
+    bench.compare({"lstm_ext": lambda: packed_step(fused), "torch": lambda: packed_step(torch_lstm)},
+                  pass_="fwd+bwd, packed", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
 
 
 RATIOS = [

@@ -12,7 +12,7 @@ distinct lengths, not steps.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,9 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from lstm_ext.rnn import lstm_layer
+
+if TYPE_CHECKING:
+    from lstm_ext.rnn import LSTM
 
 
 def _stretches(batch_sizes: Tensor) -> List[Tuple[int, int, int]]:
@@ -63,7 +66,7 @@ def _direction(layer_input: Tensor, runs: List[Tuple[int, int, int]], h0: Tensor
     return torch.cat(pieces[::-1]), h, c
 
 
-def lstm_packed(module, packed: PackedSequence,
+def lstm_packed(module: "LSTM", packed: PackedSequence,
                 hx: Optional[Tuple[Tensor, Tensor]]) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
     """``module(packed, hx)`` for an ``lstm_ext.LSTM`` module, as torch.nn.LSTM
     computes it: h_0, c_0 and h_n, c_n in the batch's original order."""
@@ -86,6 +89,9 @@ def lstm_packed(module, packed: PackedSequence,
             if tuple(state.shape) != expected:
                 raise ValueError(f"{where}: expected {name} of shape {expected}, got a tensor of shape "
                                  f"{tuple(state.shape)}")
+            if state.device != data.device:  # before index_select, whose error would not name it
+                raise ValueError(f"{where}: device mismatch: {name} is on {state.device} but input is on "
+                                 f"{data.device}")
         h0_all, c0_all = hx
         if sorted_indices is not None:  # into the packed (length-sorted) order
             h0_all, c0_all = h0_all.index_select(1, sorted_indices), c0_all.index_select(1, sorted_indices)

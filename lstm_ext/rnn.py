@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +91,8 @@ class LSTM(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s
 
-    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
         """(output, (h_n, c_n)) as torch.nn.LSTM returns them; a PackedSequence
         input gives a PackedSequence output."""
         if hx is not None:

@@ -461,6 +461,11 @@ def test_packed_sequence_bad_input():
         rnn(wrong)
     with pytest.raises(TypeError, match=r"hx must be a pair"):
         rnn(packed, torch.zeros(2, 2, 4))
+    with pytest.raises(TypeError, match=r"dtype mismatch: h_0 is torch.float64"):
+        rnn(packed, (torch.zeros(2, 2, 4, dtype=torch.float64), torch.zeros(2, 2, 4)))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device mismatch: h_0 is on cuda:0 but input is on cpu"):
+            rnn(packed, (torch.zeros(2, 2, 4, device="cuda"), torch.zeros(2, 2, 4)))
 
 
 def test_device_mismatch():

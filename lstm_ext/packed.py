@@ -98,17 +98,17 @@ def lstm_packed(module: "LSTM", packed: PackedSequence,
 
     layer_input, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
     runs = _stretches(batch_sizes)
+    # The module's parameters per layer and direction, in the order its
+    # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih, bias_hh].
+    params = [module._parameters[name] for name in module._flat_weights_names]
+    per_direction = 4 if module.bias else 2
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []
     for layer in range(module.num_layers):
         outputs = []
         for direction in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if module.bias else [])
-            weights = [getattr(module, name + suffix) for name in names]
-            if not module.bias:
-                weights += [None, None]
             k = layer * directions + direction
+            weights = params[k * per_direction:(k + 1) * per_direction] + [None] * (4 - per_direction)
             out, h, c = _direction(layer_input, runs, h0_all[k], c0_all[k], weights, reverse=bool(direction))
             outputs.append(out)
             h_n.append(h)

@@ -94,6 +94,8 @@ PyObject* empty_cache(PyObject*, PyObject*) { return PyLong_FromSize_t(lstm_ext:
 
 PyObject* cached_bytes(PyObject*, PyObject*) { return PyLong_FromSize_t(lstm_ext::pool_cached_bytes()); }
 
+PyObject* pool_limit_bytes(PyObject*, PyObject*) { return PyLong_FromSize_t(lstm_ext::pool_limit_bytes()); }
+
 PyObject* with_cuda(PyObject*, PyObject*) {
 #ifdef LSTM_EXT_WITH_CUDA
   Py_RETURN_TRUE;
@@ -231,6 +233,7 @@ PyMethodDef kMethods[] = {
      "previous setting."},
     {"empty_cache", empty_cache, METH_NOARGS, "Free the kept host buffers; returns the bytes freed."},
     {"cached_bytes", cached_bytes, METH_NOARGS, "Bytes of host buffers kept for reuse."},
+    {"pool_limit_bytes", pool_limit_bytes, METH_NOARGS, "The most bytes the host buffer pool keeps (LSTM_EXT_POOL_MB)."},
     {"with_cuda", with_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
     {nullptr, nullptr, 0, nullptr}};
 

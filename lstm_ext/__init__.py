@@ -39,8 +39,13 @@ def empty_cache() -> int:
     """Free the host buffers that lstm_ext keeps for reuse; returns the bytes freed.
 
     CPU buffers of 1 MiB or more (a sequence's gates, outputs, gradients) go
-    back to a pool when freed, up to 1 GiB, rather than to the system: with
-    glibc a fresh large block costs more in page faults than filling it.
+    back to a pool when freed rather than to the system: a fresh large block
+    costs more in page faults than filling it. The pool keeps at most the
+    bytes that were in use at once (its working set), at most
+    ``LSTM_EXT_POOL_MB`` MiB (default 1024; 0 keeps nothing), serves a request
+    with a kept block of up to twice its size, and frees the least recently
+    used blocks first. Freed blocks are unmapped: the memory goes back to the
+    system.
     """
     return _C.empty_cache()
 

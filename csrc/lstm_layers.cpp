@@ -6,22 +6,46 @@
 // the dispatcher, cat, dropout, stack) carries the autograd.
 #include <ATen/ATen.h>
 
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "lstm_checks.h"
 #include "lstm_ops.h"
 
 namespace lstm_ext {
 namespace {
 
-// (2, 2, 3) and (5,): shapes as Python users see them.
-std::string python_shape(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << "(";
-  for (size_t d = 0; d < sizes.size(); ++d) out << (d ? ", " : "") << sizes[d];
-  out << (sizes.size() == 1 ? ",)" : ")");
-  return out.str();
+// weight_ih_l1_reverse and the like: torch.nn.LSTM's parameter names.
+std::string parameter_name(const char* kind, int64_t layer, int64_t direction) {
+  return std::string(kind) + "_l" + std::to_string(layer) + (direction ? "_reverse" : "");
+}
+
+// Every parameter: a dense float tensor with the input's dtype and device,
+// and the shape its layer needs, each named as torch.nn.LSTM names it (the
+// layer operator below would name only "weight_ih").
+void check_parameters(const char* op, const Tensor& input, at::TensorList params, bool has_biases,
+                      int64_t num_layers, int64_t directions, int64_t input_size, int64_t hidden) {
+  const int64_t per_layer = has_biases ? 4 : 2;
+  const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    const int64_t layer_input = layer == 0 ? input_size : hidden * directions;
+    const std::vector<int64_t> shapes[] = {{4 * hidden, layer_input}, {4 * hidden, hidden}, {4 * hidden}, {4 * hidden}};
+    const char* meanings[] = {layer == 0 ? "(4*hidden_size, input_size)"
+                                         : directions == 2 ? "(4*hidden_size, 2*hidden_size)"
+                                                           : "(4*hidden_size, hidden_size)",
+                              "(4*hidden_size, hidden_size)", "(4*hidden_size,)", "(4*hidden_size,)"};
+    for (int64_t direction = 0; direction < directions; ++direction) {
+      for (int64_t k = 0; k < per_layer; ++k) {
+        const Tensor& p = params[(layer * directions + direction) * per_layer + k];
+        if (is_like(p, input) && p.sizes() == at::IntArrayRef(shapes[k])) continue;
+        // The name is built only for the message: at the course's size every call counts.
+        const std::string name = parameter_name(kinds[k], layer, direction);
+        check_like(op, name.c_str(), p, "input", input);
+        TORCH_CHECK_VALUE(false, op, ": ", name, " must have shape ", python_shape(shapes[k]), " ", meanings[k],
+                          ", got ", python_shape(p.sizes()));
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -35,18 +59,24 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
   TORCH_CHECK_VALUE(num_layers > 0 && static_cast<int64_t>(params.size()) == num_layers * directions * per_layer,
                     op, ": expected ", num_layers * directions * per_layer, " parameters (", num_layers,
                     " layers, ", directions, " directions, ", per_layer, " each), got ", params.size());
-  TORCH_CHECK_VALUE(params[0].dim() == 2 && params[1].dim() == 2, op,
-                    ": weight_ih_l0 and weight_hh_l0 must be 2-D, got shapes ", params[0].sizes(), " and ",
-                    params[1].sizes());
+  check_floating(op, "input", input);
+  TORCH_CHECK_VALUE(params[0].dim() == 2 && params[1].dim() == 2 && params[1].size(0) == 4 * params[1].size(1),
+                    op, ": weight_ih_l0 must be 2-D and weight_hh_l0 of shape (4*hidden_size, hidden_size), "
+                    "got shapes ", python_shape(params[0].sizes()), " and ", python_shape(params[1].sizes()));
   const int64_t input_size = params[0].size(1), hidden = params[1].size(1);
   TORCH_CHECK_VALUE(input.dim() == 2 || input.dim() == 3, op,
                     ": expected input of shape (seq_len, input_size) unbatched or (seq_len, batch, input_size) (",
                     batch_first ? "batch, seq_len" : "seq_len, batch", " first), got a tensor of shape ",
                     python_shape(input.sizes()), " of ", input.dim(), " dims");
   TORCH_CHECK_VALUE(input.size(-1) == input_size, op, ": input.size(-1) must be equal to input_size. Expected ",
-                    input_size, ", got ", input.size(-1));
+                    input_size, ", got ", input.size(-1), " (weight_ih_l0 has shape ",
+                    python_shape(params[0].sizes()), ")");
+  check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden);
   const bool batched = input.dim() == 3;
   const Tensor x = !batched ? input.unsqueeze(1) : batch_first ? input.transpose(0, 1) : input;
+  // As torch.nn.LSTM: a sequence needs at least one step.
+  TORCH_CHECK_VALUE(x.size(0) > 0, op, ": expected sequence length to be larger than 0, got input of shape ",
+                    python_shape(input.sizes()));
   const int64_t batch = x.size(1), states = num_layers * directions;
 
   std::vector<Tensor> h0, c0;
@@ -61,6 +91,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
         batched ? std::vector<int64_t>{states, batch, hidden} : std::vector<int64_t>{states, hidden};
     const char* names[] = {"h_0", "c_0"};
     for (int k = 0; k < 2; ++k) {
+      check_like(op, names[k], hx[k], "input", input);
       TORCH_CHECK_VALUE(hx[k].sizes() == at::IntArrayRef(expected), op, ": expected ", names[k], " of shape ",
                         python_shape(expected), ", got a tensor of shape ", python_shape(hx[k].sizes()));
     }

@@ -8,9 +8,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
-#include <string>
 
 #include "buffer_pool.h"
+#include "lstm_checks.h"
 #include "lstm_kernels.h"
 
 namespace lstm_ext {
@@ -25,37 +25,9 @@ bool cpu_specialized(const Tensor& t) {
   return t.is_cpu() && cpu_specialized_enabled.load(std::memory_order_relaxed);
 }
 
-// "torch.float32" rather than c10's "Float": the names Python users know.
-std::string dtype_name(c10::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kLong: return "torch.int64";
-    case at::kInt: return "torch.int32";
-    case at::kShort: return "torch.int16";
-    case at::kChar: return "torch.int8";
-    case at::kByte: return "torch.uint8";
-    case at::kBool: return "torch.bool";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
-bool supported_dtype(const Tensor& t) {
-  const auto s = t.scalar_type();
-  return s == at::kFloat || s == at::kDouble || s == at::kBFloat16 || s == at::kHalf;
-}
-
 // Every tensor argument: floating point, the weight's dtype, the weight's device.
 void check_like_weight(const char* op, const char* name, const Tensor& t, const Tensor& weight) {
-  TORCH_CHECK_TYPE(supported_dtype(t), op, ": ", name,
-                   " must be a floating point tensor (float32, float64, bfloat16 or float16), got ",
-                   dtype_name(t.scalar_type()));
-  TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), op, ": dtype mismatch: ", name, " is ",
-                   dtype_name(t.scalar_type()), " but weight is ", dtype_name(weight.scalar_type()));
-  TORCH_CHECK_VALUE(t.device() == weight.device(), op, ": device mismatch: ", name, " is on ",
-                    t.device(), " but weight is on ", weight.device());
+  check_like(op, name, t, "weight", weight);
 }
 
 void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expected,

@@ -4,12 +4,14 @@
 #include <Python.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <vector>
 
 #include "buffer_pool.h"
+#include "lstm_checks.h"
 #include "lstm_kernels.h"
 #include "lstm_ops.h"
 
@@ -52,6 +54,73 @@ TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("layer_forward", &lstm_ext::layer_forward_autograd);
 }
 
+namespace {
+
+// Autocast, as ATen's for torch.nn.LSTM (lower_precision_fp on the CPU, fp16
+// on CUDA): every floating point tensor argument of the autocast device's
+// type, float64 excepted, is cast to autocast's dtype (through autocast's
+// cast cache, differentiably: gradients reach the float32 weights), then the
+// operator runs again below the Autocast key.
+template <c10::DeviceType device>
+void autocast_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
+  const size_t count = op.schema().arguments().size();
+  for (auto arg = stack->end() - static_cast<std::ptrdiff_t>(count); arg != stack->end(); ++arg) {
+    if (arg->isTensor()) {
+      *arg = at::autocast::cached_cast(dtype, arg->toTensor(), device);
+    } else if (arg->isTensorList()) {
+      c10::List<at::Tensor> cast;
+      for (const at::Tensor& t : arg->toTensorList()) cast.push_back(at::autocast::cached_cast(dtype, t, device));
+      *arg = std::move(cast);
+    }
+  }
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device));
+  op.callBoxed(stack);
+}
+
+// Quantized, sparse and mkldnn tensors reach these kernels instead of a
+// dispatcher error that names no argument.
+void unsupported_tensor_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
+  const auto first = stack->end() - static_cast<std::ptrdiff_t>(arguments.size());
+  for (size_t k = 0; k < arguments.size(); ++k) {
+    const c10::IValue& arg = *(first + static_cast<std::ptrdiff_t>(k));
+    if (arg.isTensor()) lstm_ext::check_floating(op.schema().name().c_str(), arguments[k].name().c_str(), arg.toTensor());
+  }
+  TORCH_CHECK_TYPE(false, op.schema().name(), ": expected dense floating point tensors");
+}
+
+}  // namespace
+
+#define LSTM_EXT_FOR_EACH_OPERATOR(M, KERNEL) \
+  M.impl("cell_forward", KERNEL);            \
+  M.impl("cell_backward", KERNEL);           \
+  M.impl("layer_forward", KERNEL);           \
+  M.impl("layer_backward", KERNEL);
+
+TORCH_LIBRARY_IMPL(lstm_ext, AutocastCPU, m) {
+  LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CPU>>())
+  m.impl("lstm", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CPU>>());
+}
+
+TORCH_LIBRARY_IMPL(lstm_ext, AutocastCUDA, m) {
+  LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CUDA>>())
+  m.impl("lstm", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CUDA>>());
+}
+
+#define LSTM_EXT_UNSUPPORTED_TENSORS(KEY)                                                        \
+  TORCH_LIBRARY_IMPL(lstm_ext, KEY, m) {                                                          \
+    LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&unsupported_tensor_kernel>()) \
+  }
+LSTM_EXT_UNSUPPORTED_TENSORS(QuantizedCPU)
+LSTM_EXT_UNSUPPORTED_TENSORS(SparseCPU)
+LSTM_EXT_UNSUPPORTED_TENSORS(SparseCsrCPU)
+LSTM_EXT_UNSUPPORTED_TENSORS(MkldnnCPU)
+LSTM_EXT_UNSUPPORTED_TENSORS(QuantizedCUDA)
+LSTM_EXT_UNSUPPORTED_TENSORS(SparseCUDA)
+LSTM_EXT_UNSUPPORTED_TENSORS(SparseCsrCUDA)
+#undef LSTM_EXT_UNSUPPORTED_TENSORS
+
 #ifdef LSTM_EXT_WITH_CUDA
 TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward);
@@ -68,6 +137,11 @@ PyObject* cpu_capability(PyObject*, PyObject*) {
 }
 
 PyObject* set_cpu_capability(PyObject*, PyObject* arg) {
+  if (!PyUnicode_Check(arg)) {
+    PyErr_Format(PyExc_TypeError, "lstm_ext.set_cpu_capability: name must be a str ('DEFAULT', 'AVX2' or "
+                 "'AVX512'; compiled: %s), got %s", lstm_ext::cpu::compiled_capabilities(), Py_TYPE(arg)->tp_name);
+    return nullptr;
+  }
   const char* name = PyUnicode_AsUTF8(arg);
   if (name == nullptr) return nullptr;
   if (!lstm_ext::cpu::set_kernel_capability(name)) {

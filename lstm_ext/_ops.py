@@ -1,58 +1,164 @@
 """Shapes of the native operators for torch.compile and meta tensors.
 
 The operators themselves (schemas and CPU/CUDA kernels) are registered by the
-native library in csrc/registration.cpp; autograd lives in functional.py.
+native library in csrc/registration.cpp; autograd lives in csrc/lstm_autograd.cpp.
+
+A fake implementation runs instead of a kernel whenever one tensor argument
+is a meta or fake tensor (meta device, FakeTensorMode, torch.compile,
+torch.export). Each one checks its arguments exactly as its kernel does, in
+the same order and with the same messages (csrc/lstm_ops.cpp and
+csrc/lstm_checks.h): a meta tensor among real ones is a device mismatch,
+never uninitialised memory, and bad input reads the same on every path.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
+from torch import Tensor
 
 from lstm_ext._native import native  # noqa: F401  (registers the operators)
+
+_FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# c10's names of the layouts, as the C++ checks print them.
+_LAYOUT_NAMES = {torch.sparse_coo: "Sparse", torch.sparse_csr: "SparseCsr", torch.sparse_csc: "SparseCsc",
+                 torch.sparse_bsr: "SparseBsr", torch.sparse_bsc: "SparseBsc", torch._mkldnn: "Mkldnn"}
+
+
+def _shape(sizes: Sequence) -> str:
+    """[3, 5]: a shape as c10 prints it."""
+    return "[" + ", ".join(str(s) for s in sizes) + "]"
+
+
+def _unsupported_kind(t: Tensor) -> str:
+    if t.is_quantized:
+        return f"a quantized tensor ({t.dtype})"
+    if t.layout != torch.strided:
+        return f"a tensor of layout {_LAYOUT_NAMES.get(t.layout, str(t.layout))}"
+    return "" if t.dtype in _FLOATING else str(t.dtype)
+
+
+def check_floating(op: str, name: str, t: Tensor) -> None:
+    kind = _unsupported_kind(t)
+    if kind:
+        raise TypeError(f"{op}: {name} must be a dense floating point tensor (float32, float64, bfloat16 or "
+                        f"float16), got {kind}")
+
+
+def check_like(op: str, name: str, t: Tensor, like_name: str, like: Tensor) -> None:
+    check_floating(op, name, t)
+    if t.dtype != like.dtype:
+        raise TypeError(f"{op}: dtype mismatch: {name} is {t.dtype} but {like_name} is {like.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{op}: device mismatch: {name} is on {t.device} but {like_name} is on {like.device}")
+
+
+def _check_shape(op: str, name: str, t: Tensor, expected: Sequence, meaning: str) -> None:
+    if list(t.shape) != list(expected):
+        raise ValueError(f"{op}: {name} must have shape {_shape(expected)} {meaning}, got {_shape(t.shape)}")
+
+
+def _check_operand(op: str, name: str, t: Tensor, weight: Tensor, expected: Sequence, meaning: str) -> None:
+    check_like(op, name, t, "weight", weight)
+    _check_shape(op, name, t, expected, meaning)
+
+
+def _check_packed_weight(op: str, weight: Tensor) -> int:
+    if not (weight.dim() == 2 and weight.shape[0] % 4 == 0 and weight.shape[1] >= weight.shape[0] // 4):
+        raise ValueError(f"{op}: weight must have shape [4*hidden_size, input_size + hidden_size], got "
+                         f"{_shape(weight.shape)}")
+    return weight.shape[0] // 4
+
+
+def _check_recurrent_weight(op: str, weight_hh: Tensor) -> int:
+    if not (weight_hh.dim() == 2 and weight_hh.shape[1] * 4 == weight_hh.shape[0]):
+        raise ValueError(f"{op}: weight_hh must have shape [4*hidden_size, hidden_size], got "
+                         f"{_shape(weight_hh.shape)}")
+    return weight_hh.shape[1]
 
 
 @torch.library.register_fake("lstm_ext::cell_forward")
 def _cell_forward_fake(input, hx, cx, weight, bias):
-    batch, hidden = input.shape[0], weight.shape[0] // 4
-    return (
-        input.new_empty(batch, hidden),
-        input.new_empty(batch, hidden),
-        input.new_empty(batch, 4 * hidden),
-        input.new_empty(batch, input.shape[1] + hidden),
-    )
+    op = "lstm_ext.lstm_cell"
+    H = _check_packed_weight(op, weight)
+    check_like(op, "weight", weight, "weight", weight)
+    I = weight.shape[1] - H
+    if input.dim() != 2:
+        raise ValueError(f"{op}: input must be 2-D (batch, input_size), got a {input.dim()}-D tensor of shape "
+                         f"{_shape(input.shape)}")
+    B = input.shape[0]
+    if input.shape[1] != I:
+        raise ValueError(f"{op}: input has {input.shape[1]} features but the cell's input_size is {I} (input "
+                         f"shape {_shape(input.shape)})")
+    for name, t in (("input", input), ("hx (h_prev)", hx), ("cx (c_prev)", cx)):
+        check_like(op, name, t, "weight", weight)
+    for name, t in (("hx (h_prev)", hx), ("cx (c_prev)", cx)):
+        _check_shape(op, name, t, (B, H), "(batch, hidden_size)")
+    if bias is not None:
+        _check_operand(op, "bias", bias, weight, (4 * H,), "(4*hidden_size,)")
+    return (input.new_empty(B, H), input.new_empty(B, H), input.new_empty(B, 4 * H), input.new_empty(B, I + H))
 
 
 @torch.library.register_fake("lstm_ext::cell_backward")
 def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
-    batch, hidden = c.shape
-    input_size = input_hidden.shape[1] - hidden
-    return (
-        c.new_empty(batch, input_size),
-        c.new_empty(batch, hidden),
-        c.new_empty(batch, hidden),
-        c.new_empty(weight.shape),
-        c.new_empty(weight.shape[0]),
-    )
+    op = "lstm_ext.cell_backward"
+    H = _check_packed_weight(op, weight)
+    I = weight.shape[1] - H
+    if c.dim() != 2:
+        raise ValueError(f"{op}: c must be 2-D (batch, hidden_size), got {_shape(c.shape)}")
+    B = c.shape[0]
+    for name, t in (("grad_h", grad_h), ("grad_c", grad_c), ("cx", cx), ("c", c)):
+        _check_operand(op, name, t, weight, (B, H), "(batch, hidden_size)")
+    _check_operand(op, "gates", gates, weight, (B, 4 * H), "(batch, 4*hidden_size)")
+    _check_operand(op, "input_hidden", input_hidden, weight, (B, I + H), "(batch, input_size + hidden_size)")
+    return (c.new_empty(B, I), c.new_empty(B, H), c.new_empty(B, H), c.new_empty(weight.shape),
+            c.new_empty(weight.shape[0]))
 
 
 @torch.library.register_fake("lstm_ext::layer_forward")
 def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    steps, batch = input.shape[0], input.shape[1]
-    hidden = weight_hh.shape[1]
-    return (
-        input.new_empty(steps, batch, hidden),
-        input.new_empty(batch, hidden),
-        input.new_empty(batch, hidden),
-        input.new_empty(steps, batch, 4 * hidden),
-        input.new_empty(steps, batch, hidden),
-    )
+    op = "lstm_ext.LSTM"
+    H = _check_recurrent_weight(op, weight_hh)
+    check_like(op, "weight_hh", weight_hh, "weight", weight_hh)
+    if input.dim() != 3:
+        raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
+    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == 4 * H):
+        raise ValueError(f"{op}: weight_ih must have shape [4*hidden_size, input_size] = [{4 * H}, input_size], "
+                         f"got {_shape(weight_ih.shape)}")
+    T, B, I = input.shape[0], input.shape[1], weight_ih.shape[1]
+    if input.shape[2] != I:
+        raise ValueError(f"{op}: input has {input.shape[2]} features but input_size is {I} (input shape "
+                         f"{_shape(input.shape)})")
+    for name, t in (("input", input), ("weight_ih", weight_ih), ("h_0", h0), ("c_0", c0)):
+        check_like(op, name, t, "weight", weight_hh)
+    for name, t in (("h_0", h0), ("c_0", c0)):
+        _check_shape(op, name, t, (B, H), "(batch, hidden_size)")
+    for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if bias is not None:
+            _check_operand(op, name, bias, weight_hh, (4 * H,), "(4*hidden_size,)")
+    return (input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H),
+            input.new_empty(T, B, 4 * H), input.new_empty(T, B, H))
 
 
 @torch.library.register_fake("lstm_ext::layer_backward")
 def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
                          output, gates, cells, reverse, output_mask):
+    op = "lstm_ext.layer_backward"
+    H = _check_recurrent_weight(op, weight_hh)
+    if input.dim() != 3:
+        raise ValueError(f"{op}: input must be 3-D, got {_shape(input.shape)}")
+    T, B, I = input.shape
+    for name, t in (("grad_output", grad_output), ("output", output), ("cells", cells)):
+        _check_operand(op, name, t, weight_hh, (T, B, H), "(seq_len, batch, hidden_size)")
+    for name, t in (("grad_h_n", grad_h_n), ("grad_c_n", grad_c_n), ("h_0", h0), ("c_0", c0)):
+        if t is not None:
+            _check_operand(op, name, t, weight_hh, (B, H), "(batch, hidden_size)")
+    check_like(op, "input", input, "weight", weight_hh)
+    _check_operand(op, "weight_ih", weight_ih, weight_hh, (4 * H, I), "(4*hidden_size, input_size)")
+    _check_operand(op, "gates", gates, weight_hh, (T, B, 4 * H), "(seq_len, batch, 4*hidden_size)")
     want_input, want_h0, want_c0, want_weights = output_mask
 
-    def like(wanted, tensor, shape):  # gradients outside output_mask are not formed
+    def like(wanted: bool, tensor: Tensor, shape) -> Optional[Tensor]:  # gradients outside output_mask are not formed
         return tensor.new_empty(shape) if wanted else None
 
     return (

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from lstm_ext._native import native
-from lstm_ext.functional import _cell_forward, _direct, _require_pair
+from lstm_ext._ops import check_floating
+from lstm_ext.functional import _cell_forward, _describe, _direct, _require_pair
 
 # The reference's gate names, in its state_dict order, and each gate's block
 # in the packed weight (torch.nn.LSTMCell's order: i, f, g, o).
@@ -30,9 +31,13 @@ class LSTMCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__()
-        if input_size < 0 or hidden_size <= 0:
-            raise ValueError(f"lstm_ext.LSTMCell: need input_size >= 0 and hidden_size > 0, "
-                             f"got input_size={input_size}, hidden_size={hidden_size}")
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if input_size < 0:  # torch.nn.LSTMCell takes input_size=0 too
+            raise ValueError(f"lstm_ext.LSTMCell: input_size must be zero or greater, got {input_size}")
+        if hidden_size <= 0:
+            raise ValueError(f"lstm_ext.LSTMCell: hidden_size must be greater than zero, got {hidden_size}")
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -50,16 +55,24 @@ class LSTMCell(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        """One step: (h, c), each (B, H), from input (B, I) and hx = (h_prev, c_prev)
+        (zeros when omitted)."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"lstm_ext.LSTMCell: input must be a Tensor of shape (batch, input_size), got "
+                            f"{_describe(input)}")
         if hx is None:
             batch = input.shape[0] if input.dim() == 2 else 0
+            if input.is_quantized or input.layout != torch.strided:  # before new_zeros, whose error names no tensor
+                check_floating("lstm_ext.lstm_cell", "input", input)
             hx = (input.new_zeros(batch, self.hidden_size), input.new_zeros(batch, self.hidden_size))
         else:
             _require_pair(hx, "lstm_ext.LSTMCell", "(h_prev, c_prev)")
         # The operator directly, not lstm_cell(): at the course's size every
         # Python call is a measurable part of the step.
-        if _direct((input, *hx)):
-            return native.cell_forward(input, hx[0], hx[1], self.weight, self.bias)
-        h, c, _, _ = _cell_forward(input, hx[0], hx[1], self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if _direct((input, *hx, weight, bias)):
+            return native.cell_forward(input, hx[0], hx[1], weight, bias)
+        h, c, _, _ = _cell_forward(input, hx[0], hx[1], weight, bias)
         return h, c
 
     def extra_repr(self) -> str:

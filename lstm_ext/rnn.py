@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -19,12 +21,55 @@ _lstm = torch.ops.lstm_ext.lstm.default
 def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
                bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
                reverse: bool = False) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-    """One layer and direction over a whole sequence: input (T, B, I), hx = (h_0, c_0)
-    each (B, H); returns (output (T, B, H), (h_n, c_n)). Differentiable."""
-    if _direct((input, *hx)):
+    """One layer and direction over a whole sequence. Differentiable.
+
+    Args:
+        input: (T, B, I).
+        hx: the pair (h_0, c_0), each (B, H).
+        weight_ih: [4H, I]; weight_hh: [4H, H]; bias_ih, bias_hh: [4H] or None.
+            Gate blocks in torch.nn.LSTM's order i, f, g, o.
+        reverse: run the time loop from step T-1 down to 0.
+
+    Returns:
+        (output (T, B, H), (h_n, c_n)), each state (B, H), in the input's dtype.
+    """
+    _require_pair(hx, "lstm_ext.lstm_layer", "(h_0, c_0)")
+    if _direct((input, *hx, weight_ih, weight_hh, bias_ih, bias_hh)):
         return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     return output, (h_n, c_n)
+
+
+def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                  proj_size) -> None:
+    """torch.nn.LSTM's checks of its constructor's arguments, with its messages."""
+    if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+        raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                         "element being zeroed")
+    for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
+                        ("proj_size", proj_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+    if proj_size > 0:
+        raise NotImplementedError("lstm_ext.LSTM: proj_size > 0 (LSTM with projections) is not supported yet; "
+                                  "use torch.nn.LSTM for it")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                      f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                      stacklevel=3)
 
 
 class LSTM(nn.Module):
@@ -44,13 +89,7 @@ class LSTM(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None) -> None:
         super().__init__()
-        if proj_size:
-            raise NotImplementedError("lstm_ext.LSTM: proj_size > 0 is not supported; use torch.nn.LSTM")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
-            raise ValueError(f"lstm_ext.LSTM: dropout must be a number in [0, 1], got {dropout}")
-        if hidden_size <= 0 or num_layers <= 0 or input_size < 0:
-            raise ValueError(f"lstm_ext.LSTM: need input_size >= 0, hidden_size > 0 and num_layers > 0, got "
-                             f"{input_size}, {hidden_size}, {num_layers}")
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size)
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size

@@ -1,0 +1,314 @@
+"""Bad input: a clear Python exception naming the tensor and what was expected,
+the same on every path a call can take: the direct bindings the modules use,
+torch.ops (what __torch_function__ overrides and torch.compile see), the fake
+implementations under FakeTensorMode, and meta tensors (shape inference).
+A meta tensor among real ones is a device mismatch, never uninitialised memory."""
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import lstm_ext
+from conftest import RecordsTorchFunctions
+
+F64 = torch.float64
+ALL_PATHS = ("direct", "torch.ops", "fake", "meta")
+MIXED = ("direct", "torch.ops", "fake")  # a meta tensor among CPU ones: all-meta would be consistent
+
+
+def randn(*shape, device="cpu", dtype=F64):
+    return torch.randn(*shape, device=device, dtype=dtype)
+
+
+def cell_case(change):
+    """LSTMCell(4, 5) called on (x (3, 4), (h, c) (3, 5)), with change(device, x, h, c) -> (x, h, c)."""
+    def build(device):
+        cell = lstm_ext.LSTMCell(4, 5, dtype=F64, device=device)
+        x, h, c = change(device, randn(3, 4, device=device), randn(3, 5, device=device), randn(3, 5, device=device))
+        return (lambda x, h, c: cell(x, (h, c))), (x, h, c)
+    return build
+
+
+def lstm_case(change, **config):
+    """LSTM(4, 3, num_layers=2) on x (5, 2, 4) with (h_0, c_0) (2, 2, 3); change(device, rnn, x, h, c)."""
+    def build(device):
+        rnn = lstm_ext.LSTM(4, 3, num_layers=2, dtype=F64, device=device, **config)
+        x, h, c = change(device, rnn, randn(5, 2, 4, device=device), randn(2, 2, 3, device=device),
+                         randn(2, 2, 3, device=device))
+        return (lambda x, h, c: rnn(x, (h, c))), (x, h, c)
+    return build
+
+
+def layer_case(change):
+    """lstm_layer on x (3, 2, 3), (h_0, c_0) (2, 4), weights for H=4; change(device, args) -> args."""
+    def build(device):
+        args = [randn(3, 2, 3, device=device), randn(2, 4, device=device), randn(2, 4, device=device),
+                randn(16, 3, device=device), randn(16, 4, device=device), randn(16, device=device),
+                randn(16, device=device)]
+        args = change(device, args)
+        return (lambda x, h, c, *w: lstm_ext.lstm_layer(x, (h, c), *w)), tuple(args)
+    return build
+
+
+def layer_backward_case(change):
+    """torch.ops.lstm_ext.layer_backward with its saved tensors; change(device, args) -> args."""
+    def build(device):
+        x, h0, c0, w_ih, w_hh = (randn(3, 2, 3), randn(2, 4), randn(2, 4), randn(16, 3), randn(16, 4))
+        out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, None, None, False)
+        args = [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh, out,
+                gates, cells]
+        args = change(device, [a.to(device) for a in args])
+        return (lambda *a: torch.ops.lstm_ext.layer_backward(*a, False, [True] * 4)), tuple(args)
+    return build
+
+
+def cell_backward_case(change):
+    """torch.ops.lstm_ext.cell_backward with its saved tensors; change(device, args) -> args."""
+    def build(device):
+        x, h, c, weight = randn(3, 4), randn(3, 5), randn(3, 5), randn(20, 9)
+        h_new, c_new, gates, xh = torch.ops.lstm_ext.cell_forward(x, h, c, weight, None)
+        args = [torch.randn_like(h_new), torch.randn_like(c_new), c, c_new, gates, xh, weight]
+        args = change(device, [a.to(device) for a in args])
+        return torch.ops.lstm_ext.cell_backward, tuple(args)
+    return build
+
+
+def replaced(index, make):
+    """A change that replaces argument `index` with make(device, old)."""
+    def change(device, args):
+        args = list(args)
+        args[index] = make(device, args[index])
+        return args
+    return change
+
+
+def on_meta(t):
+    return t.to("meta")
+
+
+def set_param(name, make):
+    def change(device, rnn, x, h, c):
+        setattr(rnn, name, nn.Parameter(make(device, getattr(rnn, name))))
+        return x, h, c
+    return change
+
+
+CASES = {
+    # --- LSTMCell --------------------------------------------------------------
+    "cell: input 1-D": (cell_case(lambda d, x, h, c: (x[0], h, c)), ValueError,
+                        r"lstm_ext.lstm_cell: input must be 2-D \(batch, input_size\), got a 1-D tensor", ALL_PATHS),
+    "cell: input 3-D": (cell_case(lambda d, x, h, c: (x[None], h, c)), ValueError, r"input must be 2-D", ALL_PATHS),
+    "cell: wrong feature size": (cell_case(lambda d, x, h, c: (randn(3, 5, device=d), h, c)), ValueError,
+                                 r"input has 5 features but the cell's input_size is 4", ALL_PATHS),
+    "cell: batch mismatch h": (cell_case(lambda d, x, h, c: (x, randn(4, 5, device=d), c)), ValueError,
+                               r"hx \(h_prev\) must have shape \[3, 5\] \(batch, hidden_size\), got \[4, 5\]",
+                               ALL_PATHS),
+    "cell: batch mismatch c": (cell_case(lambda d, x, h, c: (x, h, c[:1])), ValueError,
+                               r"cx \(c_prev\) must have shape \[3, 5\].*got \[1, 5\]", ALL_PATHS),
+    "cell: c 1-D": (cell_case(lambda d, x, h, c: (x, h, c[0])), ValueError, r"cx \(c_prev\) must have shape",
+                    ALL_PATHS),
+    "cell: dtype mismatch input": (cell_case(lambda d, x, h, c: (x.float(), h, c)), TypeError,
+                                   r"dtype mismatch: input is torch.float32 but weight is torch.float64", ALL_PATHS),
+    "cell: dtype mismatch state": (cell_case(lambda d, x, h, c: (x, h, c.float())), TypeError,
+                                   r"dtype mismatch: cx \(c_prev\) is torch.float32", ALL_PATHS),
+    "cell: integer input": (cell_case(lambda d, x, h, c: (x.long(), h, c)), TypeError,
+                            r"input must be a dense floating point tensor .* got torch.int64", ALL_PATHS),
+    "cell: state on meta": (cell_case(lambda d, x, h, c: (x, h, on_meta(c))), ValueError,
+                            r"lstm_ext.lstm_cell: device mismatch: cx \(c_prev\) is on meta but weight is on cpu",
+                            MIXED),
+    "cell: input on meta": (cell_case(lambda d, x, h, c: (on_meta(x), h, c)), ValueError,
+                            r"device mismatch: input is on meta but weight is on cpu", MIXED),
+    "cell: bad weight shape": (
+        lambda d: ((lambda x, h, c, w: lstm_ext.lstm_cell(x, (h, c), w)),
+                   (randn(2, 3, device=d), randn(2, 4, device=d), randn(2, 4, device=d), randn(15, 7, device=d))),
+        ValueError, r"weight must have shape \[4\*hidden_size, input_size \+ hidden_size\], got \[15, 7\]", ALL_PATHS),
+    "cell: bad bias shape": (
+        lambda d: ((lambda x, h, c, w, b: lstm_ext.lstm_cell(x, (h, c), w, b)),
+                   (randn(2, 3, device=d), randn(2, 4, device=d), randn(2, 4, device=d), randn(16, 7, device=d),
+                    randn(4, device=d))),
+        ValueError, r"bias must have shape \[16\] \(4\*hidden_size,\), got \[4\]", ALL_PATHS),
+    "cell: integer weight": (
+        lambda d: ((lambda x, h, c, w: lstm_ext.lstm_cell(x, (h, c), w)),
+                   tuple(torch.ones(*s, device=d).long() for s in ((2, 3), (2, 1), (2, 1), (4, 4)))),
+        TypeError, r"weight must be a dense floating point tensor .* got torch.int64", ALL_PATHS),
+    # --- LSTM ------------------------------------------------------------------
+    "lstm: input 1-D": (lstm_case(lambda d, r, x, h, c: (x[:, 0, 0], h, c)), ValueError,
+                        r"expected input of shape .* got a tensor of shape \(5,\) of 1 dims", ALL_PATHS),
+    "lstm: wrong features": (lstm_case(lambda d, r, x, h, c: (randn(5, 2, 6, device=d), h, c)), ValueError,
+                             r"input.size\(-1\) must be equal to input_size. Expected 4, got 6", ALL_PATHS),
+    "lstm: h_0 shape": (lstm_case(lambda d, r, x, h, c: (x, h[:1], c)), ValueError,
+                        r"expected h_0 of shape \(2, 2, 3\), got a tensor of shape \(1, 2, 3\)", ALL_PATHS),
+    "lstm: c_0 shape": (lstm_case(lambda d, r, x, h, c: (x, h, randn(2, 3, 3, device=d))), ValueError,
+                        r"expected c_0 of shape \(2, 2, 3\), got a tensor of shape \(2, 3, 3\)", ALL_PATHS),
+    "lstm: dtype of input": (lstm_case(lambda d, r, x, h, c: (x.float(), h.float(), c.float())), TypeError,
+                             r"dtype mismatch: weight_ih_l0 is torch.float64 but input is torch.float32", ALL_PATHS),
+    "lstm: dtype of h_0": (lstm_case(lambda d, r, x, h, c: (x, h.float(), c)), TypeError,
+                           r"dtype mismatch: h_0 is torch.float32 but input is torch.float64", ALL_PATHS),
+    "lstm: integer input": (lstm_case(lambda d, r, x, h, c: (x.long(), h, c)), TypeError,
+                            r"lstm_ext.LSTM: input must be a dense floating point tensor .* got torch.int64",
+                            ALL_PATHS),
+    "lstm: no time steps": (lstm_case(lambda d, r, x, h, c: (x[:0], h, c)), ValueError,
+                            r"expected sequence length to be larger than 0, got input of shape \(0, 2, 4\)",
+                            ALL_PATHS),
+    "lstm: wrong weight_ih_l1": (lstm_case(set_param("weight_ih_l1", lambda d, w: randn(12, 4, device=d))),
+                                 ValueError, r"weight_ih_l1 must have shape \(12, 3\) \(4\*hidden_size, "
+                                 r"hidden_size\), got \(12, 4\)", ALL_PATHS),
+    "lstm: wrong bias_hh_l1_reverse": (
+        lstm_case(set_param("bias_hh_l1_reverse", lambda d, w: randn(11, device=d)), bidirectional=True),
+        ValueError, r"bias_hh_l1_reverse must have shape \(12,\) \(4\*hidden_size,\), got \(11,\)", ALL_PATHS),
+    "lstm: c_0 on meta": (lstm_case(lambda d, r, x, h, c: (x, h, on_meta(c))), ValueError,
+                          r"lstm_ext.LSTM: device mismatch: c_0 is on meta but input is on cpu", MIXED),
+    "lstm: input on meta": (lstm_case(lambda d, r, x, h, c: (on_meta(x), on_meta(h), on_meta(c))), ValueError,
+                            r"device mismatch: weight_ih_l0 is on cpu but input is on meta", MIXED),
+    "lstm: a parameter on meta": (lstm_case(set_param("weight_hh_l1", lambda d, w: on_meta(w))), ValueError,
+                                  r"device mismatch: weight_hh_l1 is on meta but input is on cpu", MIXED),
+    "lstm: hx a tensor": (lambda d: ((lambda x, h: lstm_ext.LSTM(4, 3, dtype=F64, device=d)(x, h)),
+                                     (randn(5, 2, 4, device=d), randn(1, 2, 3, device=d))),
+                          TypeError, r"hx must be a pair \(h_0, c_0\), got a tensor of shape \(1, 2, 3\)", ALL_PATHS),
+    # --- lstm_layer and the layer operators ----------------------------------
+    "layer: hx a tensor": (lambda d: ((lambda x, h, w_ih, w_hh: lstm_ext.lstm_layer(x, h, w_ih, w_hh)),
+                                      (randn(3, 2, 3, device=d), randn(2, 4, device=d), randn(16, 3, device=d),
+                                       randn(16, 4, device=d))),
+                           TypeError, r"lstm_ext.lstm_layer: hx must be a pair \(h_0, c_0\), got a tensor", ALL_PATHS),
+    "layer: c_0 on meta": (layer_case(replaced(2, lambda d, t: on_meta(t))), ValueError,
+                           r"device mismatch: c_0 is on meta but weight is on cpu", MIXED),
+    "layer: wrong weight_hh": (layer_case(replaced(4, lambda d, t: t[:, :-1])), ValueError,
+                               r"weight_hh must have shape \[4\*hidden_size, hidden_size\], got \[16, 3\]", ALL_PATHS),
+    "layer: wrong features": (layer_case(replaced(0, lambda d, t: t[..., :2])), ValueError,
+                              r"input has 2 features but input_size is 3", ALL_PATHS),
+    "layer: wrong bias_hh": (layer_case(replaced(6, lambda d, t: t[:3])), ValueError,
+                             r"bias_hh must have shape \[16\] \(4\*hidden_size,\), got \[3\]", ALL_PATHS),
+    "layer: dtype of h_0": (layer_case(replaced(1, lambda d, t: t.float())), TypeError,
+                            r"dtype mismatch: h_0 is torch.float32 but weight is torch.float64", ALL_PATHS),
+    "layer_backward: cells shape": (layer_backward_case(replaced(10, lambda d, t: t[:1])), ValueError,
+                                    r"cells must have shape \[3, 2, 4\] \(seq_len, batch, hidden_size\)", ALL_PATHS),
+    "layer_backward: gates shape": (layer_backward_case(replaced(9, lambda d, t: t[..., :-1])), ValueError,
+                                    r"gates must have shape \[3, 2, 16\]", ALL_PATHS),
+    "layer_backward: grad_h_n shape": (layer_backward_case(replaced(1, lambda d, t: t[:1])), ValueError,
+                                       r"grad_h_n must have shape \[2, 4\] \(batch, hidden_size\), got \[1, 4\]",
+                                       ALL_PATHS),
+    "layer_backward: grad_output dtype": (layer_backward_case(replaced(0, lambda d, t: t.float())), TypeError,
+                                          r"dtype mismatch: grad_output is torch.float32 but weight is", ALL_PATHS),
+    "layer_backward: output on meta": (layer_backward_case(replaced(8, lambda d, t: on_meta(t))), ValueError,
+                                       r"device mismatch: output is on meta but weight is on cpu", MIXED),
+    "cell_backward: gates shape": (cell_backward_case(replaced(4, lambda d, t: t[:, :-1])), ValueError,
+                                   r"gates must have shape \[3, 20\] \(batch, 4\*hidden_size\)", ALL_PATHS),
+    "cell_backward: grad_h shape": (cell_backward_case(replaced(0, lambda d, t: t[:2])), ValueError,
+                                    r"grad_h must have shape \[3, 5\]", ALL_PATHS),
+    "cell_backward: input_hidden dtype": (cell_backward_case(replaced(5, lambda d, t: t.float())), TypeError,
+                                          r"dtype mismatch: input_hidden is torch.float32", ALL_PATHS),
+}
+
+
+def call_on_path(path, build):
+    if path == "meta":
+        fn, args = build("meta")
+        return fn(*args)
+    fn, args = build("cpu")
+    if path == "direct":
+        return fn(*args)
+    if path == "torch.ops":
+        with RecordsTorchFunctions():  # the modules and functions then call through torch.ops
+            return fn(*args)
+    # Parameters are real tensors: FakeTensorMode converts them when they reach an operator.
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        return fn(*fake)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, path):
+    build, error, pattern, paths = CASES[case]
+    if path not in paths:
+        pytest.skip("a meta tensor among meta tensors is no mismatch")
+    with pytest.raises(error, match=pattern):
+        call_on_path(path, build)
+
+
+@pytest.mark.parametrize("module", ["LSTM", "LSTMCell"])
+def test_meta_state_under_torch_compile_is_an_error(module):
+    torch._dynamo.reset()
+    if module == "LSTM":
+        m, x, state = lstm_ext.LSTM(4, 3), torch.randn(5, 2, 4), (torch.randn(1, 2, 3), torch.randn(1, 2, 3))
+        pattern = r"device mismatch: c_0 is on meta but input is on cpu"
+    else:
+        m, x, state = lstm_ext.LSTMCell(4, 3), torch.randn(2, 4), (torch.randn(2, 3), torch.randn(2, 3))
+        pattern = r"device mismatch: cx \(c_prev\) is on meta but weight is on cpu"
+    compiled = torch.compile(m, fullgraph=True)
+    with pytest.raises(Exception, match=pattern):
+        compiled(x, (state[0], state[1].to("meta")))
+
+
+def test_all_meta_is_shape_inference():
+    with torch.device("meta"):
+        rnn = lstm_ext.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+        cell = lstm_ext.LSTMCell(4, 3)
+        out, (h_n, c_n) = rnn(torch.randn(2, 5, 4))
+        h, c = cell(torch.randn(2, 4))
+    assert out.shape == (2, 5, 6) and h_n.shape == c_n.shape == (4, 2, 3) and out.is_meta
+    assert h.shape == c.shape == (2, 3) and h.is_meta
+
+
+@pytest.mark.filterwarnings("ignore:Both fbgemm and qnnpack are unavailable")
+@pytest.mark.parametrize("op", ["LSTM", "LSTMCell", "torch.ops"])
+def test_quantized_and_sparse_input(op):
+    q = torch.quantize_per_tensor(torch.randn(5, 2, 4), 0.1, 0, torch.quint8)
+    pattern = r"input must be a dense floating point tensor .* got a quantized tensor \(torch.quint8\)"
+    with pytest.raises(TypeError, match=pattern):
+        if op == "LSTM":
+            lstm_ext.LSTM(4, 3)(q)
+        elif op == "LSTMCell":
+            lstm_ext.LSTMCell(4, 3)(q[0])
+        else:
+            torch.ops.lstm_ext.cell_forward(q[0], torch.randn(2, 3), torch.randn(2, 3), torch.randn(12, 7), None)
+    with pytest.raises(TypeError, match=r"input must be a dense floating point tensor .* layout Sparse"):
+        lstm_ext.LSTMCell(4, 3)(torch.randn(2, 4).to_sparse(), (torch.randn(2, 3), torch.randn(2, 3)))
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(proj_size=-1), ValueError, r"proj_size should be a positive integer or zero to disable projections"),
+    (dict(proj_size=2), NotImplementedError, r"proj_size > 0 \(LSTM with projections\) is not supported"),
+    (dict(hidden_size=2.5), TypeError, r"hidden_size should be of type int, got: float"),
+    (dict(hidden_size="3"), TypeError, r"hidden_size should be of type int, got: str"),
+    (dict(input_size=0), ValueError, r"input_size must be greater than zero"),
+    (dict(num_layers=0), ValueError, r"num_layers must be greater than zero"),
+    (dict(num_layers=2.0), TypeError, r"num_layers should be of type int, got: float"),  # torch: a bare TypeError
+    (dict(dropout=1.5), ValueError, r"dropout should be a number in range \[0, 1\]"),
+    (dict(bias=1), TypeError, r"bias should be of type bool, got: int"),
+], ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_constructor_errors_like_torch(kwargs, error, pattern):
+    args = dict(input_size=4, hidden_size=3) | kwargs
+    with pytest.raises(error, match=pattern):
+        lstm_ext.LSTM(**args)
+    if error is not NotImplementedError and "num_layers" not in kwargs:  # torch.nn.LSTM raises the same
+        with pytest.raises(error, match=pattern):
+            nn.LSTM(**args)
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    (dict(hidden_size=2.5), TypeError, r"hidden_size should be of type int, got: float"),
+    (dict(input_size="4"), TypeError, r"input_size should be of type int, got: str"),
+    (dict(hidden_size=0), ValueError, r"hidden_size must be greater than zero"),
+    (dict(input_size=-1), ValueError, r"input_size must be zero or greater"),
+], ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_cell_constructor_errors(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        lstm_ext.LSTMCell(**(dict(input_size=4, hidden_size=3) | kwargs))
+
+
+def test_dropout_with_one_layer_warns_like_torch():
+    with pytest.warns(UserWarning, match=r"non-zero dropout expects num_layers greater than 1"):
+        lstm_ext.LSTM(4, 3, dropout=0.5)
+
+
+def test_cell_given_a_list():
+    with pytest.raises(TypeError, match=r"lstm_ext.LSTMCell: input must be a Tensor .* got a list of length 4"):
+        lstm_ext.LSTMCell(4, 3)([1.0, 2.0, 3.0, 4.0])
+
+
+def test_set_cpu_capability_not_a_name():
+    with pytest.raises(TypeError, match=r"set_cpu_capability: name must be a str .* got NoneType"):
+        lstm_ext.set_cpu_capability(None)
+    with pytest.raises(ValueError, match=r"CPU capability 'AVX1024' is not available here"):
+        lstm_ext.set_cpu_capability("AVX1024")

@@ -2,9 +2,11 @@
 // 60 us per call on the CPU, more than the whole fused cell at small sizes.
 // The backward calls the backward operator through the dispatcher, so
 // torch.compile traces it as one node.
+#include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <mutex>
@@ -21,21 +23,42 @@ using torch::autograd::variable_list;
 
 bool present(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The backward operators have no derivative of their own. Recording them
-// (create_graph=True) would give silently wrong second derivatives, so that
-// is an error, as it is for cuDNN's RNNs. Otherwise they are called below the
-// autograd keys, whose fallback costs microseconds per call at small sizes.
-class BelowAutograd {
- public:
-  explicit BelowAutograd(const char* op) {
-    TORCH_CHECK(!at::GradMode::is_enabled(), op,
-                ": double backward is not supported (the backward pass ran with create_graph=True); "
-                "use torch.nn.LSTM / torch.nn.LSTMCell for higher-order gradients");
-  }
+// The backward operators have no derivative of their own, so a first-order
+// backward calls them below the autograd keys (whose fallback costs
+// microseconds per call at small sizes), and a backward that must itself be
+// differentiable (create_graph=True: gradient penalties, meta-learning,
+// torch.func.grad and vjp) is written in differentiable ATen ops instead:
+// the forward recomputed from the saved inputs, then the chain rule, so
+// every higher-order term is there. It does not ask which inputs require
+// grad (under torch.func.vjp the saved inputs no longer say so): it forms
+// every gradient, and autograd drops what nobody uses.
 
- private:
-  at::AutoDispatchBelowADInplaceOrView guard_;
+// One step forward in ATen ops (csrc/lstm_pointwise.h's formulas) from the
+// pre-activations [B, 4H] in the order i, f, g, o; what the step's backward
+// needs.
+struct CompositeStep {
+  Tensor i, f, g, o, c_prev, tanh_c, c, h;
 };
+
+CompositeStep composite_step(const Tensor& preact, const Tensor& c_prev) {
+  const auto gates = preact.chunk(4, 1);
+  CompositeStep step{at::sigmoid(gates[0]), at::sigmoid(gates[1]), at::tanh(gates[2]), at::sigmoid(gates[3]), c_prev};
+  step.c = step.f * c_prev + step.i * step.g;
+  step.tanh_c = at::tanh(step.c);
+  step.h = step.o * step.tanh_c;
+  return step;
+}
+
+// The step's chain rule: (gradient of the pre-activations [B, 4H], of c_prev)
+// from the gradients of h and c.
+std::pair<Tensor, Tensor> composite_step_backward(const CompositeStep& s, const Tensor& grad_h,
+                                                  const Tensor& grad_c) {
+  const Tensor grad_c_total = grad_c + grad_h * s.o * (1 - s.tanh_c * s.tanh_c);
+  Tensor grad_preact = at::cat({grad_c_total * s.g * s.i * (1 - s.i), grad_c_total * s.c_prev * s.f * (1 - s.f),
+                                grad_c_total * s.i * (1 - s.g * s.g), grad_h * s.tanh_c * s.o * (1 - s.o)},
+                               1);
+  return {grad_preact, grad_c_total * s.f};
+}
 
 // The graph nodes are written out rather than made by torch::autograd::Function,
 // whose node costs ~10 us more per call at the course's size (boxed saved
@@ -67,15 +90,28 @@ struct SavingNode : Node {
 };
 
 // Edges to input, hx, cx, weight, bias.
-struct CellBackward final : SavingNode<5> {  // cx, c, gates, input_hidden, weight
+struct CellBackward final : SavingNode<8> {  // cx, c, gates, input_hidden, weight; input, hx, bias
   bool has_bias = false;
 
   std::string name() const override { return "LSTMCellBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     const std::lock_guard<std::mutex> lock(mutex_);
-    const auto [cx, c, gates, input_hidden, weight] = unpack();
-    const BelowAutograd below("lstm_ext.lstm_cell");
+    const auto [cx, c, gates, input_hidden, weight, input, hx, bias] = unpack();
+    if (at::GradMode::is_enabled()) {
+      const int64_t I = input.size(1), H = hx.size(1);
+      const Tensor input_hidden_graph = at::cat({input, hx}, 1);
+      Tensor preact = at::mm(input_hidden_graph, weight.t());
+      if (bias.defined()) preact = preact + bias;
+      const CompositeStep step = composite_step(preact, cx);
+      const auto [grad_preact, grad_cx] = composite_step_backward(
+          step, grads[0].defined() ? grads[0] : at::zeros_like(step.h),
+          grads[1].defined() ? grads[1] : at::zeros_like(step.c));
+      const Tensor grad_input_hidden = at::mm(grad_preact, weight);
+      return {grad_input_hidden.narrow(1, 0, I), grad_input_hidden.narrow(1, I, H), grad_cx,
+              at::mm(grad_preact.t(), input_hidden_graph), has_bias ? grad_preact.sum(0) : Tensor()};
+    }
+    const at::AutoDispatchBelowADInplaceOrView below;
     // grads[0] / grads[1] are undefined for an unused h / c.
     const Tensor grad_h = grads[0].defined() ? grads[0] : at::zeros_like(c);
     const Tensor grad_c = grads[1].defined() ? grads[1] : at::zeros_like(c);
@@ -86,15 +122,17 @@ struct CellBackward final : SavingNode<5> {  // cx, c, gates, input_hidden, weig
 };
 
 // Edges to input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh.
-struct LayerBackward final : SavingNode<8> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells
+struct LayerBackward final : SavingNode<10> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells,
+                                               // bias_ih, bias_hh
   bool reverse = false, has_bias_ih = false, has_bias_hh = false;
 
   std::string name() const override { return "LSTMLayerBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     const std::lock_guard<std::mutex> lock(mutex_);
-    const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells] = unpack();
-    const BelowAutograd below("lstm_ext.LSTM");
+    const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells, bias_ih, bias_hh] = unpack();
+    if (at::GradMode::is_enabled()) return differentiable(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh);
+    const at::AutoDispatchBelowADInplaceOrView below;
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const std::array<bool, 4> output_mask{task_should_compute_output(0), task_should_compute_output(1),
                                           task_should_compute_output(2), task_should_compute_output({{3, 7}})};
@@ -104,6 +142,42 @@ struct LayerBackward final : SavingNode<8> {  // input, h0, c0, weight_ih, weigh
                                  gates, cells, reverse, output_mask);
     return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, has_bias_ih ? grad_bias : Tensor(),
             has_bias_hh ? grad_bias : Tensor()};
+  }
+
+  // Backpropagation through time in ATen ops, the forward recomputed first.
+  variable_list differentiable(const variable_list& grads, const Tensor& input, const Tensor& h0, const Tensor& c0,
+                               const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& bias_ih,
+                               const Tensor& bias_hh) const {
+    const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = h0.size(1);
+    Tensor projected = at::matmul(input, weight_ih.t());
+    if (bias_ih.defined()) projected = projected + bias_ih;
+    if (bias_hh.defined()) projected = projected + bias_hh;
+    std::vector<CompositeStep> steps;  // in the order they ran
+    std::vector<Tensor> h_prev;
+    Tensor h = h0, c = c0;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      h_prev.push_back(h);
+      steps.push_back(composite_step(at::addmm(projected[t], h, weight_hh.t()), c));
+      h = steps.back().h;
+      c = steps.back().c;
+    }
+    Tensor grad_h = grads[1].defined() ? grads[1] : at::zeros_like(h0);
+    Tensor grad_c = grads[2].defined() ? grads[2] : at::zeros_like(c0);
+    std::vector<Tensor> grad_preacts(T);  // in time order
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      if (grads[0].defined()) grad_h = grad_h + grads[0][t];
+      std::tie(grad_preacts[t], grad_c) = composite_step_backward(steps[s], grad_h, grad_c);
+      grad_h = at::mm(grad_preacts[t], weight_hh);
+    }
+    if (reverse) std::reverse(h_prev.begin(), h_prev.end());  // into time order
+    const Tensor grad_preact = T == 0 ? at::zeros({0, B, 4 * H}, h0.options()) : at::stack(grad_preacts);
+    const Tensor flat = grad_preact.reshape({T * B, 4 * H});
+    const Tensor grad_bias = grad_preact.sum(at::IntArrayRef{0, 1});
+    return {at::matmul(grad_preact, weight_ih), grad_h, grad_c, at::mm(flat.t(), input.reshape({T * B, I})),
+            T == 0 ? at::zeros_like(weight_hh) : at::mm(flat.t(), at::stack(h_prev).reshape({T * B, H})),
+            has_bias_ih ? grad_bias : Tensor(), has_bias_hh ? grad_bias : Tensor()};
   }
 };
 
@@ -159,8 +233,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     auto node = make_node<LayerBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh));
     torch::autograd::set_history({output, h_n, c_n}, node);
+    const Tensor none;
     node->save({{&input, false}, {&h0, false}, {&c0, false}, {&weight_ih, false}, {&weight_hh, false},
-                {&output, true}, {&gates, false}, {&cells, false}});
+                {&output, true}, {&gates, false}, {&cells, false}, {present(bias_ih) ? &*bias_ih : &none, false},
+                {present(bias_hh) ? &*bias_hh : &none, false}});
     node->reverse = reverse;
     node->has_bias_ih = present(bias_ih);
     node->has_bias_hh = present(bias_hh);
@@ -181,7 +257,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     auto node = make_node<CellBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, hx, cx, weight, bias));
     torch::autograd::set_history({h, c}, node);
-    node->save({{&cx, false}, {&c, true}, {&gates, false}, {&input_hidden, false}, {&weight, false}});
+    const Tensor none;
+    node->save({{&cx, false}, {&c, true}, {&gates, false}, {&input_hidden, false}, {&weight, false},
+                {&input, false}, {&hx, false}, {present(bias) ? &*bias : &none, false}});
     node->has_bias = present(bias);
   }
   return {h, c, gates, input_hidden};

@@ -33,6 +33,11 @@ class LSTMCellFunction(torch.autograd.Function):
     ``lstm_cell`` and the modules use: it saves the ~60 us that any Python
     autograd.Function costs per call. This class is the readable equivalent,
     tested to give the same gradients.
+
+    The backward is differentiable: with ``create_graph=True`` (gradient
+    penalties, meta-learning) it is written in torch ops from the saved
+    inputs (:func:`_cell_backward_differentiable`), so second derivatives are
+    exact; otherwise it is the fused backward operator.
     """
 
     @staticmethod
@@ -41,24 +46,46 @@ class LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, cx, weight, bias = inputs
+        input, hx, cx, weight, bias = inputs
         _, c, gates, input_hidden = output
         ctx.mark_non_differentiable(gates, input_hidden)
         ctx.set_materialize_grads(False)  # no zero-filled [B, 4H] gradients for the saved outputs
-        ctx.save_for_backward(cx, c, gates, input_hidden, weight)
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(input, hx, cx, weight, bias, c, gates, input_hidden)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, grad_c, _grad_gates=None, _grad_input_hidden=None):
-        cx, c, gates, input_hidden, weight = ctx.saved_tensors
+        input, hx, cx, weight, bias, c, gates, input_hidden = ctx.saved_tensors
         if grad_h is None:
             grad_h = torch.zeros_like(c)
         if grad_c is None:
             grad_c = torch.zeros_like(c)
-        grad_input, grad_hx, grad_cx, grad_weight, grad_bias = _cell_backward(
-            grad_h, grad_c, cx, c, gates, input_hidden, weight)
-        return grad_input, grad_hx, grad_cx, grad_weight, grad_bias if ctx.has_bias else None
+        if torch.is_grad_enabled():  # create_graph=True: the backward must itself be differentiable
+            grads = _cell_backward_differentiable(input, hx, cx, weight, bias, grad_h, grad_c)
+        else:
+            grads = _cell_backward(grad_h, grad_c, cx, c, gates, input_hidden, weight)
+        grad_input, grad_hx, grad_cx, grad_weight, grad_bias = grads
+        return grad_input, grad_hx, grad_cx, grad_weight, grad_bias if bias is not None else None
+
+
+def _cell_backward_differentiable(input: Tensor, hx: Tensor, cx: Tensor, weight: Tensor, bias: Optional[Tensor],
+                                  grad_h: Tensor, grad_c: Tensor):
+    """The cell's backward in differentiable torch ops: the gates recomputed from
+    the inputs, then the chain rule of h = o * tanh(c), c = f * cx + i * g.
+    Returns (grad_input, grad_hx, grad_cx, grad_weight, grad_bias)."""
+    input_hidden = torch.cat((input, hx), 1)
+    preact = input_hidden @ weight.t()
+    if bias is not None:
+        preact = preact + bias
+    pre_i, pre_f, pre_g, pre_o = preact.chunk(4, 1)
+    i, f, g, o = torch.sigmoid(pre_i), torch.sigmoid(pre_f), torch.tanh(pre_g), torch.sigmoid(pre_o)
+    tanh_c = torch.tanh(f * cx + i * g)
+    grad_c_total = grad_c + grad_h * o * (1 - tanh_c * tanh_c)
+    grad_gates = torch.cat((grad_c_total * g * i * (1 - i),  # i
+                            grad_c_total * cx * f * (1 - f),  # f
+                            grad_c_total * i * (1 - g * g),  # g
+                            grad_h * tanh_c * o * (1 - o)), 1)  # o
+    grad_input, grad_hx = (grad_gates @ weight).split([input.shape[1], hx.shape[1]], 1)
+    return grad_input, grad_hx, grad_c_total * f, grad_gates.t() @ input_hidden, grad_gates.sum(0)
 
 
 def lstm_cell(input: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor,
@@ -67,7 +94,7 @@ def lstm_cell(input: Tensor, hx: Tuple[Tensor, Tensor], weight: Tensor,
     (B, H each), the packed ``weight`` [4H, I+H] over ``cat(input, h_prev)``
     and ``bias`` [4H], gates in the order i, f, g, o."""
     _require_pair(hx, "lstm_ext.lstm_cell", "(h_prev, c_prev)")
-    if _direct((input, *hx)):
+    if _direct((input, *hx, weight, bias)):
         return native.cell_forward(input, hx[0], hx[1], weight, bias)
     h, c, _, _ = _cell_forward(input, hx[0], hx[1], weight, bias)
     return h, c

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -102,24 +103,68 @@ class LSTMCell(nn.Module):
         if prefix + "weight" in state_dict:  # the packed layout
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                                  missing_keys, unexpected_keys, error_msgs)
-        bias = None if self.bias is None else self.bias.detach()
+        assign = local_metadata.get("assign_to_params_buffers", False)
+        # Each packed parameter's gate blocks: what the checkpoint holds, or
+        # (a missing key) the parameter's own rows.
         expected = set()
-        for name, gate_weight, gate_bias in self._gate_slices(self.weight.detach(), bias):
-            for key, target in ((name + ".weight", gate_weight), (name + ".bias", gate_bias)):
-                if target is None:
-                    continue
-                key = prefix + key
+        weight = self.weight.detach()
+        bias = None if self.bias is None else self.bias.detach()
+        for param_name in ("weight", "bias"):
+            param = getattr(self, param_name)
+            if param is None:
+                continue
+            blocks, loaded = [], False
+            for name, gate_weight, gate_bias in self._gate_slices(weight, bias):
+                key = f"{prefix}{name}.{param_name}"
+                own = gate_weight if param_name == "weight" else gate_bias
                 expected.add(key)
-                if key not in state_dict:
+                value = state_dict.get(key)
+                if value is None:
                     missing_keys.append(key)
-                elif state_dict[key].shape != target.shape:
-                    error_msgs.append(f"size mismatch for {key}: copying a param with shape "
-                                      f"{tuple(state_dict[key].shape)} from checkpoint, the shape in "
-                                      f"current model is {tuple(target.shape)}.")
+                elif not torch.overrides.is_tensor_like(value):
+                    error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor or '
+                                      f"Tensor-like object from checkpoint but received {type(value)}")
+                elif value.shape != own.shape:
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape {value.shape} "
+                                      f"from checkpoint, the shape in current model is {own.shape}.")
                 else:
-                    target.copy_(state_dict[key])
+                    blocks.append((own, value))
+                    loaded = True
+                    continue
+                blocks.append((own, None))
+            if loaded:
+                self._load_packed(param_name, param, blocks, assign, prefix, error_msgs)
         if strict:  # no child modules: every other key under our prefix is unexpected
             unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in expected)
+
+    def _load_packed(self, param_name: str, param: nn.Parameter, blocks, assign: bool, prefix: str,
+                     error_msgs) -> None:
+        """Loads one packed parameter from its gate blocks ((own rows, loaded tensor or None) in
+        the packed order's reference-gate order): in place, or with assign=True as a new
+        Parameter made of the loaded tensors, as nn.Module does for its own parameters."""
+        key = prefix + param_name
+        with torch.no_grad():
+            if not assign:
+                if param.is_meta and any(v is not None and not v.is_meta for _, v in blocks):
+                    warnings.warn(f"for {key}: copying from a non-meta parameter in the checkpoint to a meta "
+                                  "parameter in the current model, which is a no-op. (Did you mean to pass "
+                                  "`assign=True` to assign items in the state dictionary to their corresponding "
+                                  "key in the module instead of copying them in place?)", stacklevel=3)
+                for own, value in blocks:
+                    if value is not None:
+                        own.copy_(value)
+                return
+            # assign: the reference's gate order, Wf Wi Wc Wo, into the packed order i f g o.
+            ordered = [None] * 4
+            for (_, block), (own, value) in zip(GATE_BLOCKS, blocks):
+                ordered[block] = own if value is None else value
+            devices = {t.device for t in ordered}
+            if len(devices) > 1:
+                error_msgs.append(f"While assigning {key}: its gate blocks are on different devices "
+                                  f"({', '.join(sorted(str(d) for d in devices))}); load every gate's key")
+                return
+            packed = torch.cat(ordered, dim=0).detach()
+            setattr(self, param_name, nn.Parameter(packed, requires_grad=param.requires_grad))
 
     # --- conversion to and from torch.nn.LSTMCell -----------------------------
 

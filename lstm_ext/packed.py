@@ -100,7 +100,7 @@ def lstm_packed(module: "LSTM", packed: PackedSequence,
     runs = _stretches(batch_sizes)
     # The module's parameters per layer and direction, in the order its
     # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih, bias_hh].
-    params = [module._parameters[name] for name in module._flat_weights_names]
+    params = module._flat_weights
     per_direction = 4 if module.bias else 2
     h_n: List[Tensor] = []
     c_n: List[Tensor] = []

@@ -99,8 +99,10 @@ class LSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = 0
+        self.mode = "LSTM"  # as torch.nn.LSTM, for code that reads it
         directions = 2 if bidirectional else 1
         self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * directions
             for direction in range(directions):
@@ -110,8 +112,36 @@ class LSTM(nn.Module):
                     shapes.update({"bias_ih": (4 * hidden_size,), "bias_hh": (4 * hidden_size,)})
                 for name, shape in shapes.items():
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
-                    self._flat_weights_names.append(name + suffix)
+                self._all_weights.append([name + suffix for name in shapes])
+                self._flat_weights_names.extend(self._all_weights[-1])
         self.reset_parameters()
+
+    @property
+    def _flat_weights(self) -> List[Optional[Tensor]]:
+        """The parameters in torch.nn.LSTM's flat order, as the forward reads them.
+
+        Each is read as an attribute, so parametrizations (weight_norm,
+        register_parametrization) and the WeightDrop pattern (the Parameter
+        deleted, a plain tensor of the same name set before each forward) see
+        their tensor used, as with torch.nn.LSTM.
+        """
+        params = self._parameters
+        try:  # the usual case, without nn.Module.__getattr__ per parameter
+            return [params[name] for name in self._flat_weights_names]
+        except KeyError:
+            return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> List[List[Tensor]]:
+        """The parameters per layer and direction: [[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0], ...]."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise RuntimeError(
+            "lstm_ext.LSTM does not support torch.jit.script (TorchScript is in maintenance mode in PyTorch). "
+            "Use torch.jit.trace(module, example_inputs) or torch.export.export(module, (x,)), which both "
+            "capture its operators, or torch.compile(module)")
 
     def reset_parameters(self) -> None:
         """Uniform in +-1/sqrt(hidden_size), as torch.nn.LSTM."""
@@ -146,12 +176,12 @@ class LSTM(nn.Module):
         if not isinstance(input, Tensor):
             raise ValueError(f"lstm_ext.LSTM: expected input of shape (seq_len, input_size) unbatched or "
                              f"(seq_len, batch, input_size), got {_describe(input)}")
-        params = [self._parameters[name] for name in self._flat_weights_names]
+        params = self._flat_weights
         # Shapes, dtypes and devices are checked by the operator, which also
         # runs the layers (csrc/lstm_layers.cpp).
         args = (params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
                 self.batch_first)
-        if _direct((input,) if hx is None else (input, *hx)):
+        if _direct((input, *params) if hx is None else (input, *hx, *params)):
             return native.lstm(input, hx, *args)
         output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
         return output, (h_n, c_n)

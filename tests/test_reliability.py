@@ -1,0 +1,331 @@
+"""What torch.nn.LSTM / LSTMCell users rely on beyond the forward and first-order
+backward: meta-device initialisation and load_state_dict(assign=True),
+higher-order gradients, torch.func, parametrizations and DropConnect, tensor
+subclasses, autocast, TorchScript's alternatives. Each gives torch.nn's
+answer, or a clear error."""
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import lstm_ext
+from conftest import RecordsTorchFunctions
+
+F64 = torch.float64
+
+
+def lstm_pair(I=4, H=3, seed=0, **config):
+    torch.manual_seed(seed)
+    ref = nn.LSTM(I, H, dtype=F64, **config)
+    return ref, lstm_ext.LSTM.from_torch(ref)
+
+
+def cell_pair(I=4, H=3, seed=0):
+    torch.manual_seed(seed)
+    ref = nn.LSTMCell(I, H, dtype=F64)
+    return ref, lstm_ext.LSTMCell.from_torch(ref)
+
+
+def packed_cell_weights(ref: nn.LSTMCell):
+    """dW of torch's two cell weights laid out as lstm_ext.LSTMCell's packed weight."""
+    return lambda grads: torch.cat(grads[:2], dim=1)
+
+
+# --- meta-device init and load_state_dict(assign=True) ----------------------
+
+@pytest.mark.parametrize("model", ["LSTMCell", "LSTMModel", "LSTM"])
+def test_load_state_dict_assign_after_meta_init(model):
+    torch.manual_seed(0)
+    make = {"LSTMCell": lambda: lstm_ext.LSTMCell(4, 3), "LSTMModel": lambda: lstm_ext.LSTMModel(4, 3, 2),
+            "LSTM": lambda: lstm_ext.LSTM(4, 3, num_layers=2)}[model]
+    real = make()
+    reference = {"LSTMCell": lambda: lstm_ext.reference.LSTMCell(4, 3),
+                 "LSTMModel": lambda: lstm_ext.reference.LSTMModel(4, 3, 2), "LSTM": lambda: real.to_torch()}[model]()
+    if model != "LSTM":
+        real.load_state_dict(reference.state_dict())
+    with torch.device("meta"):
+        lazy = make()
+    result = lazy.load_state_dict(reference.state_dict(), assign=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for name, p in lazy.named_parameters():
+        assert not p.is_meta and isinstance(p, nn.Parameter) and p.requires_grad, name
+    assert_close(lazy.state_dict(), reference.state_dict(), rtol=0, atol=0)
+    x = torch.randn(2, 5, 4) if model == "LSTMModel" else torch.randn(5, 2, 4) if model == "LSTM" else torch.randn(2, 4)
+    out_lazy, out_real = lazy(x), real(x)
+    assert_close(out_lazy, out_real, rtol=0, atol=0)
+
+
+def test_load_state_dict_into_meta_without_assign_warns_like_torch():
+    with torch.device("meta"):
+        cell = lstm_ext.LSTMCell(4, 3)
+    with pytest.warns(UserWarning, match=r"copying from a non-meta parameter .* is a no-op"):
+        cell.load_state_dict(lstm_ext.reference.LSTMCell(4, 3).state_dict())
+
+
+def test_to_empty_then_reset_parameters():
+    with torch.device("meta"):
+        modules = [lstm_ext.LSTMCell(4, 3), lstm_ext.LSTM(4, 3, num_layers=2), lstm_ext.LSTMModel(4, 3, 1)]
+    for module in modules:
+        module.to_empty(device="cpu")
+        for m in module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        for p in module.parameters():
+            assert p.device.type == "cpu" and torch.isfinite(p).all() and p.abs().max() > 0
+
+
+def test_load_state_dict_strict_false_reports_like_torch():
+    cell, ref = lstm_ext.LSTMCell(4, 3), lstm_ext.reference.LSTMCell(4, 3)
+    partial = {k: v for k, v in ref.state_dict().items() if not k.startswith("Wf")} | {"junk": torch.zeros(1)}
+    result = cell.load_state_dict(partial, strict=False)
+    assert sorted(result.missing_keys) == ["Wf.bias", "Wf.weight"] and result.unexpected_keys == ["junk"]
+    for name in ("Wi", "Wc", "Wo"):  # what was there is loaded
+        assert torch.equal(cell.state_dict()[f"{name}.weight"], ref.state_dict()[f"{name}.weight"])
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"Wf.weight\", \"Wf.bias\""):
+        cell.load_state_dict(partial)
+    # The same partial load under assign: missing gates keep the parameter's own rows.
+    before = cell.state_dict()["Wf.weight"].clone()
+    cell.load_state_dict(partial, strict=False, assign=True)
+    assert torch.equal(cell.state_dict()["Wf.weight"], before)
+
+
+# --- higher-order gradients --------------------------------------------------
+
+def gradient_penalty(module, x, state, params):
+    """d/dparams of |d(loss)/dx|^2, the usual gradient penalty."""
+    out = module(x, state)
+    h, c = out if isinstance(module, (nn.LSTMCell, lstm_ext.LSTMCell)) else (out[0], out[1][1])
+    loss = (h * torch.linspace(-1, 1, h.numel(), dtype=h.dtype).reshape(h.shape)).sum() + c.pow(2).sum()
+    (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
+    return torch.autograd.grad(grad_x.pow(2).sum(), params)
+
+
+def test_gradient_penalty_cell_matches_torch():
+    ref, cell = cell_pair()
+    x = torch.randn(5, 4, dtype=F64, requires_grad=True)
+    state = (torch.randn(5, 3, dtype=F64), torch.randn(5, 3, dtype=F64))
+    expected = gradient_penalty(ref, x, state, [ref.weight_ih, ref.weight_hh, ref.bias_ih])
+    got = gradient_penalty(cell, x, state, [cell.weight, cell.bias])
+    assert_close(got[0], torch.cat(expected[:2], 1), rtol=1e-10, atol=1e-12)
+    assert_close(got[1], expected[2], rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_penalty_autograd_function_matches_torch():
+    ref, cell = cell_pair()
+    x = torch.randn(5, 4, dtype=F64, requires_grad=True)
+    h, c = torch.randn(5, 3, dtype=F64), torch.randn(5, 3, dtype=F64)
+
+    class ViaFunction(nn.Module):
+        def forward(self, x, state):
+            return lstm_ext.LSTMCellFunction.apply(x, *state, cell.weight, cell.bias)[:2]
+
+    module = ViaFunction()
+    module.__class__ = type("Cell", (ViaFunction, lstm_ext.LSTMCell), {})  # counts as a cell in gradient_penalty
+    expected = gradient_penalty(ref, x, (h, c), [ref.weight_ih, ref.weight_hh])
+    got = gradient_penalty(module, x, (h, c), [cell.weight])
+    assert_close(got[0], torch.cat(expected, 1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True, batch_first=True)],
+                         ids=["one-layer", "two-layers-bidirectional"])
+def test_gradient_penalty_lstm_matches_torch(config):
+    ref, rnn = lstm_pair(**config)
+    x = torch.randn(2, 6, 4, dtype=F64, requires_grad=True)
+    if not config.get("batch_first"):
+        x = x.detach().transpose(0, 1).contiguous().requires_grad_()
+    layers = 2 * config.get("num_layers", 1) if config.get("bidirectional") else config.get("num_layers", 1)
+    state = (torch.randn(layers, 2, 3, dtype=F64), torch.randn(layers, 2, 3, dtype=F64))
+    expected = gradient_penalty(ref, x, state, list(ref.parameters()))
+    got = gradient_penalty(rnn, x, state, list(rnn.parameters()))
+    for a, b in zip(got, expected):
+        assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradgradcheck_operators_and_function():
+    torch.manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=F64, requires_grad=True)
+
+    cell_args = [leaf(3, 4), leaf(3, 3), leaf(3, 3), leaf(12, 7), leaf(12)]
+    assert torch.autograd.gradgradcheck(lambda x, h, c, w, b: lstm_ext.lstm_cell(x, (h, c), w, b), cell_args)
+    assert torch.autograd.gradgradcheck(lambda *a: lstm_ext.LSTMCellFunction.apply(*a)[:2], cell_args)
+    layer_args = [leaf(3, 2, 2), leaf(2, 2), leaf(2, 2), leaf(8, 2), leaf(8, 2), leaf(8), leaf(8)]
+    for reverse in (False, True):
+        def layer(x, h, c, *weights):
+            output, (h_n, c_n) = lstm_ext.lstm_layer(x, (h, c), *weights, reverse=reverse)
+            return output, h_n, c_n
+
+        assert torch.autograd.gradgradcheck(layer, layer_args)
+
+
+# --- torch.func ------------------------------------------------------------
+
+def test_torch_func_grad_and_vjp_match_torch():
+    from torch.func import functional_call, grad, vjp
+    ref, rnn = lstm_pair(num_layers=2)
+    x = torch.randn(5, 2, 4, dtype=F64)
+
+    def loss(module):
+        return lambda params, x: functional_call(module, params, (x,))[0].pow(2).sum()
+
+    expected = grad(loss(ref))(dict(ref.named_parameters()), x)
+    got = grad(loss(rnn))(dict(rnn.named_parameters()), x)
+    for name in expected:
+        assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12)
+    cotangent = torch.randn(5, 2, 3, dtype=F64)
+    (expected_x,) = vjp(lambda x: ref(x)[0], x)[1](cotangent)
+    (got_x,) = vjp(lambda x: rnn(x)[0], x)[1](cotangent)
+    assert_close(got_x, expected_x, rtol=1e-10, atol=1e-12)
+    ref_cell, cell = cell_pair()
+    xc = torch.randn(2, 4, dtype=F64)
+    assert_close(grad(lambda x: cell(x)[0].sum())(xc), grad(lambda x: ref_cell(x)[0].sum())(xc),
+                 rtol=1e-10, atol=1e-12)
+
+
+def test_forward_mode_ad_is_a_clear_error():
+    _, rnn = lstm_pair()
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD .* is not supported"):
+        torch.func.jvp(lambda x: rnn(x)[0], (torch.randn(5, 2, 4, dtype=F64),), (torch.randn(5, 2, 4, dtype=F64),))
+
+
+# --- parametrizations, DropConnect, subclasses -------------------------------
+
+class Negate(nn.Module):
+    def forward(self, weight):
+        return -weight
+
+
+def test_parametrizations_match_torch():
+    ref, rnn = lstm_pair(num_layers=2, bidirectional=True)
+    for module in (ref, rnn):
+        nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
+        nn.utils.parametrize.register_parametrization(module, "weight_ih_l1", Negate())
+    x = torch.randn(5, 2, 4, dtype=F64, requires_grad=True)
+    out_ref, out = ref(x), rnn(x)
+    assert_close(out[0], out_ref[0], rtol=1e-10, atol=1e-12)
+    g_ref = torch.autograd.grad(out_ref[0].sum(), [x, *ref.parameters()])
+    g = torch.autograd.grad(out[0].sum(), [x, *rnn.parameters()])
+    assert [n for n, _ in rnn.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for a, b in zip(g, g_ref):
+        assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_weight_drop_pattern_matches_torch():
+    """AWD-LSTM's WeightDrop: the Parameter deleted, a plain tensor set before each forward."""
+    ref, rnn = lstm_pair()
+    x = torch.randn(5, 2, 4, dtype=F64)
+    results = []
+    for module in (ref, rnn):
+        raw = module.weight_hh_l0
+        del module._parameters["weight_hh_l0"]
+        module.register_parameter("weight_hh_l0_raw", nn.Parameter(raw.detach().clone()))
+        torch.manual_seed(3)
+        module.weight_hh_l0 = nn.functional.dropout(module.weight_hh_l0_raw, p=0.5, training=True)
+        out = module(x)[0]
+        results.append((out, torch.autograd.grad(out.sum(), module.weight_hh_l0_raw)[0]))
+    for a, b in zip(*results):
+        assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_attributes_code_for_torch_lstm_reads():
+    ref, rnn = lstm_pair(num_layers=2, bidirectional=True)
+    assert rnn.mode == ref.mode == "LSTM" and rnn.proj_size == 0
+    assert rnn._flat_weights_names == ref._flat_weights_names
+    assert [w.shape for w in rnn._flat_weights] == [w.shape for w in ref._flat_weights]
+    assert [[w.shape for w in ws] for ws in rnn.all_weights] == [[w.shape for w in ws] for ws in ref.all_weights]
+    assert all(a is b for a, b in zip(rnn._flat_weights, rnn.parameters()))
+
+
+class LoggingParameter(nn.Parameter):
+    """A Parameter subclass with __torch_function__, as some libraries use."""
+    calls = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.calls.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_parameter_subclass_with_torch_function_is_honoured():
+    ref, rnn = lstm_pair()
+    rnn.weight_hh_l0 = LoggingParameter(rnn.weight_hh_l0.detach().clone())
+    cell = lstm_ext.LSTMCell(4, 3, dtype=F64)
+    cell.bias = LoggingParameter(cell.bias.detach().clone())
+    LoggingParameter.calls.clear()
+    out = rnn(torch.randn(5, 2, 4, dtype=F64))[0]
+    assert torch.ops.lstm_ext.lstm.default in LoggingParameter.calls  # torch.ops, not the direct binding
+    cell(torch.randn(2, 4, dtype=F64))
+    assert torch.ops.lstm_ext.cell_forward.default in LoggingParameter.calls
+    assert_close(out, ref(torch.randn(5, 2, 4, dtype=F64))[0] * 0 + out)  # runs and gives a tensor
+
+
+def test_tensor_subclass_input_goes_through_torch_ops():
+    _, rnn = lstm_pair()
+    with RecordsTorchFunctions() as mode:
+        rnn(torch.randn(5, 2, 4, dtype=F64))
+    assert torch.ops.lstm_ext.lstm.default in mode.called
+
+
+# --- autocast --------------------------------------------------------------
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_autocast_mixed_precision_training_step(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 4, device=device)
+    ref = nn.LSTM(4, 8, num_layers=2, device=device)
+    rnn = lstm_ext.LSTM.from_torch(ref)
+    cell = lstm_ext.LSTMCell(4, 8, device=device)
+    x = torch.randn(6, 3, 4, device=device)
+    outputs = []
+    for module in (ref, rnn):
+        with torch.autocast(device, dtype=dtype):
+            y, (h_n, c_n) = module(linear(x))
+            assert y.dtype == h_n.dtype == c_n.dtype == dtype
+            loss = y.float().pow(2).mean()
+        loss.backward()
+        outputs.append((y.float(), [p.grad.clone() for p in module.parameters()]))
+        assert all(p.grad.dtype == torch.float32 for p in module.parameters())  # the float32 master weights
+    (y_ref, g_ref), (y, g) = outputs
+    assert_close(y, y_ref, rtol=0.05, atol=0.03)
+    for a, b in zip(g, g_ref):
+        assert_close(a, b, rtol=0.1, atol=0.03)
+    with torch.autocast(device, dtype=dtype):
+        h, c = cell(linear(x[0]))
+    assert h.dtype == c.dtype == dtype
+    h.float().sum().backward()
+    assert cell.weight.grad.dtype == torch.float32
+
+
+def test_autocast_leaves_float64_alone():
+    _, rnn = lstm_pair()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = rnn(torch.randn(5, 2, 4, dtype=F64))
+    assert y.dtype == F64
+
+
+# --- TorchScript, trace, export ----------------------------------------------
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = lstm_ext.LSTM(4, 3, num_layers=2)
+        self.fc = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_is_a_clear_error_and_trace_and_export_work():
+    model = Wrapper().eval()
+    with pytest.raises(RuntimeError, match=r"does not support torch.jit.script .* torch.jit.trace.* torch.export"):
+        torch.jit.script(model)
+    x = torch.randn(5, 2, 4)
+    traced = torch.jit.trace(model, (x,))
+    assert_close(traced(x), model(x), rtol=0, atol=0)
+    exported = torch.export.export(model, (x,))
+    assert_close(exported.module()(x), model(x), rtol=0, atol=0)

@@ -26,7 +26,8 @@ class LSTMCell(nn.Module):
     and ``load_state_dict`` accepts those keys or the packed ones.
 
     ``forward(input, hx=None)``: input (B, I), hx = (h_prev, c_prev) each (B, H),
-    zeros when omitted; returns (h, c).
+    zeros when omitted; returns (h, c). Unbatched input (I,) with states (H,)
+    as torch.nn.LSTMCell.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
@@ -61,6 +62,8 @@ class LSTMCell(nn.Module):
         if not isinstance(input, Tensor):
             raise TypeError(f"lstm_ext.LSTMCell: input must be a Tensor of shape (batch, input_size), got "
                             f"{_describe(input)}")
+        if input.dim() == 1:
+            return self._forward_unbatched(input, hx)
         if hx is None:
             batch = input.shape[0] if input.dim() == 2 else 0
             if input.is_quantized or input.layout != torch.strided:  # before new_zeros, whose error names no tensor
@@ -75,6 +78,18 @@ class LSTMCell(nn.Module):
             return native.cell_forward(input, hx[0], hx[1], weight, bias)
         h, c, _, _ = _cell_forward(input, hx[0], hx[1], weight, bias)
         return h, c
+
+    def _forward_unbatched(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+        """input (I,) and states (H,), as torch.nn.LSTMCell takes them: a batch of one."""
+        if hx is not None:
+            _require_pair(hx, "lstm_ext.LSTMCell", "(h_prev, c_prev)")
+            for name, state in zip(("h_prev", "c_prev"), hx):
+                if not isinstance(state, Tensor) or state.dim() != 1:
+                    raise ValueError(f"lstm_ext.LSTMCell: an unbatched input of shape (input_size,) takes states "
+                                     f"of shape (hidden_size,), got {name} as {_describe(state)}")
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = self.forward(input.unsqueeze(0), hx)
+        return h.squeeze(0), c.squeeze(0)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}"

@@ -250,7 +250,7 @@ def test_all_meta_is_shape_inference():
     assert h.shape == c.shape == (2, 3) and h.is_meta
 
 
-@pytest.mark.filterwarnings("ignore:Both fbgemm and qnnpack are unavailable")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor.*deprecated")
 @pytest.mark.parametrize("op", ["LSTM", "LSTMCell", "torch.ops"])
 def test_quantized_and_sparse_input(op):
     q = torch.quantize_per_tensor(torch.randn(5, 2, 4), 0.1, 0, torch.quint8)

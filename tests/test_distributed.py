@@ -1,0 +1,85 @@
+"""DistributedDataParallel over gloo, two processes on 127.0.0.1: lstm_ext's
+modules train there as torch.nn's do (their gradients, averaged by DDP,
+equal one process's over the whole batch)."""
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+SCRIPT = r"""
+import json, os, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+import lstm_ext
+
+
+class Model(torch.nn.Module):  # an LSTM, then an LSTMCell on its last output; returns a mean loss
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+        self.cell = lstm_ext.LSTMCell(12, 5, dtype=torch.float64)
+
+    def forward(self, x):
+        output, _ = self.rnn(x)
+        h, c = self.cell(output[:, -1])
+        return output.pow(2).mean() + h.mean() + c.pow(2).mean()
+
+
+def make_model():
+    torch.manual_seed(0)
+    return Model()
+
+
+def batch():
+    torch.manual_seed(1)
+    return torch.randn(4, 5, 4, dtype=torch.float64)
+
+
+def worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = DistributedDataParallel(make_model())
+    # Equal shards: the mean of the shards' mean losses is the whole batch's.
+    model(batch().chunk(world)[rank]).backward()
+    dist.barrier()
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({n: p.grad.tolist() for n, p in model.module.named_parameters()}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    port, out = int(sys.argv[1]), sys.argv[2]
+    mp.spawn(worker, args=(2, port, out), nprocs=2, join=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    script, out = tmp_path / "ddp.py", tmp_path / "grads.json"
+    script.write_text(SCRIPT)
+    subprocess.run([sys.executable, str(script), str(free_port()), str(out)], check=True, timeout=300,
+                   cwd=tmp_path)
+    distributed = json.loads(out.read_text())
+    namespace = {}
+    exec(compile(SCRIPT.split("def worker")[0], "ddp", "exec"), namespace)  # Model, make_model, batch
+    model = namespace["make_model"]()
+    model(namespace["batch"]()).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(torch.tensor(distributed[name], dtype=p.dtype), p.grad, rtol=1e-10, atol=1e-12,
+                                   msg=lambda m: f"{name}: {m}")

@@ -1,0 +1,130 @@
+"""Differential fuzz test: seeded random configurations of lstm_ext.LSTM and
+lstm_ext.LSTMCell against torch.nn.LSTM / torch.nn.LSTMCell with the same
+parameters, outputs and every gradient.
+
+Each seed is one case, so a failure names the seed that reproduces it. The
+suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800 and 400);
+set it higher to run thousands locally:
+
+    LSTM_EXT_FUZZ_CASES=5000 pytest tests/test_fuzz.py -q
+"""
+import os
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import lstm_ext
+
+CASES = int(os.environ.get("LSTM_EXT_FUZZ_CASES", "0"))
+LSTM_CASES = CASES or 800
+CELL_CASES = CASES or 400
+TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def maybe_non_contiguous(rng: random.Random, t: torch.Tensor) -> torch.Tensor:
+    """The same values, sometimes as a strided view (every other column of a wider tensor)."""
+    if rng.random() < 0.3 and t.numel() > 0:
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t
+
+
+def freeze_some(rng: random.Random, *modules: nn.Module) -> None:
+    """Freeze the same random subset of parameters in each module (frozen weights need no gradient)."""
+    names = [n for n, _ in modules[0].named_parameters()]
+    frozen = {n for n in names if rng.random() < 0.2}
+    for module in modules:
+        for n, p in module.named_parameters():
+            p.requires_grad_(n not in frozen)
+
+
+def compare(got, expected, tol, what):
+    for k, (a, b) in enumerate(zip(got, expected)):
+        if b is None:
+            assert a is None, f"{what}[{k}]: expected no gradient"
+            continue
+        assert_close(a, b, **tol, msg=lambda m: f"{what}[{k}]: {m}")
+
+
+def outputs_and_grads(module, x, state, weights, wrt):
+    output, (h_n, c_n) = module(x, state) if state is not None else module(x)
+    loss = (output * weights).sum() + 2 * h_n.sum() - 3 * c_n.sum()
+    grads = torch.autograd.grad(loss, [t for t in wrt if t.requires_grad], allow_unused=True) if any(
+        t.requires_grad for t in wrt) else ()
+    it = iter(grads)
+    return (output, h_n, c_n), [next(it) if t.requires_grad else None for t in wrt]
+
+
+@pytest.mark.parametrize("seed", range(LSTM_CASES))
+def test_lstm_against_torch(seed):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    dtype = torch.float64 if rng.random() < 0.8 else torch.float32
+    config = dict(num_layers=rng.randint(1, 3), bidirectional=rng.random() < 0.5,
+                  batch_first=rng.random() < 0.5, bias=rng.random() < 0.8)
+    T, B, I, H = rng.randint(1, 6), rng.choice([0, 1, 1, 2, 3, 5]), rng.randint(1, 7), rng.randint(1, 8)
+    unbatched = rng.random() < 0.15
+    ref = nn.LSTM(I, H, dtype=dtype, **config)
+    fused = lstm_ext.LSTM.from_torch(ref)
+    freeze_some(rng, ref, fused)
+    for module in (ref, fused):
+        module.train(rng.random() < 0.5)
+    shape = (T, I) if unbatched else (B, T, I) if config["batch_first"] else (T, B, I)
+    x = maybe_non_contiguous(rng, torch.randn(*shape, dtype=dtype)).requires_grad_(rng.random() < 0.7)
+    layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
+    state = None
+    if rng.random() < 0.6:
+        state_shape = (layers, H) if unbatched else (layers, B, H)
+        state = tuple(maybe_non_contiguous(rng, torch.randn(*state_shape, dtype=dtype)).requires_grad_(
+            rng.random() < 0.5) for _ in range(2))
+    out_shape = (*shape[:-1], H * (2 if config["bidirectional"] else 1))
+    weights = torch.randn(*out_shape, dtype=dtype)
+    wrt_ref = [x, *(state or ()), *ref.parameters()]
+    wrt_fused = [x, *(state or ()), *fused.parameters()]
+    what = f"seed {seed}: {config}, (T, B, I, H)={(T, B, I, H)}, {dtype}, unbatched={unbatched}"
+    expected, expected_grads = outputs_and_grads(ref, x, state, weights, wrt_ref)
+    got, got_grads = outputs_and_grads(fused, x, state, weights, wrt_fused)
+    tol = TOLERANCES[dtype]
+    compare(got, expected, tol, what + " outputs")
+    compare(got_grads, expected_grads, tol, what + " grads")
+
+
+@pytest.mark.parametrize("seed", range(CELL_CASES))
+def test_cell_against_torch(seed):
+    rng = random.Random(10_000 + seed)
+    torch.manual_seed(seed)
+    dtype = torch.float64 if rng.random() < 0.8 else torch.float32
+    B, I, H = rng.choice([0, 1, 2, 3, 7]), rng.randint(0, 7), rng.randint(1, 8)
+    bias = rng.random() < 0.8
+    unbatched = rng.random() < 0.2
+    ref = nn.LSTMCell(I, H, bias=bias, dtype=dtype)
+    fused = lstm_ext.LSTMCell.from_torch(ref)
+    frozen = rng.random() < 0.2
+    for p in (*ref.parameters(), *fused.parameters()):
+        p.requires_grad_(not frozen)
+    batch = () if unbatched else (B,)
+    x = maybe_non_contiguous(rng, torch.randn(*batch, I, dtype=dtype)).requires_grad_(rng.random() < 0.7)
+    state = None
+    if rng.random() < 0.6:
+        state = tuple(maybe_non_contiguous(rng, torch.randn(*batch, H, dtype=dtype)).requires_grad_(
+            rng.random() < 0.5) for _ in range(2))
+    what = f"seed {seed}: (B, I, H)={(B, I, H)}, bias={bias}, {dtype}, unbatched={unbatched}"
+    results = []
+    for module in (ref, fused):
+        h, c = module(x, state) if state is not None else module(x)
+        loss = (h * torch.linspace(-1, 1, h.numel(), dtype=dtype).reshape(h.shape)).sum() + 2 * c.sum()
+        params = list(module.parameters())
+        wrt = [t for t in (x, *(state or ())) if t.requires_grad] + [p for p in params if p.requires_grad]
+        grads = list(torch.autograd.grad(loss, wrt)) if wrt else []
+        if grads and params[0].requires_grad and module is ref:  # torch's two weights, as the packed one
+            n_in = len(wrt) - len(params)
+            w_ih, w_hh = grads[n_in], grads[n_in + 1]
+            packed = [torch.cat([w_ih, w_hh], 1)] + ([grads[n_in + 2]] if bias else [])  # d b_ih = d b
+            grads = grads[:n_in] + packed
+        results.append([h, c, *grads])
+    assert len(results[0]) == len(results[1]), what
+    compare(results[1], results[0], TOLERANCES[dtype], what)

@@ -95,8 +95,14 @@ def set_param(name, make):
 
 CASES = {
     # --- LSTMCell --------------------------------------------------------------
-    "cell: input 1-D": (cell_case(lambda d, x, h, c: (x[0], h, c)), ValueError,
-                        r"lstm_ext.lstm_cell: input must be 2-D \(batch, input_size\), got a 1-D tensor", ALL_PATHS),
+    "cell: unbatched input, batched states": (
+        cell_case(lambda d, x, h, c: (x[0], h, c)), ValueError,
+        r"an unbatched input of shape \(input_size,\) takes states of shape \(hidden_size,\), got h_prev as a "
+        r"tensor of shape \(3, 5\)", ALL_PATHS),
+    "lstm_cell: input 1-D": (
+        lambda d: ((lambda x, h, c, w: lstm_ext.lstm_cell(x, (h, c), w)),
+                   (randn(4, device=d), randn(3, 5, device=d), randn(3, 5, device=d), randn(20, 9, device=d))),
+        ValueError, r"lstm_ext.lstm_cell: input must be 2-D \(batch, input_size\), got a 1-D tensor", ALL_PATHS),
     "cell: input 3-D": (cell_case(lambda d, x, h, c: (x[None], h, c)), ValueError, r"input must be 2-D", ALL_PATHS),
     "cell: wrong feature size": (cell_case(lambda d, x, h, c: (randn(3, 5, device=d), h, c)), ValueError,
                                  r"input has 5 features but the cell's input_size is 4", ALL_PATHS),

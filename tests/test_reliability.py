@@ -329,3 +329,18 @@ def test_torchscript_is_a_clear_error_and_trace_and_export_work():
     assert_close(traced(x), model(x), rtol=0, atol=0)
     exported = torch.export.export(model, (x,))
     assert_close(exported.module()(x), model(x), rtol=0, atol=0)
+
+
+def test_cell_parametrization_and_replaced_weight():
+    torch.manual_seed(0)
+    cell = lstm_ext.LSTMCell(4, 3, dtype=F64)
+    x = torch.randn(2, 4, dtype=F64)
+    nn.utils.parametrize.register_parametrization(cell, "weight", Negate())
+    expected = lstm_ext.lstm_cell(x, (torch.zeros(2, 3, dtype=F64),) * 2, -cell.parametrizations.weight.original,
+                                  cell.bias)
+    assert_close(cell(x), expected, rtol=0, atol=0)
+    plain = lstm_ext.LSTMCell(4, 3, dtype=F64)
+    raw = plain.weight.detach().clone()
+    del plain._parameters["weight"]
+    plain.weight = 2 * raw  # a plain tensor in the Parameter's place, as WeightDrop sets it
+    assert_close(plain(x), lstm_ext.lstm_cell(x, (torch.zeros(2, 3, dtype=F64),) * 2, 2 * raw, plain.bias))

@@ -24,6 +24,9 @@ import torch.utils.benchmark as benchmark
 
 import lstm_ext
 
+# The one ratio convention of every table, plot and document.
+SPEEDUP = "Speed-up: the other implementation's median time / lstm_ext's (above 1: lstm_ext is faster)"
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -118,7 +121,8 @@ class Bench:
         return self.write_json()
 
     def print_ratios(self, ratios: List[tuple]) -> None:
-        """ratios: (numerator impl, denominator impl, caption); > 1 means the numerator is slower."""
+        """ratios: (other impl, lstm_ext impl, caption): the speed-up, other's time / lstm_ext's,
+        above 1 when lstm_ext is faster (for a floor: the fraction of lstm_ext's time it takes)."""
         def key(r):
             return (r["pass"], r["B"], r["I"], r["H"], r["T"], r["dtype"], r.get("layers"))
 
@@ -137,7 +141,7 @@ class Bench:
                 cells.append(f"{times[num] / times[den]:.2f}x" if num in times and den in times else "-")
             lines.append([k[0], f"{shape} {k[5]}"] + cells)
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-        print("\nRatios of median times (< 1: lstm_ext is faster)")
+        print(f"\n{SPEEDUP}")
         for line in lines:
             print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
 

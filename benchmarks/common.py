@@ -70,8 +70,9 @@ def synchronize(device: str) -> None:
 class Bench:
     """Collects measurements of one benchmark script and reports them."""
 
-    def __init__(self, bench: str, device: str, min_run_time: float = 0.5) -> None:
+    def __init__(self, bench: str, device: str, min_run_time: float = 0.5, verbose: bool = True) -> None:
         self.bench = bench
+        self.verbose = verbose  # a line per measurement on stderr
         self.device = device
         self.min_run_time = min_run_time
         self.measurements: List[benchmark.Measurement] = []
@@ -108,8 +109,9 @@ class Bench:
                         "median_us": round(median_us, 3), "min_us": round(min(m.times) * 1e6, 3)})
             row.update(extras.get(name) or {})
             self.rows.append(row)
-            print(f"  [{time.time() - self.started:6.0f}s] {pass_:7s} {sub_label:32s} {m.task_spec.description:34s} "
-                  f"{median_us:12.1f} us", file=sys.stderr, flush=True)
+            if self.verbose:
+                print(f"  [{time.time() - self.started:6.0f}s] {pass_:7s} {sub_label:32s} {m.task_spec.description:34s} "
+                      f"{median_us:12.1f} us", file=sys.stderr, flush=True)
         return medians
 
     def report(self, ratios: List[tuple]) -> str:

@@ -55,7 +55,7 @@ def main() -> None:
     parser = parse_common_args(__doc__)
     parser.set_defaults(min_run_time=0.4)
     args = parser.parse_args()
-    bench = Bench("quick", args.device, min_run_time=args.min_run_time)
+    bench = Bench("quick", args.device, min_run_time=args.min_run_time, verbose=False)
     cases = list(cell_cases(args.device)) + list(sequence_cases(args.device))
     steps = [(case, pass_) for case in cases for pass_ in ("fwd", "fwd+bwd")]
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, {args.device}, "

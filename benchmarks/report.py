@@ -1,10 +1,11 @@
-"""Markdown tables from benchmarks/results/<machine>.json, for the README.
+"""Markdown tables from benchmarks/results/<machine>.json, for docs/performance.md.
 
-    python benchmarks/report.py benchmarks/results/cpu-amd-epyc-2t.json
+    python benchmarks/report.py benchmarks/results/<machine>.json
 
 Each row: the median time of lstm_ext and, for every other implementation,
-how many times slower it is than lstm_ext (> 1: lstm_ext is faster); the
-floors show how close lstm_ext is to what it cannot avoid.
+the speed-up, its time / lstm_ext's (above 1: lstm_ext is faster); for a
+floor (what lstm_ext cannot avoid) the same ratio is the share of
+lstm_ext's time that the floor takes.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def tables(path: str) -> str:
         impls = []
         for times in shapes.values():
             impls += [n for n in times if n not in impls and n != "lstm_ext"]
-        out.append(f"\n**{bench}, {pass_}** (lstm_ext time; other columns: their time / lstm_ext's)\n")
+        out.append(f"\n**{bench}, {pass_}** (lstm_ext's median time; other columns: speed-up, their time / "
+                   f"lstm_ext's, above 1: lstm_ext is faster)\n")
         out.append("| shape | lstm_ext | " + " | ".join(impls) + " |")
         out.append("|---" * (len(impls) + 2) + "|")
         for (B, T, I, H, layers, dtype), times in shapes.items():

@@ -1,8 +1,16 @@
-"""lstm_ext: fused LSTM operators for PyTorch (C++ on the CPU, CUDA on the GPU).
+"""lstm_ext: fused LSTM layers for PyTorch (C++ on the CPU, CUDA on the GPU).
+
+Drop-ins for torch.nn's modules, with the same parameters, results and state_dicts:
 
     import torch, lstm_ext
-    cell = lstm_ext.LSTMCell(input_size, hidden_size)
-    h, c = cell(x, (h_prev, c_prev))
+    rnn = lstm_ext.LSTM(input_size, hidden_size, num_layers=2, batch_first=True)  # torch.nn.LSTM
+    output, (h_n, c_n) = rnn(x)
+    cell = lstm_ext.LSTMCell(input_size, hidden_size)                           # the course's cell
+    h, c = cell(x_t, (h_prev, c_prev))
+
+Also: LSTMModel (the course's model), the functions lstm_cell and lstm_layer,
+LSTMCellFunction (the cell's autograd in Python), lstm_ext.reference (the pure
+Python yardstick), and the helpers below. See README.md and docs/.
 """
 from lstm_ext._native import native as _C
 from lstm_ext.functional import LSTMCellFunction, lstm_cell
@@ -11,14 +19,15 @@ from lstm_ext.model import LSTMModel
 from lstm_ext.rnn import LSTM, lstm_layer
 from lstm_ext import reference
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "lstm_cell", "lstm_layer", "reference",
            "backends", "cpu_capability", "set_cpu_capability", "empty_cache", "cached_bytes"]
 
 
 def backends() -> dict:
-    """What this build of the native library contains."""
+    """What this build of the native library contains: ``{"cpu": [CPU kernel
+    variants compiled], "cuda": whether the CUDA kernels were built}``."""
     return {
         "cpu": _C.compiled_cpu_capabilities().split(","),
         "cuda": _C.with_cuda(),

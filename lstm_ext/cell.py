@@ -18,16 +18,44 @@ GATE_BLOCKS = (("Wf", 1), ("Wi", 0), ("Wc", 2), ("Wo", 3))
 
 
 class LSTMCell(nn.Module):
-    """Fused LSTM cell with the reference's maths and state_dict.
+    r"""One LSTM step, fused: the course's reference cell (lstm_ext.reference.LSTMCell,
+    four nn.Linear gates over cat(x, h)) as one operator, with its state_dict.
 
-    Parameters are stored packed: ``weight`` [4H, I+H] over ``cat(x, h)`` and
-    ``bias`` [4H], gate blocks in the order i, f, g, o. ``state_dict()``
-    presents them under the reference's keys (``Wf.weight``, ``Wf.bias``, ...)
-    and ``load_state_dict`` accepts those keys or the packed ones.
+    ::
 
-    ``forward(input, hx=None)``: input (B, I), hx = (h_prev, c_prev) each (B, H),
-    zeros when omitted; returns (h, c). Unbatched input (I,) with states (H,)
-    as torch.nn.LSTMCell.
+        i, f, g, o = split(weight @ cat(x, h_prev) + bias, 4)
+        c = sigmoid(f) * c_prev + sigmoid(i) * tanh(g)
+        h = sigmoid(o) * tanh(c)
+
+    Args:
+        input_size: features of x (I; 0 allowed, as torch.nn.LSTMCell).
+        hidden_size: features of h and c (H).
+        bias: with the bias.
+        device, dtype: of the parameters (float32, float64, bfloat16, float16).
+
+    Inputs: ``input, (h_prev, c_prev)``
+        * input: (B, I), or (I,) unbatched.
+        * h_prev, c_prev: (B, H), or (H,) unbatched; zeros when hx is omitted.
+
+    Outputs: ``(h, c)``, each (B, H) (or (H,)), in the input's dtype.
+
+    Attributes:
+        weight: [4H, I + H], the packed gate weights over cat(x, h), gate blocks
+            in torch.nn.LSTMCell's order i, f, g, o.
+        bias: [4H] (or None). Both initialised uniform in (-1/sqrt(I+H), 1/sqrt(I+H)),
+            as the reference's nn.Linear gates.
+
+    ``state_dict()`` presents the parameters under the reference's keys
+    (``Wf.weight``, ``Wf.bias``, ``Wi.*``, ``Wc.*``, ``Wo.*``); ``load_state_dict``
+    takes those or the packed keys, with ``assign=True`` too.
+    :meth:`from_torch` and :meth:`to_torch` convert from and to torch.nn.LSTMCell.
+
+    Example::
+
+        >>> cell = lstm_ext.LSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))
+        >>> h.shape
+        torch.Size([3, 20])
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,

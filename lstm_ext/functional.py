@@ -42,10 +42,13 @@ class LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input: Tensor, hx: Tensor, cx: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        """input (B, I), hx and cx (B, H), weight [4H, I+H], bias [4H] or None ->
+        (h, c, gates [B, 4H], input_hidden [B, I+H])."""
         return _cell_forward(input, hx, cx, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        """Saves the inputs (for a differentiable backward) and what the fused backward reads."""
         input, hx, cx, weight, bias = inputs
         _, c, gates, input_hidden = output
         ctx.mark_non_differentiable(gates, input_hidden)
@@ -54,6 +57,7 @@ class LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h, grad_c, _grad_gates=None, _grad_input_hidden=None):
+        """Gradients of input, hx, cx, weight and bias; differentiable under create_graph=True."""
         input, hx, cx, weight, bias, c, gates, input_hidden = ctx.saved_tensors
         if grad_h is None:
             grad_h = torch.zeros_like(c)

@@ -8,7 +8,8 @@ from lstm_ext.rnn import lstm_layer
 
 
 class LSTMModel(nn.Module):
-    """Batch-first LSTM over (B, T, I) followed by a linear layer on the last h.
+    """The course's model: a batch-first LSTM over (B, T, I), then a linear layer
+    on the last h; forward returns (B, output_size).
 
     The cell's parameters live in ``lstm_cell`` (a ``lstm_ext.LSTMCell``), so
     state_dict keys (``lstm_cell.Wf.weight``, ..., ``fc.weight``, ``fc.bias``)
@@ -24,6 +25,7 @@ class LSTMModel(nn.Module):
         self.fc = nn.Linear(hidden_size, output_size, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, I) -> fc(h_T), (B, output_size)."""
         if x.dim() != 3:
             raise ValueError(f"lstm_ext.LSTMModel: input must be 3-D (batch, time, input_size), "
                              f"got shape {tuple(x.shape)}")

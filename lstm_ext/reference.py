@@ -28,6 +28,7 @@ class LSTMCell(nn.Module):
         self.Wo = nn.Linear(input_size + hidden_size, hidden_size)  # output gate
 
     def forward(self, x: Tensor, hidden: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+        """x (B, I), hidden = (h_prev, c_prev) each (B, H) -> (h, c)."""
         h_prev, c_prev = hidden
         combined = torch.cat((x, h_prev), 1)
         f_t = torch.sigmoid(self.Wf(combined))
@@ -48,6 +49,7 @@ class LSTMModel(nn.Module):
         self.fc = nn.Linear(hidden_size, output_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, I) -> fc(h_T), (B, output_size)."""
         batch = x.shape[0]
         h_t = x.new_zeros(batch, self.lstm_cell.hidden_size)
         c_t = x.new_zeros(batch, self.lstm_cell.hidden_size)

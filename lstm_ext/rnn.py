@@ -73,16 +73,59 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
 
 
 class LSTM(nn.Module):
-    """torch.nn.LSTM's interface, parameters and results, on fused operators.
+    r"""A multi-layer LSTM over a sequence: torch.nn.LSTM's interface, parameters
+    and results, each layer and direction one fused operator.
+
+    For each step t, in torch.nn.LSTM's gate order::
+
+        i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh, 4)
+        c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(c_t)
+
+    Args:
+        input_size: features of the input x (I).
+        hidden_size: features of the state h (H).
+        num_layers: stacked layers; layer k > 0 takes layer k-1's output.
+        bias: with the biases b_ih and b_hh.
+        batch_first: input and output as (B, T, feature) instead of (T, B, feature).
+        dropout: dropout on each layer's output but the last one's, in training.
+        bidirectional: a second direction per layer, run from the last step to the
+            first; outputs of the two directions are concatenated.
+        proj_size: must be 0 (projections are not supported yet).
+        device, dtype: of the parameters (float32, float64, bfloat16, float16).
+
+    Inputs: ``input, (h_0, c_0)``
+        * input: (T, B, I), (B, T, I) when batch_first, or (T, I) unbatched; or a
+          ``torch.nn.utils.rnn.PackedSequence``.
+        * h_0, c_0: (D * num_layers, B, H), or (D * num_layers, H) unbatched, D = 2
+          if bidirectional else 1. Zeros when hx is omitted.
+
+    Outputs: ``output, (h_n, c_n)``
+        * output: (T, B, D * H) (batch_first: (B, T, D * H)), each step's h of the
+          last layer; a PackedSequence for a PackedSequence input.
+        * h_n, c_n: (D * num_layers, B, H), each layer's and direction's last state.
+
+    Attributes:
+        weight_ih_l{k}[_reverse]: [4H, I] for k = 0, [4H, D * H] for k > 0.
+        weight_hh_l{k}[_reverse]: [4H, H].
+        bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: [4H].
+        All initialised uniform in (-1/sqrt(H), 1/sqrt(H)), as torch.nn.LSTM; the
+        state_dict is interchangeable with torch.nn.LSTM's.
 
     Per layer and direction one operator runs the whole sequence: one matrix
-    product for all time steps' input projections, then per step one recurrent
-    product and one fused pointwise pass; backward through time inside the
-    operator, weight gradients as single products after the loop.
+    product for all steps' input projections, then per step one recurrent
+    product and one fused pointwise pass; the backward runs through time in the
+    same way and forms only the gradients autograd asks for. A PackedSequence
+    runs one operator call per stretch of steps over which the batch does not
+    shrink. Works with torch.compile(fullgraph=True), torch.jit.trace,
+    torch.export, autocast, DDP, parametrizations and meta-device init.
 
-    A PackedSequence input runs the operator once per stretch of steps over
-    which the batch does not shrink (lstm_ext/packed.py). proj_size > 0 raises
-    NotImplementedError.
+    Example::
+
+        >>> rnn = lstm_ext.LSTM(10, 20, num_layers=2, batch_first=True)
+        >>> output, (h_n, c_n) = rnn(torch.randn(3, 5, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([3, 5, 20]), torch.Size([2, 3, 20]))
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -162,8 +205,8 @@ class LSTM(nn.Module):
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
-        """(output, (h_n, c_n)) as torch.nn.LSTM returns them; a PackedSequence
-        input gives a PackedSequence output."""
+        """(output, (h_n, c_n)) as torch.nn.LSTM returns them (shapes in the class
+        docstring); a PackedSequence input gives a PackedSequence output."""
         if hx is not None:
             _require_pair(hx, "lstm_ext.LSTM", "(h_0, c_0)")
             for name, state in zip(("h_0", "c_0"), hx):
@@ -196,7 +239,7 @@ class LSTM(nn.Module):
         return rnn.train(module.training)
 
     def to_torch(self) -> nn.LSTM:
-        """A torch.nn.LSTM with these parameters."""
+        """A torch.nn.LSTM with these parameters (copied), on their device and dtype."""
         first = next(self.parameters())
         module = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
                          self.dropout, self.bidirectional, device=first.device, dtype=first.dtype)

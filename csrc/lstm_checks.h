@@ -32,14 +32,16 @@ inline std::string dtype_name(c10::ScalarType t) {
   }
 }
 
-// (2, 2, 3) and (5,): shapes as Python users see them.
-inline std::string python_shape(at::IntArrayRef sizes) {
+// (2, 2, 3) and (5,): shapes as Python users see them (sizes or SymInts).
+template <typename Size>
+std::string python_shape(c10::ArrayRef<Size> sizes) {
   std::ostringstream out;
   out << "(";
   for (size_t d = 0; d < sizes.size(); ++d) out << (d ? ", " : "") << sizes[d];
   out << (sizes.size() == 1 ? ",)" : ")");
   return out.str();
 }
+inline std::string python_shape(const std::vector<int64_t>& sizes) { return python_shape(at::IntArrayRef(sizes)); }
 
 // What a tensor is that no kernel here takes: quantized, sparse, mkldnn, or
 // a dtype that is not floating point; empty when it is a dense float tensor.

@@ -67,33 +67,38 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
   TORCH_CHECK_VALUE(input.dim() == 2 || input.dim() == 3, op,
                     ": expected input of shape (seq_len, input_size) unbatched or (seq_len, batch, input_size) (",
                     batch_first ? "batch, seq_len" : "seq_len, batch", " first), got a tensor of shape ",
-                    python_shape(input.sizes()), " of ", input.dim(), " dims");
-  TORCH_CHECK_VALUE(input.size(-1) == input_size, op, ": input.size(-1) must be equal to input_size. Expected ",
-                    input_size, ", got ", input.size(-1), " (weight_ih_l0 has shape ",
+                    python_shape(input.sym_sizes()), " of ", input.dim(), " dims");
+  // Sizes of the input and states as SymInts: under torch.export and
+  // torch.compile with dynamic shapes, batch and time stay symbolic (a plain
+  // size() would specialise them to the example's values).
+  TORCH_CHECK_VALUE(input.sym_size(-1) == input_size, op, ": input.size(-1) must be equal to input_size. Expected ",
+                    input_size, ", got ", input.sym_size(-1), " (weight_ih_l0 has shape ",
                     python_shape(params[0].sizes()), ")");
   check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden);
   const bool batched = input.dim() == 3;
   const Tensor x = !batched ? input.unsqueeze(1) : batch_first ? input.transpose(0, 1) : input;
   // As torch.nn.LSTM: a sequence needs at least one step.
-  TORCH_CHECK_VALUE(x.size(0) > 0, op, ": expected sequence length to be larger than 0, got input of shape ",
-                    python_shape(input.sizes()));
-  const int64_t batch = x.size(1), states = num_layers * directions;
+  TORCH_CHECK_VALUE(x.sym_size(0) > 0, op, ": expected sequence length to be larger than 0, got input of shape ",
+                    python_shape(input.sym_sizes()));
+  const c10::SymInt batch = x.sym_size(1);
+  const int64_t states = num_layers * directions;
 
   std::vector<Tensor> h0, c0;
   if (hx.empty()) {
     // One zero state serves every layer and direction, as h_0 and as c_0.
-    const Tensor zeros = at::zeros({batch, hidden}, x.options());
+    const Tensor zeros = at::zeros_symint({batch, hidden}, x.options());
     h0.assign(states, zeros);
     c0.assign(states, zeros);
   } else {
     TORCH_CHECK_TYPE(hx.size() == 2, op, ": hx must be a pair (h_0, c_0), got ", hx.size(), " tensors");
-    const std::vector<int64_t> expected =
-        batched ? std::vector<int64_t>{states, batch, hidden} : std::vector<int64_t>{states, hidden};
+    const std::vector<c10::SymInt> expected =
+        batched ? std::vector<c10::SymInt>{states, batch, hidden} : std::vector<c10::SymInt>{states, hidden};
     const char* names[] = {"h_0", "c_0"};
     for (int k = 0; k < 2; ++k) {
       check_like(op, names[k], hx[k], "input", input);
-      TORCH_CHECK_VALUE(hx[k].sizes() == at::IntArrayRef(expected), op, ": expected ", names[k], " of shape ",
-                        python_shape(expected), ", got a tensor of shape ", python_shape(hx[k].sizes()));
+      TORCH_CHECK_VALUE(hx[k].sym_sizes().equals(expected), op, ": expected ", names[k], " of shape ",
+                        python_shape(c10::SymIntArrayRef(expected)), ", got a tensor of shape ",
+                        python_shape(hx[k].sym_sizes()));
     }
     h0 = (batched ? hx[0] : hx[0].unsqueeze(1)).unbind(0);
     c0 = (batched ? hx[1] : hx[1].unsqueeze(1)).unbind(0);

@@ -193,6 +193,8 @@ auto make_node() {
   }
 }
 
+}  // namespace
+
 // Whether to build a graph node: inference (no grad mode, or nothing
 // requires grad) skips it, as at the course's size that node costs a
 // noticeable part of the call. Forward-mode AD (dual tensors,
@@ -216,7 +218,18 @@ bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,
   return requires_grad && at::GradMode::is_enabled();
 }
 
-}  // namespace
+std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  // It saves nothing for a backward: a call that needs a gradient would lose it.
+  TORCH_CHECK(!needs_graph("lstm_ext.layer_inference", {&input, &h0, &c0, &weight_ih, &weight_hh},
+                           {&bias_ih, &bias_hh}),
+              "lstm_ext.layer_inference keeps nothing for a backward, but an input requires grad: call "
+              "layer_forward (lstm_ext.lstm_layer and lstm_ext.LSTM choose it themselves)");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return layer_inference_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,

@@ -199,7 +199,10 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
     const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
-    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
+    // Every step's c, or (inference) the last two steps' only.
+    const auto cells_of = [&](int64_t step, int64_t time) { return cells + (a.keep_cells ? time : step % 2) * B * H; };
+    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
+    scalar_t* c_t = cells_of(s, t);
     scalar_t* gates_t = gates + t * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       // The recurrent product accumulates into the step's input projection
@@ -218,7 +221,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
                                       /*gates=*/{block, G, H},
                                       /*h=*/{output + t * B * H + r0 * H + j0, H},
-                                      /*c=*/{cells + t * B * H + r0 * H + j0, H}};
+                                      /*c=*/{c_t + r0 * H + j0, H}};
       pointwise(args);
     });
   }

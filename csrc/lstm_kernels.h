@@ -83,8 +83,10 @@ void pointwise(const PointwiseBackwardArgs& args);
 // call inside the loop.
 //
 // Forward. gates [T, B, 4H]: the input projections (biases folded in) on
-// entry, the activated gates on exit. output and cells [T, B, H] receive h and
-// c of every step. All contiguous.
+// entry, the activated gates on exit. output [T, B, H] receives h of every
+// step; cells [T, B, H] c of every step, or, when keep_cells is false (no
+// backward will read them), cells is [2, B, H] and step s writes its c into
+// row block s % 2. All contiguous.
 struct RecurrenceShape {
   c10::ScalarType dtype;
   int64_t steps;
@@ -101,6 +103,7 @@ struct RecurrenceForwardArgs {
   void* gates;
   void* output;
   void* cells;
+  bool keep_cells = true;
 };
 void recurrence_forward(const RecurrenceForwardArgs& args);
 

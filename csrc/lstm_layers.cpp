@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "lstm_checks.h"
@@ -104,6 +105,14 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
     c0 = (batched ? hx[1] : hx[1].unsqueeze(1)).unbind(0);
   }
 
+  // Without a gradient to form, each layer runs layer_inference, which keeps
+  // nothing for a backward (an unbatched call's states come from hx too).
+  bool needs_grad = false;
+  if (at::GradMode::is_enabled()) {
+    needs_grad = input.requires_grad();
+    for (const Tensor& t : hx) needs_grad = needs_grad || t.requires_grad();
+    for (const Tensor& t : params) needs_grad = needs_grad || t.requires_grad();
+  }
   Tensor layer_input = x;
   std::vector<Tensor> h_n, c_n, outputs;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
@@ -111,9 +120,16 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
     for (int64_t direction = 0; direction < directions; ++direction) {
       const int64_t index = layer * directions + direction;
       const Tensor* p = &params[index * per_layer];
-      auto [output, h, c, gates, cells] = layer_forward_op().call(
-          layer_input, h0[index], c0[index], p[0], p[1], has_biases ? std::optional<Tensor>(p[2]) : std::nullopt,
-          has_biases ? std::optional<Tensor>(p[3]) : std::nullopt, direction == 1);
+      const std::optional<Tensor> bias_ih = has_biases ? std::optional<Tensor>(p[2]) : std::nullopt;
+      const std::optional<Tensor> bias_hh = has_biases ? std::optional<Tensor>(p[3]) : std::nullopt;
+      Tensor output, h, c;
+      if (needs_grad) {
+        std::tie(output, h, c, std::ignore, std::ignore) =
+            layer_forward_op().call(layer_input, h0[index], c0[index], p[0], p[1], bias_ih, bias_hh, direction == 1);
+      } else {
+        std::tie(output, h, c) =
+            layer_inference_op().call(layer_input, h0[index], c0[index], p[0], p[1], bias_ih, bias_hh, direction == 1);
+      }
       outputs.push_back(std::move(output));
       h_n.push_back(std::move(h));
       c_n.push_back(std::move(c));

@@ -324,10 +324,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
 }
 
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
+namespace {
+
+// layer_forward and layer_inference: the same checks and the same time loop;
+// keep_cells says whether every step's c is kept for a backward (returned as
+// cells [T, B, H]) or only the last two steps' (inference: [2, B, H]
+// working memory). Returns (output, h_n, c_n, gates, cells).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
+    const std::optional<Tensor>& bias_hh, bool reverse, bool keep_cells) {
   constexpr const char* op = "lstm_ext.LSTM";
   const int64_t H = check_recurrent_weight(op, weight_hh);
   check_like_weight(op, "weight_hh", weight_hh, weight_hh);
@@ -360,17 +366,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
   Tensor gates = product(x2d, weight_ih.t(), bias, pooled_empty({T * B, 4 * H}, input.options()), bias2);
   gates = gates.view({T, B, 4 * H});
   Tensor output = pooled_empty({T, B, H}, input.options());
-  Tensor cells = pooled_empty({T, B, H}, input.options());
+  Tensor cells = pooled_empty({keep_cells ? T : 2, B, H}, input.options());
   const Tensor h0_c = h0.contiguous();
   const Tensor c0_c = c0.contiguous();
   if (T == 0 || B == 0) {
     return {output, h0_c.clone(), c0_c.clone(), gates, cells};
   }
+  // Step s's c: every step's kept, or (inference) the last two steps' in turn.
+  const auto cell_of = [&](int64_t s, int64_t t) { return cells[keep_cells ? t : s % 2]; };
   if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     cpu::recurrence_forward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
                              h0_c.const_data_ptr(), c0_c.const_data_ptr(), gates.data_ptr(), output.data_ptr(),
-                             cells.data_ptr()});
+                             cells.data_ptr(), keep_cells});
   } else {
     // Per step one recurrent product in place into the step's gates (cuBLAS)
     // and one pointwise kernel.
@@ -379,7 +387,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;
       const Tensor h_prev = s == 0 ? h0_c : output[t_prev];
-      const Tensor c_prev = s == 0 ? c0_c : cells[t_prev];
+      const Tensor c_prev = s == 0 ? c0_c : cell_of(s - 1, t_prev);
       Tensor g = gates[t];
       g.addmm_(h_prev, weight_hh_t);
       void* gp = g.data_ptr();
@@ -389,13 +397,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
                                       /*c_prev=*/{c_prev.const_data_ptr(), H},
                                       /*gates=*/{gp, 4 * H, H},
                                       /*h=*/{output[t].data_ptr(), H},
-                                      /*c=*/{cells[t].data_ptr(), H}};
+                                      /*c=*/{cell_of(s, t).data_ptr(), H}};
       launch(input, args);
     }
   }
   // Outputs of an operator may not alias each other: h_n and c_n are copies.
   const int64_t t_last = reverse ? 0 : T - 1;
-  return {output, copy_step(output, t_last), copy_step(cells, t_last), gates, cells};
+  return {output, copy_step(output, t_last), copy_step(cells, keep_cells ? t_last : (T - 1) % 2), gates, cells};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  return run_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true);
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_inference(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  auto [output, h_n, c_n, gates, cells] =
+      run_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/false);
+  return {output, h_n, c_n};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(

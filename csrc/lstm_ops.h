@@ -34,6 +34,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse);
 
+// layer_forward without what a backward needs: the same output, h_n and c_n
+// (bitwise), but no gates or cells returned, and only two steps' c kept while
+// it runs. For calls that need no gradient (no_grad, inference_mode, nothing
+// requiring grad); its Autograd kernel refuses the others.
+std::tuple<Tensor, Tensor, Tensor> layer_inference(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse);
+
 // Backpropagation through time for layer_forward. Returns (grad_input,
 // grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias); grad_bias is
 // the gradient of both bias_ih and bias_hh. A missing grad_h_n or grad_c_n
@@ -77,6 +86,7 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 LSTM_EXT_OPERATOR_HANDLE(cell_forward)
 LSTM_EXT_OPERATOR_HANDLE(cell_backward)
 LSTM_EXT_OPERATOR_HANDLE(layer_forward)
+LSTM_EXT_OPERATOR_HANDLE(layer_inference)
 LSTM_EXT_OPERATOR_HANDLE(layer_backward)
 LSTM_EXT_OPERATOR_HANDLE(lstm)
 #undef LSTM_EXT_OPERATOR_HANDLE
@@ -86,6 +96,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse);
+std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse);
+// Whether a call with these tensors needs a graph node: grad mode on and one
+// of them requiring grad (forward-mode AD is an error).
+bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,
+                 std::initializer_list<const std::optional<Tensor>*> optional);
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& weight,
     const std::optional<Tensor>& bias);

@@ -28,6 +28,9 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor? bias_ih, Tensor? bias_hh, bool reverse) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
   m.def(
+      "layer_inference(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
       "layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse, "
       "bool[4] output_mask) "
@@ -46,12 +49,14 @@ TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward);
   m.impl("cell_backward", &lstm_ext::cell_backward);
   m.impl("layer_forward", &lstm_ext::layer_forward);
+  m.impl("layer_inference", &lstm_ext::layer_inference);
   m.impl("layer_backward", &lstm_ext::layer_backward);
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward_autograd);
   m.impl("layer_forward", &lstm_ext::layer_forward_autograd);
+  m.impl("layer_inference", &lstm_ext::layer_inference_autograd);
 }
 
 namespace {
@@ -96,6 +101,7 @@ void unsupported_tensor_kernel(const c10::OperatorHandle& op, torch::jit::Stack*
   M.impl("cell_forward", KERNEL);            \
   M.impl("cell_backward", KERNEL);           \
   M.impl("layer_forward", KERNEL);           \
+  M.impl("layer_inference", KERNEL);         \
   M.impl("layer_backward", KERNEL);
 
 TORCH_LIBRARY_IMPL(lstm_ext, AutocastCPU, m) {
@@ -126,6 +132,7 @@ TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward);
   m.impl("cell_backward", &lstm_ext::cell_backward);
   m.impl("layer_forward", &lstm_ext::layer_forward);
+  m.impl("layer_inference", &lstm_ext::layer_inference);
   m.impl("layer_backward", &lstm_ext::layer_backward);
 }
 #endif
@@ -257,10 +264,10 @@ PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih or None,
-// bias_hh or None, reverse) -> (output, (h_n, c_n))
+// bias_hh or None, reverse) -> (output, (h_n, c_n)); layer_inference when
+// nothing needs a gradient, which keeps nothing for a backward.
 PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  const auto& op = lstm_ext::layer_forward_op();
   constexpr const char* name = "lstm_ext.lstm_layer";
   check_nargs(nargs, 8, "layer_forward");
   const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
@@ -269,8 +276,15 @@ PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
   const auto bias_ih = optional_tensor_arg(args[5], name, "bias_ih");
   const auto bias_hh = optional_tensor_arg(args[6], name, "bias_hh");
   const bool reverse = bool_arg(args[7]);
-  auto [output, h_n, c_n, gates, cells] =
-      without_gil([&] { return op.call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse); });
+  if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&bias_ih, &bias_hh})) {
+    auto [output, h_n, c_n] = without_gil([&] {
+      return lstm_ext::layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse);
+    });
+    return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
+  }
+  auto [output, h_n, c_n, gates, cells] = without_gil([&] {
+    return lstm_ext::layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse);
+  });
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   END_HANDLE_TH_ERRORS
 }

@@ -115,8 +115,8 @@ def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
             c.new_empty(weight.shape[0]))
 
 
-@torch.library.register_fake("lstm_ext::layer_forward")
-def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
+def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
+    """layer_forward's and layer_inference's checks; returns (T, B, H)."""
     op = "lstm_ext.LSTM"
     H = _check_recurrent_weight(op, weight_hh)
     check_like(op, "weight_hh", weight_hh, "weight", weight_hh)
@@ -136,8 +136,20 @@ def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, r
     for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
         if bias is not None:
             _check_operand(op, name, bias, weight_hh, (4 * H,), "(4*hidden_size,)")
+    return T, B, H
+
+
+@torch.library.register_fake("lstm_ext::layer_forward")
+def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
+    T, B, H = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
     return (input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H),
             input.new_empty(T, B, 4 * H), input.new_empty(T, B, H))
+
+
+@torch.library.register_fake("lstm_ext::layer_inference")
+def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
+    T, B, H = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H)
 
 
 @torch.library.register_fake("lstm_ext::layer_backward")

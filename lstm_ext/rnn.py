@@ -15,6 +15,7 @@ from lstm_ext._native import native
 from lstm_ext.functional import _describe, _direct, _require_pair
 
 _layer_forward = torch.ops.lstm_ext.layer_forward.default
+_layer_inference = torch.ops.lstm_ext.layer_inference.default
 _lstm = torch.ops.lstm_ext.lstm.default
 
 
@@ -36,6 +37,11 @@ def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weig
     _require_pair(hx, "lstm_ext.lstm_layer", "(h_0, c_0)")
     if _direct((input, *hx, weight_ih, weight_hh, bias_ih, bias_hh)):
         return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+    tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+        # Nothing to differentiate: the operator that keeps nothing for a backward.
+        output, h_n, c_n = _layer_inference(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+        return output, (h_n, c_n)
     output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     return output, (h_n, c_n)
 

@@ -186,6 +186,16 @@ CASES = {
                              r"bias_hh must have shape \[16\] \(4\*hidden_size,\), got \[3\]", ALL_PATHS),
     "layer: dtype of h_0": (layer_case(replaced(1, lambda d, t: t.float())), TypeError,
                             r"dtype mismatch: h_0 is torch.float32 but weight is torch.float64", ALL_PATHS),
+    "layer_inference: wrong features": (
+        lambda d: (torch.ops.lstm_ext.layer_inference,
+                   (randn(3, 2, 2, device=d), randn(2, 4, device=d), randn(2, 4, device=d), randn(16, 3, device=d),
+                    randn(16, 4, device=d), None, None, False)),
+        ValueError, r"input has 2 features but input_size is 3", ALL_PATHS),
+    "layer_inference: c_0 on meta": (
+        lambda d: (torch.ops.lstm_ext.layer_inference,
+                   (randn(3, 2, 3, device=d), randn(2, 4, device=d), on_meta(randn(2, 4, device=d)),
+                    randn(16, 3, device=d), randn(16, 4, device=d), None, None, False)),
+        ValueError, r"device mismatch: c_0 is on meta but weight is on cpu", MIXED),
     "layer_backward: cells shape": (layer_backward_case(replaced(10, lambda d, t: t[:1])), ValueError,
                                     r"cells must have shape \[3, 2, 4\] \(seq_len, batch, hidden_size\)", ALL_PATHS),
     "layer_backward: gates shape": (layer_backward_case(replaced(9, lambda d, t: t[..., :-1])), ValueError,

@@ -91,6 +91,10 @@ def test_lstm_against_torch(seed):
     tol = TOLERANCES[dtype]
     compare(got, expected, tol, what + " outputs")
     compare(got_grads, expected_grads, tol, what + " grads")
+    if not fused.training:  # inference (layer_inference) is the training forward, bitwise
+        with torch.no_grad():
+            output, (h_n, c_n) = fused(x, state) if state is not None else fused(x)
+        compare((output, h_n, c_n), [t.detach() for t in got], dict(rtol=0, atol=0), what + " no_grad")
 
 
 @pytest.mark.parametrize("seed", range(CELL_CASES))

@@ -1,0 +1,94 @@
+"""Inference: without a gradient to form, the layers run layer_inference,
+which gives the training forward's results bitwise and keeps nothing for a
+backward (no gates, no per-step cells: two steps' c while it runs)."""
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import lstm_ext
+
+CONFIGS = [dict(), dict(num_layers=2, bidirectional=True, batch_first=True), dict(bias=False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_inference_is_bitwise_the_training_forward(config, dtype, device):
+    torch.manual_seed(0)
+    rnn = lstm_ext.LSTM(5, 16, device=device, dtype=dtype, **config)
+    x = torch.randn(7, 3, 5, device=device, dtype=dtype)
+    trained = rnn(x)  # parameters require grad: layer_forward
+    with torch.no_grad():
+        no_grad = rnn(x)
+    with torch.inference_mode():
+        inference = rnn(x)
+    for got in (no_grad, inference):
+        assert_close(got[0], trained[0], rtol=0, atol=0)
+        assert_close(got[1], trained[1], rtol=0, atol=0)
+    assert not no_grad[0].requires_grad
+    ref = rnn.to_torch()
+    with torch.no_grad():
+        expected = ref(x)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    assert_close(no_grad[0], expected[0], **tol)
+    assert_close(no_grad[1][1], expected[1][1], **tol)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_layer_inference_operator_matches_layer_forward(reverse, device):
+    torch.manual_seed(0)
+    args = [torch.randn(*s, device=device, dtype=torch.float64)
+            for s in ((4, 3, 2), (3, 5), (3, 5), (20, 2), (20, 5), (20,), (20,))]
+    out, h_n, c_n, _, _ = torch.ops.lstm_ext.layer_forward(*args, reverse)
+    for a, b in zip(torch.ops.lstm_ext.layer_inference(*args, reverse), (out, h_n, c_n)):
+        assert_close(a, b, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.lstm_ext.layer_inference.default, (*args, reverse))
+    zero_batch = [a[:, :0] if a.dim() == 3 else a[:0] if a.dim() == 2 and a.shape[0] == 3 else a for a in args]
+    torch.library.opcheck(torch.ops.lstm_ext.layer_inference.default, (*zero_batch, reverse))
+
+
+def test_lstm_layer_without_grad_uses_the_inference_operator():
+    torch.manual_seed(0)
+    args = [torch.randn(*s) for s in ((4, 3, 2), (3, 5), (3, 5), (20, 2), (20, 5))]
+    from conftest import RecordsTorchFunctions
+    with RecordsTorchFunctions() as mode:
+        lstm_ext.lstm_layer(args[0], (args[1], args[2]), *args[3:])
+    assert torch.ops.lstm_ext.layer_inference.default in mode.called
+    args[3].requires_grad_()
+    with RecordsTorchFunctions() as mode:
+        output, _ = lstm_ext.lstm_layer(args[0], (args[1], args[2]), *args[3:])
+    assert torch.ops.lstm_ext.layer_forward.default in mode.called and output.requires_grad
+
+
+def test_layer_inference_refuses_a_call_that_needs_a_gradient():
+    args = [torch.randn(*s) for s in ((4, 3, 2), (3, 5), (3, 5), (20, 2), (20, 5))]
+    args[4].requires_grad_()
+    with pytest.raises(RuntimeError, match=r"keeps nothing for a backward, but an input requires grad"):
+        torch.ops.lstm_ext.layer_inference(*args, None, None, False)
+
+
+def test_inference_keeps_no_cells():
+    """The pool's blocks of one call, freed afterwards, are what it allocated:
+    the training forward's include the cells [T, B, H] (and its graph holds
+    them), inference's do not."""
+    T, B, H = 64, 32, 128
+    rnn = lstm_ext.LSTM(H, H)
+    x = torch.randn(T, B, H)
+
+    def pooled_bytes_of(fn):
+        lstm_ext.empty_cache()
+        fn()
+        return lstm_ext.cached_bytes()
+
+    def training():
+        output, _ = rnn(x)
+        del output  # frees the graph and what it saved
+
+    def inference():
+        with torch.inference_mode():
+            rnn(x)
+
+    cells = T * B * H * 4
+    assert pooled_bytes_of(training) - pooled_bytes_of(inference) >= cells
+    projection_and_output = T * B * 5 * H * 4
+    assert pooled_bytes_of(inference) <= projection_and_output + (1 << 20)

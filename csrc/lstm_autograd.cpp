@@ -222,11 +222,15 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse) {
-  // It saves nothing for a backward: a call that needs a gradient would lose it.
-  TORCH_CHECK(!needs_graph("lstm_ext.layer_inference", {&input, &h0, &c0, &weight_ih, &weight_hh},
-                           {&bias_ih, &bias_hh}),
-              "lstm_ext.layer_inference keeps nothing for a backward, but an input requires grad: call "
-              "layer_forward (lstm_ext.lstm_layer and lstm_ext.LSTM choose it themselves)");
+  // It saves nothing for a backward. Called where one is needed (a graph
+  // traced without grad and run again with it: torch.export's decompositions,
+  // an exported module called in training), it runs as layer_forward, so no
+  // gradient is lost.
+  if (needs_graph("lstm_ext.layer_inference", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+    auto [output, h_n, c_n, gates, cells] =
+        layer_forward_autograd(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+    return {output, h_n, c_n};
+  }
   at::AutoDispatchBelowADInplaceOrView guard;
   return layer_inference_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
 }

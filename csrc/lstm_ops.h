@@ -37,7 +37,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 // layer_forward without what a backward needs: the same output, h_n and c_n
 // (bitwise), but no gates or cells returned, and only two steps' c kept while
 // it runs. For calls that need no gradient (no_grad, inference_mode, nothing
-// requiring grad); its Autograd kernel refuses the others.
+// requiring grad); called where one is needed, its Autograd kernel runs
+// layer_forward instead, so the outputs are differentiable.
 std::tuple<Tensor, Tensor, Tensor> layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,

@@ -60,11 +60,19 @@ def test_lstm_layer_without_grad_uses_the_inference_operator():
     assert torch.ops.lstm_ext.layer_forward.default in mode.called and output.requires_grad
 
 
-def test_layer_inference_refuses_a_call_that_needs_a_gradient():
-    args = [torch.randn(*s) for s in ((4, 3, 2), (3, 5), (3, 5), (20, 2), (20, 5))]
+def test_layer_inference_where_a_gradient_is_needed_runs_as_layer_forward():
+    """A graph traced without grad and run with it (an exported program in
+    training) must not lose the gradient."""
+    torch.manual_seed(0)
+    args = [torch.randn(*s, dtype=torch.float64) for s in ((4, 3, 2), (3, 5), (3, 5), (20, 2), (20, 5))]
     args[4].requires_grad_()
-    with pytest.raises(RuntimeError, match=r"keeps nothing for a backward, but an input requires grad"):
-        torch.ops.lstm_ext.layer_inference(*args, None, None, False)
+    output, h_n, c_n = torch.ops.lstm_ext.layer_inference(*args, None, None, False)
+    assert output.requires_grad and c_n.requires_grad
+    expected = torch.ops.lstm_ext.layer_forward(*args, None, None, False)
+    for a, b in zip((output, h_n, c_n), expected):
+        assert_close(a, b, rtol=0, atol=0)
+    assert_close(torch.autograd.grad(output.sum() + c_n.sum(), args[4])[0],
+                 torch.autograd.grad(expected[0].sum() + expected[2].sum(), args[4])[0], rtol=0, atol=0)
 
 
 def test_inference_keeps_no_cells():

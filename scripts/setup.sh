@@ -17,8 +17,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC into $VENV"
   quiet_pip "$VENV/bin/python" install "$TORCH_SPEC"
 fi
-# matplotlib only for benchmarks/plot.py: the package itself never imports it.
-quiet_pip "$VENV/bin/python" install ninja pytest numpy matplotlib "setuptools>=70.1" wheel
+# matplotlib only for benchmarks/plot.py, onnx, onnxscript and onnxruntime only for
+# lstm_ext.onnx and its tests: the package itself never imports them.
+quiet_pip "$VENV/bin/python" install ninja pytest numpy matplotlib onnx onnxscript onnxruntime "setuptools>=70.1" wheel
 echo "setup: building lstm_ext against torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 quiet_pip "$VENV/bin/python" install --no-build-isolation --no-deps .
 "$VENV/bin/python" -P -c "import lstm_ext, torch; print('setup: lstm_ext', lstm_ext.__version__, 'torch', torch.__version__, lstm_ext.backends(), 'CPU kernels', lstm_ext.cpu_capability())"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import lstm_ext
-from common import Bench, parse_common_args
+from common import Bench, dtypes_of, parse_common_args
 
 CPU_GRID = [(100, 4, 3), (16, 32, 128), (64, 256, 256), (64, 512, 512), (16, 1024, 1024)]
 GPU_GRID = [(100, 4, 3)] + [(B, H, H) for B in (16, 64, 256) for H in (128, 512, 1024)]
@@ -134,10 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     device = args.device
     bench = Bench("cell", device, min_run_time=args.min_run_time)
-    if device.startswith("cuda"):
-        grid, dtypes = GPU_GRID, (torch.float32, torch.bfloat16)
-    else:
-        grid, dtypes = CPU_GRID, (torch.float32,)
+    grid, dtypes = (GPU_GRID if device.startswith("cuda") else CPU_GRID), dtypes_of(args)
     if args.quick:
         grid = grid[:2]
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {device}, "

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import lstm_ext
-from common import Bench, parse_common_args
+from common import Bench, dtypes_of, lstm_flops, parse_common_args, sgemm_gflops
 
 GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
 LAYERS = (1, 2)
@@ -80,9 +80,16 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     # a single call, so five rather than three).
     rounds = 15 if T * B * H * max(I, H) < 2**20 else 5
     x = torch.randn(T, B, I, device=device, dtype=dtype)
+    forward_flops, training_flops = lstm_flops(B, T, I, H, layers), lstm_flops(B, T, I, H, layers, backward=True)
     with torch.no_grad():
         bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
                       extras=extras, rounds=rounds)
+    add_gflops(bench, 5, forward_flops)
+    # Inference as a server runs it: inference_mode, lstm_ext against torch.nn.LSTM.
+    with torch.inference_mode():
+        bench.compare({k: (lambda f=impls[k]: f(x)) for k in ("lstm_ext", "torch")}, pass_="fwd, inference_mode",
+                      shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    add_gflops(bench, 2, forward_flops)
     grad = torch.randn(T, B, H, device=device, dtype=dtype)
     # The usual training step of a first layer: the input is data, so no
     # gradient of it is needed (lstm_ext then skips that product).
@@ -92,6 +99,7 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     x.requires_grad_()
     bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    add_gflops(bench, 5, training_flops)
     # A padded batch of varying lengths (T/2 to T, the longest T), packed in
     # each call (x needs its gradient): lstm_ext runs one operator call per
     # distinct length, torch.nn.LSTM its packed-sequence path.
@@ -107,6 +115,48 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
                   pass_="fwd+bwd, packed", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
 
 
+def add_gflops(bench: Bench, rows: int, flops: float) -> None:
+    """GFLOP/s of the last `rows` rows, and their fraction of the run's sgemm floor."""
+    for row in bench.rows[-rows:]:
+        row["gflops"] = round(flops / (row["median_us"] * 1e-6) / 1e9, 1)
+        if bench.machine_extra.get("sgemm_gflops"):
+            row["sgemm_fraction"] = round(row["gflops"] / bench.machine_extra["sgemm_gflops"], 3)
+
+
+PEAK_MEMORY = r"""
+import sys, torch
+import lstm_ext
+
+def status_kib(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key))
+
+impl, B, T, I, H, dtype = sys.argv[1], *map(int, sys.argv[2:6]), getattr(torch, sys.argv[6])
+torch.manual_seed(0)
+module = (lstm_ext.LSTM if impl == "lstm_ext" else torch.nn.LSTM)(I, H, dtype=dtype)
+x = torch.randn(T, B, I, dtype=dtype)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current resident size
+before = status_kib("VmRSS")
+with torch.inference_mode():
+    module(x)
+print((status_kib("VmHWM") - before) / 1024)
+"""
+
+
+def peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
+    """Peak resident memory that one inference forward adds, in a fresh process (CPU, one layer; Linux)."""
+    import subprocess
+    import sys
+
+    for impl in ("lstm_ext", "torch"):
+        out = subprocess.run([sys.executable, "-c", PEAK_MEMORY, impl, str(B), str(T), str(I), str(H),
+                              str(dtype).replace("torch.", "")], capture_output=True, text=True, check=True)
+        bench.rows.append({"bench": bench.bench, "impl": impl, "pass": "fwd, inference_mode, peak memory",
+                           "B": B, "I": I, "H": H, "T": T, "dtype": str(dtype).replace("torch.", ""),
+                           "device": bench.device, "layers": 1, "peak_mib": round(float(out.stdout), 1)})
+
+
 RATIOS = [  # (other, lstm_ext, caption): other's time / lstm_ext's
     ("torch", "lstm_ext", "vs torch.nn.LSTM"),
     ("reference", "lstm_ext", "vs reference loop"),
@@ -119,14 +169,27 @@ def main() -> None:
     args = parse_common_args(__doc__).parse_args()
     bench = Bench("sequence", args.device, min_run_time=args.min_run_time)
     grid = GRID[:2] if args.quick else GRID
-    dtypes = (torch.float32, torch.bfloat16) if args.device.startswith("cuda") else (torch.float32,)
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
-    for dtype in dtypes:
+    bench.machine_extra["sgemm_gflops"] = round(sgemm_gflops(args.device), 1)
+    bench.machine_extra["sgemm_shape"] = "torch.mm float32 4096x1024 @ 1024x4096"
+    print(f"sgemm floor: {bench.machine_extra['sgemm_gflops']} GFLOP/s ({bench.machine_extra['sgemm_shape']})")
+    for dtype in dtypes_of(args):
         for layers in LAYERS:
             for B, T, I, H in grid:
                 bench_shape(bench, B, T, I, H, layers, dtype, args.device)
+        if not args.device.startswith("cuda"):
+            for B, T, I, H in grid:
+                peak_memory(bench, B, T, I, H, dtype)
     bench.report(RATIOS)
+    print("\nGFLOP/s (lstm_ext / torch.nn.LSTM) and their fraction of the sgemm floor; peak memory of one "
+          "inference forward (MiB added, fresh process)")
+    for row in bench.rows:
+        if row["impl"] in ("lstm_ext", "torch") and ("gflops" in row or "peak_mib" in row):
+            value = f"{row['gflops']} GFLOP/s ({row.get('sgemm_fraction')})" if "gflops" in row else \
+                f"{row['peak_mib']} MiB"
+            print(f"  {row['pass']:34s} B={row['B']} T={row['T']} I={row['I']} H={row['H']} "
+                  f"L={row.get('layers')} {row['dtype']:9s} {row['impl']:9s} {value}")
 
 
 if __name__ == "__main__":

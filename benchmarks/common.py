@@ -77,6 +77,7 @@ class Bench:
         self.min_run_time = min_run_time
         self.measurements: List[benchmark.Measurement] = []
         self.rows: List[dict] = []
+        self.machine_extra: dict = {}  # measured once per run (the sgemm floor), merged into "machine"
         self.started = time.time()
 
     def compare(self, fns: Dict[str, Callable[[], object]], *, pass_: str, shape: Dict[str, int],
@@ -130,6 +131,8 @@ class Bench:
 
         by_case: Dict[tuple, Dict[str, float]] = {}
         for r in self.rows:
+            if "median_us" not in r:  # a memory row
+                continue
             name = r["impl"] if "floor" not in r else f"floor:{r['floor']}"
             by_case.setdefault(key(r), {})[name] = r["median_us"]
         header = ["pass", "shape"] + [caption for _, _, caption in ratios]
@@ -155,7 +158,8 @@ class Bench:
             with open(path) as f:
                 old_rows = [r for r in json.load(f).get("results", []) if r.get("bench") != self.bench]
         with open(path, "w") as f:
-            json.dump({"machine": machine_info(self.device), "results": old_rows + self.rows}, f, indent=1)
+            json.dump({"machine": {**machine_info(self.device), **self.machine_extra}, "results": old_rows + self.rows},
+                      f, indent=1)
             f.write("\n")
         print(f"\nwrote {path}")
         return path
@@ -168,4 +172,27 @@ def parse_common_args(description: str):
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="smallest shapes only (a smoke run)")
+    parser.add_argument("--dtype", default=None,
+                        help="comma-separated: float32, bfloat16, float16 (default: float32; on CUDA also bfloat16)")
     return parser
+
+
+def dtypes_of(args) -> List[torch.dtype]:
+    if args.dtype:
+        return [getattr(torch, name.strip()) for name in args.dtype.split(",")]
+    return [torch.float32, torch.bfloat16] if args.device.startswith("cuda") else [torch.float32]
+
+
+def lstm_flops(B: int, T: int, I: int, H: int, layers: int = 1, directions: int = 1, backward: bool = False) -> float:
+    """8*B*H*(I+H) per step and layer forward (the gate products), 3x that with the backward."""
+    forward = sum(8 * B * H * ((I if layer == 0 else directions * H) + H) * T * directions for layer in range(layers))
+    return forward * (3 if backward else 1)
+
+
+def sgemm_gflops(device: str, m: int = 4096, k: int = 1024, n: int = 4096) -> float:
+    """GFLOP/s of one large float32 torch.mm (the floor the tables compare with)."""
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    c = torch.empty(m, n, device=device)
+    timer = benchmark.Timer("torch.mm(a, b, out=c)", globals={"torch": torch, "a": a, "b": b, "c": c})
+    return 2 * m * n * k / timer.blocked_autorange(min_run_time=1.0).median / 1e9

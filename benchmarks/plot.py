@@ -30,7 +30,8 @@ def load(path: str):
         data = json.load(f)
     times = defaultdict(dict)  # (bench, pass, B, T, I, H, layers) -> impl -> median_us
     for row in data["results"]:
-        if row.get("impl") == "floor" or "gbps" in row:
+        # The plots are of float32 time rows (not floors, bandwidth or memory rows).
+        if row.get("impl") == "floor" or "gbps" in row or "median_us" not in row or row.get("dtype") != "float32":
             continue
         key = (row["bench"], row["pass"], row["B"], row.get("T"), row["I"], row["H"], row.get("layers"))
         times[key][row["impl"]] = row["median_us"]
@@ -62,7 +63,7 @@ def machine_caption(machine) -> str:
 
 
 def sequence_speedup(machine, times, out):
-    passes = ["fwd", "fwd+bwd", "fwd+bwd, x without grad", "fwd+bwd, packed"]
+    passes = ["fwd", "fwd, inference_mode", "fwd+bwd", "fwd+bwd, x without grad", "fwd+bwd, packed"]
     layers = sorted({k[6] for k in times if k[0] == "sequence"})
     if not layers:
         return None

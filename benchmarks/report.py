@@ -28,7 +28,7 @@ def tables(path: str) -> str:
            f"CPU kernels {machine.get('cpu_kernels')}. Times are medians of interleaved rounds in one run."]
     groups = defaultdict(lambda: defaultdict(dict))
     for row in data["results"]:
-        if "gbps" in row:
+        if "gbps" in row or "median_us" not in row:
             continue
         key = (row["bench"], row["pass"])
         shape = (row["B"], row["T"], row["I"], row["H"], row.get("layers"), row["dtype"])
@@ -47,6 +47,27 @@ def tables(path: str) -> str:
             base = times.get("lstm_ext")
             cells = [f"{times[n] / base:.2f}" if base and n in times else "-" for n in impls]
             out.append(f"| {label} | {base:.0f} µs | " + " | ".join(cells) + " |")
+    rates = [r for r in data["results"] if "gflops" in r]
+    if rates:
+        floor = machine.get("sgemm_gflops")
+        out.append(f"\n**GFLOP/s** (8·B·H·(I+H) per step and layer forward, 3x with the backward; in parentheses "
+                   f"the fraction of the run's sgemm floor, {floor} GFLOP/s: {machine.get('sgemm_shape')})\n")
+        out.append("| bench, pass | shape | lstm_ext | torch |\n|---|---|---|---|")
+        cells = defaultdict(dict)
+        for r in rates:
+            key = (r["bench"], r["pass"], f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}")
+            cells[key][r["impl"]] = f"{r['gflops']:.0f} ({r.get('sgemm_fraction', 0):.2f})"
+        for (bench, pass_, shape), impls in cells.items():
+            out.append(f"| {bench}, {pass_} | {shape} | {impls.get('lstm_ext', '-')} | {impls.get('torch', '-')} |")
+    memory = [r for r in data["results"] if "peak_mib" in r]
+    if memory:
+        out.append("\n**Peak memory of one inference forward** (MiB of resident memory it adds, fresh process)\n")
+        out.append("| shape | lstm_ext | torch |\n|---|---|---|")
+        cells = defaultdict(dict)
+        for r in memory:
+            cells[f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}"][r["impl"]] = r["peak_mib"]
+        for shape, impls in cells.items():
+            out.append(f"| {shape} | {impls.get('lstm_ext', '-')} | {impls.get('torch', '-')} |")
     bandwidth = [r for r in data["results"] if "gbps" in r]
     if bandwidth:
         out.append("\n**pointwise kernels alone**\n\n| pass | shape | time | GB/s |\n|---|---|---|---|")

@@ -35,7 +35,7 @@ namespace cpu {
 namespace {
 
 // Hidden units per panel: one or two SIMD vectors of each gate.
-constexpr int64_t kPanel = 16;
+constexpr int64_t kPanel = kRecurrencePanel;
 // Products per forward task: one per gate, each into that gate's columns of
 // the step's gates; one for all four gates when the panel is all of a hidden
 // size below kPanel, whose [rows, 4H] block of the step's gates is then the
@@ -182,9 +182,12 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   // Forward panels: each panel's [H, 4w] block of W_hh^T (column g*w + jj is
   // unit j0 + jj of gate g), cut into forward_products blocks [H, n] stored
   // one after the other, n = 4w / products.
+  // With interleaved gates a panel's four gates are adjacent columns of the
+  // step's gates, so they are one product.
+  const auto products_of = [&](int64_t width) { return a.gates_interleaved ? 1 : forward_products(width, H); };
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
-    const int64_t n = 4 * width / forward_products(width, H);
+    const int64_t n = 4 * width / products_of(width);
     for (int64_t g = 0; g < 4; ++g) {
       for (int64_t jj = 0; jj < width; ++jj) {
         const int64_t column = g * width + jj;
@@ -208,18 +211,19 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       // The recurrent product accumulates into the step's input projection
       // in place; the pointwise pass then reads those pre-activations while
       // they are in L1 and overwrites them with the activated gates.
-      scalar_t* block = gates_t + r0 * G + j0;
+      const int64_t gate_stride = a.gates_interleaved ? width : H;
+      scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? 4 * j0 : j0);
       const scalar_t* panel = packed.data() + 4 * H * j0;
-      const int64_t products = forward_products(width, H), n = 4 * width / products;
+      const int64_t products = products_of(width), n = 4 * width / products;
       for (int64_t q = 0; q < products; ++q) {
-        tile_gemm<scalar_t>(rows, n, H, h_prev + r0 * H, H, false, panel + q * H * n, n, block + q * H, G,
-                            /*accumulate=*/true);
+        tile_gemm<scalar_t>(rows, n, H, h_prev + r0 * H, H, false, panel + q * H * n, n, block + q * gate_stride,
+                            G, /*accumulate=*/true);
       }
       const PointwiseForwardArgs args{shape.dtype, rows, width,
-                                      /*preact=*/{block, G, H},
+                                      /*preact=*/{block, G, gate_stride},
                                       /*addend=*/{nullptr, 0, 0},
                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
-                                      /*gates=*/{block, G, H},
+                                      /*gates=*/{block, G, gate_stride},
                                       /*h=*/{output + t * B * H + r0 * H + j0, H},
                                       /*c=*/{c_t + r0 * H + j0, H}};
       pointwise(args);

@@ -104,7 +104,22 @@ struct RecurrenceForwardArgs {
   void* output;
   void* cells;
   bool keep_cells = true;
+  // gates in the panel-interleaved order of recurrence_gate_order (the input
+  // projection's columns permuted so), which lets each task's four gates be
+  // one product instead of four; the activated gates are left in that order.
+  bool gates_interleaved = false;
 };
+// Hidden units per panel of the CPU time loop.
+constexpr int64_t kRecurrencePanel = 16;
+// Column c of the panel-interleaved gates holds the standard column
+// recurrence_gate_order(c, H): panel p's 4w columns are its w units of gate
+// i, then of f, g, o.
+inline int64_t recurrence_gate_order(int64_t c, int64_t hidden) {
+  const int64_t j0 = c / (4 * kRecurrencePanel) * kRecurrencePanel;
+  const int64_t width = hidden - j0 < kRecurrencePanel ? hidden - j0 : kRecurrencePanel;
+  const int64_t in_panel = c - 4 * j0;
+  return (in_panel / width) * hidden + j0 + in_panel % width;
+}
 void recurrence_forward(const RecurrenceForwardArgs& args);
 
 // Backward through time. grad_h [T, B, H] holds the gradient of each step's

@@ -361,9 +361,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   const c10::DeviceGuard guard(input.device());
   // All time steps' input projections in one matrix product, biases folded in.
   const Tensor x2d = input.reshape({T * B, I});
-  const Tensor bias = bias_ih.has_value() ? *bias_ih : bias_hh.has_value() ? *bias_hh : Tensor();
-  const Tensor bias2 = bias_ih.has_value() && bias_hh.has_value() ? *bias_hh : Tensor();
-  Tensor gates = product(x2d, weight_ih.t(), bias, pooled_empty({T * B, 4 * H}, input.options()), bias2);
+  Tensor w_ih = weight_ih;
+  Tensor bias = bias_ih.has_value() ? *bias_ih : bias_hh.has_value() ? *bias_hh : Tensor();
+  Tensor bias2 = bias_ih.has_value() && bias_hh.has_value() ? *bias_hh : Tensor();
+  // Inference on the CPU: no backward reads the gates, so the projection's
+  // columns come in the time loop's panel-interleaved order, where each
+  // task's four gates are one product (lstm_kernels.h).
+  const bool interleaved = !keep_cells && cpu_specialized(input) && H >= cpu::kRecurrencePanel;
+  if (interleaved) {
+    Tensor order = at::empty({4 * H}, input.options().dtype(at::kLong));
+    int64_t* o = order.mutable_data_ptr<int64_t>();
+    for (int64_t c = 0; c < 4 * H; ++c) o[c] = cpu::recurrence_gate_order(c, H);
+    w_ih = weight_ih.index_select(0, order);
+    if (bias.defined()) bias = bias.index_select(0, order);
+    if (bias2.defined()) bias2 = bias2.index_select(0, order);
+  }
+  Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({T * B, 4 * H}, input.options()), bias2);
   gates = gates.view({T, B, 4 * H});
   Tensor output = pooled_empty({T, B, H}, input.options());
   Tensor cells = pooled_empty({keep_cells ? T : 2, B, H}, input.options());
@@ -378,7 +391,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const Tensor weight_hh_c = weight_hh.contiguous();
     cpu::recurrence_forward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
                              h0_c.const_data_ptr(), c0_c.const_data_ptr(), gates.data_ptr(), output.data_ptr(),
-                             cells.data_ptr(), keep_cells});
+                             cells.data_ptr(), keep_cells, interleaved});
   } else {
     // Per step one recurrent product in place into the step's gates (cuBLAS)
     // and one pointwise kernel.

@@ -11,12 +11,20 @@ import lstm_ext
 CONFIGS = [dict(), dict(num_layers=2, bidirectional=True, batch_first=True), dict(bias=False)]
 
 
+# (T, B, I, H): one panel of 16 units; then 3 panels, the last one 8 wide, and
+# enough rows to split each step between threads (the CPU inference forward
+# permutes its gates into panel order, see csrc/lstm_kernels.h).
+SHAPES = [(7, 3, 5, 16), (4, 64, 24, 40), (3, 2, 3, 5)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
-def test_inference_is_bitwise_the_training_forward(config, dtype, device):
+def test_inference_is_bitwise_the_training_forward(config, shape, dtype, device):
     torch.manual_seed(0)
-    rnn = lstm_ext.LSTM(5, 16, device=device, dtype=dtype, **config)
-    x = torch.randn(7, 3, 5, device=device, dtype=dtype)
+    T, B, I, H = shape
+    rnn = lstm_ext.LSTM(I, H, device=device, dtype=dtype, **config)
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
     trained = rnn(x)  # parameters require grad: layer_forward
     with torch.no_grad():
         no_grad = rnn(x)

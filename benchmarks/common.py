@@ -153,13 +153,15 @@ class Bench:
     def write_json(self) -> str:
         os.makedirs(RESULTS_DIR, exist_ok=True)
         path = os.path.join(RESULTS_DIR, machine_name(self.device) + ".json")
-        old_rows = []
+        old_rows, old_machine = [], {}
         if os.path.exists(path):
             with open(path) as f:
-                old_rows = [r for r in json.load(f).get("results", []) if r.get("bench") != self.bench]
+                old = json.load(f)
+            old_rows = [r for r in old.get("results", []) if r.get("bench") != self.bench]
+            old_machine = old.get("machine", {})  # keeps what another benchmark measured (the sgemm floor)
+        machine = {**old_machine, **machine_info(self.device), **self.machine_extra}
         with open(path, "w") as f:
-            json.dump({"machine": {**machine_info(self.device), **self.machine_extra}, "results": old_rows + self.rows},
-                      f, indent=1)
+            json.dump({"machine": machine, "results": old_rows + self.rows}, f, indent=1)
             f.write("\n")
         print(f"\nwrote {path}")
         return path

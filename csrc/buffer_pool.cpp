@@ -93,9 +93,11 @@ class BufferPool {
         note_in_use(block.bytes);
         return block;
       }
-      note_in_use(bytes);
     }
-    return {allocate(bytes), bytes};
+    void* data = allocate(bytes);  // outside the lock: a fresh mapping can take a while
+    const std::lock_guard<std::mutex> lock(mutex_);
+    note_in_use(bytes);
+    return {data, bytes};
   }
 
   void give_back(PoolBlock block) {

@@ -104,15 +104,14 @@ void unsupported_tensor_kernel(const c10::OperatorHandle& op, torch::jit::Stack*
   M.impl("layer_inference", KERNEL);         \
   M.impl("layer_backward", KERNEL);
 
-TORCH_LIBRARY_IMPL(lstm_ext, AutocastCPU, m) {
-  LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CPU>>())
-  m.impl("lstm", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CPU>>());
-}
-
-TORCH_LIBRARY_IMPL(lstm_ext, AutocastCUDA, m) {
-  LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CUDA>>())
-  m.impl("lstm", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<c10::DeviceType::CUDA>>());
-}
+#define LSTM_EXT_AUTOCAST(KEY, DEVICE)                                                                 \
+  TORCH_LIBRARY_IMPL(lstm_ext, KEY, m) {                                                                \
+    LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<DEVICE>>()) \
+    m.impl("lstm", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<DEVICE>>());              \
+  }
+LSTM_EXT_AUTOCAST(AutocastCPU, c10::DeviceType::CPU)
+LSTM_EXT_AUTOCAST(AutocastCUDA, c10::DeviceType::CUDA)
+#undef LSTM_EXT_AUTOCAST
 
 #define LSTM_EXT_UNSUPPORTED_TENSORS(KEY)                                                        \
   TORCH_LIBRARY_IMPL(lstm_ext, KEY, m) {                                                          \

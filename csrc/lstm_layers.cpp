@@ -105,8 +105,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
     c0 = (batched ? hx[1] : hx[1].unsqueeze(1)).unbind(0);
   }
 
-  // Without a gradient to form, each layer runs layer_inference, which keeps
-  // nothing for a backward (an unbatched call's states come from hx too).
+  // Without a gradient to form (grad mode off, or no input, state or
+  // parameter requiring grad), each layer runs layer_inference, which keeps
+  // nothing for a backward.
   bool needs_grad = false;
   if (at::GradMode::is_enabled()) {
     needs_grad = input.requires_grad();

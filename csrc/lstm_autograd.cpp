@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include "lstm_ops.h"
 
@@ -181,6 +182,80 @@ struct LayerBackward final : SavingNode<10> {  // input, h0, c0, weight_ih, weig
   }
 };
 
+// The GRU's: edges to input, h0, weight_ih, weight_hh, bias_ih, bias_hh.
+struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight_hh, output, gates, hidden_n,
+                                                 // bias_ih, bias_hh
+  bool reverse = false, has_bias_ih = false, has_bias_hh = false;
+
+  std::string name() const override { return "GRULayerBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto [input, h0, weight_ih, weight_hh, output, gates, hidden_n, bias_ih, bias_hh] = unpack();
+    if (at::GradMode::is_enabled()) return differentiable(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
+    const at::AutoDispatchBelowADInplaceOrView below;
+    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    const std::array<bool, 3> output_mask{task_should_compute_output(0), task_should_compute_output(1),
+                                          task_should_compute_output({{2, 5}})};
+    auto [grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh] =
+        gru_layer_backward_op().call(grad_output, grads[1], input, h0, weight_ih, weight_hh, output, gates,
+                                     hidden_n, reverse, output_mask);
+    return {grad_input, grad_h0, grad_weight_ih, grad_weight_hh, has_bias_ih ? grad_bias_ih : Tensor(),
+            has_bias_hh ? grad_bias_hh : Tensor()};
+  }
+
+  // Backpropagation through time in ATen ops (csrc/gru_pointwise.h's
+  // formulas), the forward recomputed first.
+  variable_list differentiable(const variable_list& grads, const Tensor& input, const Tensor& h0,
+                               const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& bias_ih,
+                               const Tensor& bias_hh) const {
+    const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = h0.size(1);
+    Tensor projected = at::matmul(input, weight_ih.t());
+    if (bias_ih.defined()) projected = projected + bias_ih;
+    struct Step {
+      Tensor r, z, n, hidden_n, h_prev;
+    };
+    std::vector<Step> steps;  // in the order they ran
+    Tensor h = h0;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      Tensor recurrent = at::mm(h, weight_hh.t());
+      if (bias_hh.defined()) recurrent = recurrent + bias_hh;
+      const auto gi = projected[t].chunk(3, 1);
+      const auto gh = recurrent.chunk(3, 1);
+      Step step{at::sigmoid(gi[0] + gh[0]), at::sigmoid(gi[1] + gh[1]), Tensor(), gh[2], h};
+      step.n = at::tanh(gi[2] + step.r * gh[2]);
+      h = step.n + step.z * (h - step.n);
+      steps.push_back(std::move(step));
+    }
+    Tensor grad_h = grads[1].defined() ? grads[1] : at::zeros_like(h0);
+    std::vector<Tensor> grad_inputs(T), grad_hiddens(T), h_prev(T);  // in time order
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const Step& st = steps[s];
+      if (grads[0].defined()) grad_h = grad_h + grads[0][t];
+      const Tensor grad_n = grad_h * (1 - st.z) * (1 - st.n * st.n);
+      const Tensor grad_z = grad_h * (st.h_prev - st.n) * st.z * (1 - st.z);
+      const Tensor grad_r = grad_n * st.hidden_n * st.r * (1 - st.r);
+      grad_inputs[t] = at::cat({grad_r, grad_z, grad_n}, 1);
+      grad_hiddens[t] = at::cat({grad_r, grad_z, grad_n * st.r}, 1);
+      grad_h = grad_h * st.z + at::mm(grad_hiddens[t], weight_hh);
+      h_prev[t] = st.h_prev;
+    }
+    if (T == 0) {
+      return {at::zeros_like(input), grad_h, at::zeros_like(weight_ih), at::zeros_like(weight_hh),
+              has_bias_ih ? at::zeros({3 * H}, h0.options()) : Tensor(),
+              has_bias_hh ? at::zeros({3 * H}, h0.options()) : Tensor()};
+    }
+    const Tensor grad_input_gates = at::stack(grad_inputs), grad_hidden_gates = at::stack(grad_hiddens);
+    const Tensor flat_input = grad_input_gates.reshape({T * B, 3 * H});
+    const Tensor flat_hidden = grad_hidden_gates.reshape({T * B, 3 * H});
+    return {at::matmul(grad_input_gates, weight_ih), grad_h, at::mm(flat_input.t(), input.reshape({T * B, I})),
+            at::mm(flat_hidden.t(), at::stack(h_prev).reshape({T * B, H})),
+            has_bias_ih ? flat_input.sum(0) : Tensor(), has_bias_hh ? flat_hidden.sum(0) : Tensor()};
+  }
+};
+
 // A new node: torch 2.11 holds nodes by std::shared_ptr, later versions by
 // c10::intrusive_ptr (Node::getptr() returns the one in use).
 template <typename T>
@@ -206,7 +281,7 @@ bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,
   const auto inspect = [&](const Tensor& t) {
     TORCH_CHECK_NOT_IMPLEMENTED(!t._fw_grad(/*level=*/0).defined(), op,
                                 ": forward-mode AD (dual tensors, torch.func.jvp) is not supported; "
-                                "use torch.nn.LSTM / torch.nn.LSTMCell for it");
+                                "use torch.nn's module (LSTM, LSTMCell, GRU) for it");
     requires_grad = requires_grad || t.requires_grad();
   };
   for (const Tensor* t : tensors) {
@@ -259,6 +334,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     node->has_bias_hh = present(bias_hh);
   }
   return {output, h_n, c_n, gates, cells};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
+  const bool graph = needs_graph("lstm_ext.GRU", {&input, &h0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
+  Tensor output, h_n, gates, hidden_n;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(output, h_n, gates, hidden_n) =
+        gru_layer_forward_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+  }
+  if (graph) {
+    auto node = make_node<GruLayerBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input, h0, weight_ih, weight_hh, bias_ih, bias_hh));
+    torch::autograd::set_history({output, h_n}, node);
+    const Tensor none;
+    node->save({{&input, false}, {&h0, false}, {&weight_ih, false}, {&weight_hh, false}, {&output, true},
+                {&gates, false}, {&hidden_n, false}, {present(bias_ih) ? &*bias_ih : &none, false},
+                {present(bias_hh) ? &*bias_hh : &none, false}});
+    node->reverse = reverse;
+    node->has_bias_ih = present(bias_ih);
+    node->has_bias_hh = present(bias_hh);
+  }
+  return {output, h_n, gates, hidden_n};
+}
+
+std::tuple<Tensor, Tensor> gru_layer_inference_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
+  // As layer_inference_autograd: where a graph is needed it runs as the
+  // forward that keeps what the backward reads.
+  if (needs_graph("lstm_ext.gru_layer_inference", {&input, &h0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+    auto [output, h_n, gates, hidden_n] =
+        gru_layer_forward_autograd(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+    return {output, h_n};
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return gru_layer_inference_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(

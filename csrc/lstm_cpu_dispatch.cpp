@@ -19,6 +19,8 @@ namespace cpu {
   namespace CAP {                                             \
   void pointwise_forward(const PointwiseForwardArgs& args);   \
   void pointwise_backward(const PointwiseBackwardArgs& args); \
+  void gru_pointwise_forward(const GruPointwiseForwardArgs& args);   \
+  void gru_pointwise_backward(const GruPointwiseBackwardArgs& args); \
   void outer_products(const OuterProductArgs& args);          \
   void transpose(const TransposeArgs& args);                  \
   }
@@ -38,19 +40,24 @@ struct KernelTable {
   int rank;  // the matching at::native::CPUCapability value
   void (*forward)(const PointwiseForwardArgs&);
   void (*backward)(const PointwiseBackwardArgs&);
+  void (*gru_forward)(const GruPointwiseForwardArgs&);
+  void (*gru_backward)(const GruPointwiseBackwardArgs&);
   void (*outer_products)(const OuterProductArgs&);
   void (*transpose)(const TransposeArgs&);
 };
 
 const KernelTable kTables[] = {
-    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::outer_products,
+    {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
+     DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
      DEFAULT::transpose},
 #ifdef LSTM_EXT_HAVE_AVX2
-    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::outer_products,
+    {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
+     AVX2::gru_pointwise_backward, AVX2::outer_products,
      AVX2::transpose},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
-    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::outer_products,
+    {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
+     AVX512::gru_pointwise_backward, AVX512::outer_products,
      AVX512::transpose},
 #endif
 };
@@ -99,6 +106,12 @@ std::atomic<const KernelTable*>& active() {
 void pointwise(const PointwiseForwardArgs& args) { active().load(std::memory_order_relaxed)->forward(args); }
 
 void pointwise(const PointwiseBackwardArgs& args) { active().load(std::memory_order_relaxed)->backward(args); }
+
+void pointwise(const GruPointwiseForwardArgs& args) { active().load(std::memory_order_relaxed)->gru_forward(args); }
+
+void pointwise(const GruPointwiseBackwardArgs& args) {
+  active().load(std::memory_order_relaxed)->gru_backward(args);
+}
 
 void outer_products(const OuterProductArgs& args) {
   active().load(std::memory_order_relaxed)->outer_products(args);

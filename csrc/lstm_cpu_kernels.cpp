@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "lstm_kernels.h"
+#include "gru_pointwise.h"
 #include "lstm_pointwise.h"
 
 namespace lstm_ext {
@@ -127,12 +128,14 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
   }
 }
 
-// The four gate streams of a view, and the stream of a [B, H] view.
-template <typename scalar_t, typename Ptr>
-std::array<Stream<scalar_t>, 4> gate_streams(const GatesView<Ptr>& v) {
+// The gate streams of a view (four: the LSTM's; three: the GRU's), and the
+// stream of a [B, H] view.
+template <typename scalar_t, int N = 4, typename Ptr>
+std::array<Stream<scalar_t>, N> gate_streams(const GatesView<Ptr>& v) {
   auto* p = static_cast<scalar_t*>(v.data);
-  return {{{p, v.row_stride}, {p + v.gate_stride, v.row_stride}, {p + 2 * v.gate_stride, v.row_stride},
-           {p + 3 * v.gate_stride, v.row_stride}}};
+  std::array<Stream<scalar_t>, N> streams;
+  for (int k = 0; k < N; ++k) streams[k] = {p + k * v.gate_stride, v.row_stride};
+  return streams;
 }
 
 template <typename scalar_t, typename Ptr>
@@ -179,6 +182,50 @@ void backward_typed(const PointwiseBackwardArgs& a) {
   at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
     for_each_element<scalar_t, 8, 5>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
       lstm_backward_point(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], y[0], y[1], y[2], y[3], y[4]);
+    });
+  });
+}
+
+template <typename scalar_t>
+void gru_forward_typed(const GruPointwiseForwardArgs& a) {
+  using Vec = typename VecIO<scalar_t>::Vec;
+  const auto pre = gate_streams<const scalar_t, 3>(a.preact);
+  const auto gates = gate_streams<scalar_t, 3>(a.gates);
+  // The bias as a stream whose rows all start at its first element.
+  const std::array<Stream<const scalar_t>, 6> in{{pre[0], pre[1], pre[2], row_stream<const scalar_t>(a.hidden_n_raw),
+                                                  {static_cast<const scalar_t*>(a.bias_hn), 0},
+                                                  row_stream<const scalar_t>(a.h_prev)}};
+  const std::array<Stream<scalar_t>, 5> out{{gates[0], gates[1], gates[2], row_stream<scalar_t>(a.hidden_n),
+                                             row_stream<scalar_t>(a.h)}};
+  at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+    for_each_element<scalar_t, 6, 5>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
+      y[3] = x[3] + x[4];
+      gru_forward_point(x[0], x[1], x[2], y[3], x[5], y[0], y[1], y[2], y[4]);
+    });
+  });
+}
+
+template <typename scalar_t>
+void gru_backward_typed(const GruPointwiseBackwardArgs& a) {
+  using Vec = typename VecIO<scalar_t>::Vec;
+  const auto gates = gate_streams<const scalar_t, 3>(a.gates);
+  const auto grad_input = gate_streams<scalar_t, 3>(a.grad_input_gates);
+  const auto grad_hidden = gate_streams<scalar_t, 3>(a.grad_hidden_gates);
+  const auto grad_h_prev = row_stream<scalar_t>(a.grad_h_prev);
+  const std::array<Stream<const scalar_t>, 7> in{{gates[0], gates[1], gates[2],
+                                                  row_stream<const scalar_t>(a.hidden_n),
+                                                  row_stream<const scalar_t>(a.h_prev),
+                                                  row_stream<const scalar_t>(a.grad_h),
+                                                  {grad_h_prev.base, grad_h_prev.row_stride}}};
+  const std::array<Stream<scalar_t>, 7> out{{grad_input[0], grad_input[1], grad_input[2], grad_hidden[0],
+                                             grad_hidden[1], grad_hidden[2], grad_h_prev}};
+  at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+    for_each_element<scalar_t, 7, 7>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
+      Vec direct;
+      gru_backward_point(x[0], x[1], x[2], x[3], x[4], x[5], y[0], y[1], y[2], y[5], direct);
+      y[3] = y[0];
+      y[4] = y[1];
+      y[6] = x[6] + direct;
     });
   });
 }
@@ -270,6 +317,16 @@ void pointwise_forward(const PointwiseForwardArgs& args) {
 void pointwise_backward(const PointwiseBackwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.dtype, "lstm_ext_pointwise_backward",
                                   [&] { backward_typed<scalar_t>(args); });
+}
+
+void gru_pointwise_forward(const GruPointwiseForwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.dtype, "lstm_ext_gru_pointwise_forward",
+                                  [&] { gru_forward_typed<scalar_t>(args); });
+}
+
+void gru_pointwise_backward(const GruPointwiseBackwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.dtype, "lstm_ext_gru_pointwise_backward",
+                                  [&] { gru_backward_typed<scalar_t>(args); });
 }
 
 }  // namespace CPU_CAPABILITY

@@ -36,13 +36,6 @@ namespace {
 
 // Hidden units per panel: one or two SIMD vectors of each gate.
 constexpr int64_t kPanel = kRecurrencePanel;
-// Products per forward task: one per gate, each into that gate's columns of
-// the step's gates; one for all four gates when the panel is all of a hidden
-// size below kPanel, whose [rows, 4H] block of the step's gates is then the
-// product's output as it is (H=3: one tiny product instead of four).
-inline int64_t forward_products(int64_t width, int64_t hidden) {
-  return width == hidden && width < kPanel ? 1 : 4;
-}
 // Below this many multiply-adds a task costs less than waking a thread.
 constexpr int64_t kMinTaskFmas = 32768;
 // Row blocks are at least this tall when rows are split across threads.
@@ -119,12 +112,12 @@ struct Tiling {
   // backward's products read [rows, 4H] of the next step's gate gradients,
   // which at 16 rows stay in L2 while a thread runs through its panels
   // (B=64, H=512: backward 6-13% faster than with whole-batch tasks).
-  Tiling(int64_t B, int64_t H, int64_t max_block_rows, bool rows_outer_order)
+  Tiling(int64_t B, int64_t H, int64_t gates, int64_t max_block_rows, bool rows_outer_order)
       : hidden(H), batch(B), rows_outer(rows_outer_order) {
     panels = (H + kPanel - 1) / kPanel;
     // Enough tasks for every thread twice over, by splitting rows when there
     // are too few panels; one block when the step is too small to share.
-    const bool shared = B * 4 * H * H >= 2 * kMinTaskFmas;
+    const bool shared = B * gates * H * H >= 2 * kMinTaskFmas;
     const int64_t wanted_blocks =
         shared ? std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels) : 1;
     const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
@@ -132,7 +125,7 @@ struct Tiling {
     block_rows = (B + row_blocks - 1) / row_blocks;
     if (shared) block_rows = std::min(block_rows, max_block_rows);
     row_blocks = (B + block_rows - 1) / block_rows;
-    const int64_t task_fmas = block_rows * 4 * std::min(H, kPanel) * H;
+    const int64_t task_fmas = block_rows * gates * std::min(H, kPanel) * H;
     grain = std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, task_fmas));
   }
   int64_t tasks() const { return panels * row_blocks; }
@@ -169,31 +162,65 @@ void for_each_panel(const Tiling& tiling, const Fn& fn) {
   });
 }
 
+// A forward task's products with its panel: block q is columns
+// [first[q], first[q] + columns[q]) of the panel's [H, gates * w] block of
+// W_hh^T (column g * w + jj: unit j0 + jj of gate g), packed one block after
+// the other. LSTM: one block for the four gates when they are adjacent
+// columns of the step's gates (interleaved, or a panel that is all of a
+// hidden size below kPanel), else one per gate. GRU: r and z as one block
+// when adjacent, n always a block of its own (it goes to hidden_n, not into
+// the gates).
+struct ProductBlocks {
+  int count = 0;
+  int64_t first[4] = {}, columns[4] = {};
+
+  ProductBlocks(CellKind cell, int64_t width, int64_t hidden, bool interleaved) {
+    const bool adjacent = interleaved || (width == hidden && width < kPanel);
+    if (cell == CellKind::LSTM) {
+      if (adjacent) {
+        add(0, 4 * width);
+      } else {
+        for (int64_t g = 0; g < 4; ++g) add(g * width, width);
+      }
+    } else if (adjacent) {
+      add(0, 2 * width);
+      add(2 * width, width);
+    } else {
+      for (int64_t g = 0; g < 3; ++g) add(g * width, width);
+    }
+  }
+  void add(int64_t first_column, int64_t n) {
+    first[count] = first_column;
+    columns[count++] = n;
+  }
+};
+
 template <typename scalar_t>
 void forward_typed(const RecurrenceForwardArgs& a) {
   const RecurrenceShape& shape = a.shape;
-  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, G = 4 * H;
+  const bool gru = shape.cell == CellKind::GRU;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, gates_per_unit = gate_count(shape.cell);
+  const int64_t G = gates_per_unit * H;
   const auto* w = static_cast<const scalar_t*>(a.weight_hh);
   auto* gates = static_cast<scalar_t*>(a.gates);
   auto* output = static_cast<scalar_t*>(a.output);
   auto* cells = static_cast<scalar_t*>(a.cells);
-  const Tiling tiling(B, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
+  auto* hidden_n = static_cast<scalar_t*>(a.hidden_n);
+  const auto* bias_hn = static_cast<const scalar_t*>(a.bias_hn);
+  const Tiling tiling(B, H, gates_per_unit, /*max_block_rows=*/B, /*rows_outer_order=*/false);
 
-  // Forward panels: each panel's [H, 4w] block of W_hh^T (column g*w + jj is
-  // unit j0 + jj of gate g), cut into forward_products blocks [H, n] stored
-  // one after the other, n = 4w / products.
-  // With interleaved gates a panel's four gates are adjacent columns of the
-  // step's gates, so they are one product.
-  const auto products_of = [&](int64_t width) { return a.gates_interleaved ? 1 : forward_products(width, H); };
+  // Forward panels: each panel's [H, gates * w] block of W_hh^T, cut into
+  // its ProductBlocks, each [H, columns] row-major.
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
-    const int64_t n = 4 * width / products_of(width);
-    for (int64_t g = 0; g < 4; ++g) {
-      for (int64_t jj = 0; jj < width; ++jj) {
-        const int64_t column = g * width + jj;
-        scalar_t* block = packed.data() + 4 * H * j0 + (column / n) * H * n + column % n;
+    const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
+    scalar_t* panel = packed.data() + G * j0;
+    for (int q = 0; q < blocks.count; ++q) {
+      scalar_t* block = panel + H * blocks.first[q];
+      for (int64_t c = 0; c < blocks.columns[q]; ++c) {
+        const int64_t column = blocks.first[q] + c, g = column / width, jj = column % width;
         const scalar_t* row = w + (g * H + j0 + jj) * H;
-        for (int64_t k = 0; k < H; ++k) block[k * n] = row[k];
+        for (int64_t k = 0; k < H; ++k) block[k * blocks.columns[q] + c] = row[k];
       }
     }
   });
@@ -202,22 +229,45 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
     const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
-    // Every step's c, or (inference) the last two steps' only.
+    // Every step's c (LSTM) or hidden n (GRU), or (inference) only what the
+    // next step reads: the last two steps' c, the step's own hidden n.
     const auto cells_of = [&](int64_t step, int64_t time) { return cells + (a.keep_cells ? time : step % 2) * B * H; };
-    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
-    scalar_t* c_t = cells_of(s, t);
+    const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
+    scalar_t* c_t = gru ? nullptr : cells_of(s, t);
+    scalar_t* hidden_n_t = gru ? hidden_n + (a.keep_cells ? t : 0) * B * H : nullptr;
     scalar_t* gates_t = gates + t * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       // The recurrent product accumulates into the step's input projection
-      // in place; the pointwise pass then reads those pre-activations while
-      // they are in L1 and overwrites them with the activated gates.
+      // in place (the GRU's n part into hidden_n); the pointwise pass then
+      // reads those pre-activations while they are in L1 and overwrites them
+      // with the activated gates.
       const int64_t gate_stride = a.gates_interleaved ? width : H;
-      scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? 4 * j0 : j0);
-      const scalar_t* panel = packed.data() + 4 * H * j0;
-      const int64_t products = products_of(width), n = 4 * width / products;
-      for (int64_t q = 0; q < products; ++q) {
-        tile_gemm<scalar_t>(rows, n, H, h_prev + r0 * H, H, false, panel + q * H * n, n, block + q * gate_stride,
-                            G, /*accumulate=*/true);
+      scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? gates_per_unit * j0 : j0);
+      const scalar_t* panel = packed.data() + G * j0;
+      const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
+      for (int q = 0; q < blocks.count; ++q) {
+        const int64_t g = blocks.first[q] / width;
+        const scalar_t* a_rows = h_prev + r0 * H;
+        if (gru && g == 2) {
+          tile_gemm<scalar_t>(rows, blocks.columns[q], H, a_rows, H, false, panel + H * blocks.first[q],
+                              blocks.columns[q], hidden_n_t + r0 * H + j0, H, /*accumulate=*/false);
+        } else {
+          tile_gemm<scalar_t>(rows, blocks.columns[q], H, a_rows, H, false, panel + H * blocks.first[q],
+                              blocks.columns[q], block + g * gate_stride, G, /*accumulate=*/true);
+        }
+      }
+      if (gru) {
+        scalar_t* hn = hidden_n_t + r0 * H + j0;
+        const GruPointwiseForwardArgs args{shape.dtype, rows, width,
+                                           /*preact=*/{block, G, gate_stride},
+                                           /*hidden_n_raw=*/{hn, H},
+                                           /*bias_hn=*/bias_hn + j0,
+                                           /*h_prev=*/{h_prev + r0 * H + j0, H},
+                                           /*gates=*/{block, G, gate_stride},
+                                           /*hidden_n=*/{hn, H},
+                                           /*h=*/{output + t * B * H + r0 * H + j0, H}};
+        pointwise(args);
+        return;
       }
       const PointwiseForwardArgs args{shape.dtype, rows, width,
                                       /*preact=*/{block, G, gate_stride},
@@ -234,7 +284,9 @@ void forward_typed(const RecurrenceForwardArgs& a) {
 template <typename scalar_t>
 void backward_typed(const RecurrenceBackwardArgs& a) {
   const RecurrenceShape& shape = a.shape;
-  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, G = 4 * H;
+  const bool gru = shape.cell == CellKind::GRU;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, gates_per_unit = gate_count(shape.cell);
+  const int64_t G = gates_per_unit * H;
   const auto* w = static_cast<const scalar_t*>(a.weight_hh);
   const auto* gates = static_cast<const scalar_t*>(a.gates);
   const auto* cells = static_cast<const scalar_t*>(a.cells);
@@ -242,7 +294,13 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   auto* grad_c = static_cast<scalar_t*>(a.grad_c);
   auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
   const auto* grad_h_n = static_cast<const scalar_t*>(a.grad_h_n);
-  const Tiling tiling(B, H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
+  const auto* output = static_cast<const scalar_t*>(a.output);
+  const auto* hidden_n = static_cast<const scalar_t*>(a.hidden_n);
+  auto* grad_hidden = static_cast<scalar_t*>(a.grad_hidden_gates);
+  // The gradient that recurs through W_hh: of the pre-activations (LSTM), of
+  // the recurrent product (GRU).
+  const scalar_t* recurrent_grads = gru ? grad_hidden : grad_gates;
+  const Tiling tiling(B, H, gates_per_unit, /*max_block_rows=*/16, /*rows_outer_order=*/true);
 
   // Backward panels: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
@@ -257,27 +315,44 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
     const int64_t t_next = shape.reverse ? t - 1 : t + 1;
-    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
-    const scalar_t* grad_gates_next = s == T - 1 ? nullptr : grad_gates + t_next * B * G;
+    const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
+    const scalar_t* grad_next = s == T - 1 ? nullptr : recurrent_grads + t_next * B * G;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* dh = grad_h + t * B * H + r0 * H + j0;
-      if (grad_gates_next == nullptr && grad_h_n != nullptr) {  // the last step: h_n's gradient joins
+      if (grad_next == nullptr && grad_h_n != nullptr) {  // the last step: h_n's gradient joins
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t jj = 0; jj < width; ++jj) dh[r * H + jj] += grad_h_n[(r0 + r) * H + j0 + jj];
       }
-      if (grad_gates_next != nullptr) {
-        // The gradient reaching h_t through the next step's gates.
-        tile_gemm<scalar_t>(rows, width, G, grad_gates_next + r0 * G, G, false, packed.data() + G * j0, width, dh, H,
+      if (grad_next != nullptr) {
+        // The gradient reaching h_t through the next step's recurrent product.
+        tile_gemm<scalar_t>(rows, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, H,
                             /*accumulate=*/true);
       }
-      scalar_t* dc = grad_c + r0 * H + j0;
+      const int64_t gate_offset = t * B * G + r0 * G + j0, row_offset = r0 * H + j0;
+      if (gru) {
+        // The direct part of h_prev's gradient goes to the previous step's
+        // grad_h (or grad_h0): only this task touches those elements.
+        const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
+        scalar_t* grad_h_prev = s == 0 ? static_cast<scalar_t*>(a.grad_h0) : grad_h + t_prev * B * H;
+        const GruPointwiseBackwardArgs args{shape.dtype, rows, width,
+                                            /*gates=*/{gates + gate_offset, G, H},
+                                            /*hidden_n=*/{hidden_n + t * B * H + row_offset, H},
+                                            /*h_prev=*/{h_prev + row_offset, H},
+                                            /*grad_h=*/{dh, H},
+                                            /*grad_input_gates=*/{grad_gates + gate_offset, G, H},
+                                            /*grad_hidden_gates=*/{grad_hidden + gate_offset, G, H},
+                                            /*grad_h_prev=*/{grad_h_prev + row_offset, H}};
+        pointwise(args);
+        return;
+      }
+      scalar_t* dc = grad_c + row_offset;
       const PointwiseBackwardArgs args{shape.dtype, rows, width,
-                                       /*gates=*/{gates + t * B * G + r0 * G + j0, G, H},
-                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
-                                       /*c=*/{cells + t * B * H + r0 * H + j0, H},
+                                       /*gates=*/{gates + gate_offset, G, H},
+                                       /*c_prev=*/{c_prev + row_offset, H},
+                                       /*c=*/{cells + t * B * H + row_offset, H},
                                        /*grad_h=*/{dh, H},
                                        /*grad_c=*/{dc, H},
-                                       /*grad_gates=*/{grad_gates + t * B * G + r0 * G + j0, G, H},
+                                       /*grad_gates=*/{grad_gates + gate_offset, G, H},
                                        /*grad_c_prev=*/{dc, H}};  // in place: each element read, then written
       pointwise(args);
     });

@@ -1,4 +1,4 @@
-// CUDA pointwise passes: the formulas of lstm_pointwise.h, one thread per
+// CUDA pointwise passes: the formulas of lstm_pointwise.h and gru_pointwise.h, one thread per
 // element (b, j) of the [B, H] state, computing in float for the 16-bit
 // types. Launched on the current stream of the current device (the ATen glue
 // sets the device guard), 64-bit indexing, every launch checked.
@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "lstm_kernels.h"
+#include "gru_pointwise.h"
 #include "lstm_pointwise.h"
 
 namespace lstm_ext {
@@ -89,6 +90,44 @@ __global__ void backward_kernel(PointwiseBackwardArgs a) {
   });
 }
 
+template <typename scalar_t>
+__global__ void gru_forward_kernel(GruPointwiseForwardArgs a) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto* bias_hn = static_cast<const scalar_t*>(a.bias_hn);
+  for_each_element(a.batch, a.hidden, [&](int64_t b, int64_t j) {
+    const opmath_t hidden_n = opmath_t(*row_at<const scalar_t>(a.hidden_n_raw, b, j)) + opmath_t(bias_hn[j]);
+    opmath_t r, z, n, h;
+    gru_forward_point<opmath_t>(*gate_at<const scalar_t>(a.preact, b, 0, j), *gate_at<const scalar_t>(a.preact, b, 1, j),
+                                *gate_at<const scalar_t>(a.preact, b, 2, j), hidden_n,
+                                *row_at<const scalar_t>(a.h_prev, b, j), r, z, n, h);
+    *gate_at<scalar_t>(a.gates, b, 0, j) = r;
+    *gate_at<scalar_t>(a.gates, b, 1, j) = z;
+    *gate_at<scalar_t>(a.gates, b, 2, j) = n;
+    *row_at<scalar_t>(a.hidden_n, b, j) = hidden_n;
+    *row_at<scalar_t>(a.h, b, j) = h;
+  });
+}
+
+template <typename scalar_t>
+__global__ void gru_backward_kernel(GruPointwiseBackwardArgs a) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for_each_element(a.batch, a.hidden, [&](int64_t b, int64_t j) {
+    opmath_t dr, dz, dn, dhn, direct;
+    gru_backward_point<opmath_t>(
+        *gate_at<const scalar_t>(a.gates, b, 0, j), *gate_at<const scalar_t>(a.gates, b, 1, j),
+        *gate_at<const scalar_t>(a.gates, b, 2, j), *row_at<const scalar_t>(a.hidden_n, b, j),
+        *row_at<const scalar_t>(a.h_prev, b, j), *row_at<const scalar_t>(a.grad_h, b, j), dr, dz, dn, dhn, direct);
+    *gate_at<scalar_t>(a.grad_input_gates, b, 0, j) = dr;
+    *gate_at<scalar_t>(a.grad_input_gates, b, 1, j) = dz;
+    *gate_at<scalar_t>(a.grad_input_gates, b, 2, j) = dn;
+    *gate_at<scalar_t>(a.grad_hidden_gates, b, 0, j) = dr;
+    *gate_at<scalar_t>(a.grad_hidden_gates, b, 1, j) = dz;
+    *gate_at<scalar_t>(a.grad_hidden_gates, b, 2, j) = dhn;
+    scalar_t* grad_h_prev = row_at<scalar_t>(a.grad_h_prev, b, j);
+    *grad_h_prev = opmath_t(*grad_h_prev) + direct;
+  });
+}
+
 }  // namespace
 
 void pointwise(const PointwiseForwardArgs& args) {
@@ -105,6 +144,24 @@ void pointwise(const PointwiseBackwardArgs& args) {
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype, "lstm_ext_cuda_pointwise_backward", [&] {
     backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void pointwise(const GruPointwiseForwardArgs& args) {
+  const int64_t n = args.batch * args.hidden;
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype, "lstm_ext_cuda_gru_forward", [&] {
+    gru_forward_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void pointwise(const GruPointwiseBackwardArgs& args) {
+  const int64_t n = args.batch * args.hidden;
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype, "lstm_ext_cuda_gru_backward", [&] {
+    gru_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -11,6 +11,11 @@
 
 namespace lstm_ext {
 
+// The cells the engine runs: everything but the pointwise maths, the gate
+// count and where the biases go is shared between them.
+enum class CellKind : int8_t { LSTM, GRU };
+constexpr int64_t gate_count(CellKind cell) { return cell == CellKind::LSTM ? 4 : 3; }
+
 // Where one of the [B, H] state tensors lives: element (b, j) at
 // data[b * row_stride + j].
 template <typename Ptr>
@@ -69,11 +74,49 @@ struct PointwiseBackwardArgs {
   OutRows grad_c_prev;
 };
 
+// The GRU's passes (gru_pointwise.h), gates r, z, n. Forward: preact holds
+// the summed input and recurrent pre-activations of r and z and the input
+// projection of n; hidden_n_raw the recurrent product's n part, W_hn h, to
+// which bias_hn ([H], never null: zeros without biases) is added. Writes the
+// activated gates, hidden_n = W_hn h + b_hn (both may alias their inputs)
+// and h.
+struct GruPointwiseForwardArgs {
+  c10::ScalarType dtype;
+  int64_t batch;
+  int64_t hidden;
+  InGates preact;
+  InRows hidden_n_raw;
+  const void* bias_hn;
+  InRows h_prev;
+  OutGates gates;
+  OutRows hidden_n;
+  OutRows h;
+};
+
+// Backward: from the activated gates, hidden_n, h_prev and the gradient of h,
+// writes the gradients of the input projection (grad_input_gates) and of the
+// recurrent product (grad_hidden_gates: r and z the same, n times r), and
+// adds grad_h * z to grad_h_prev (read, then written).
+struct GruPointwiseBackwardArgs {
+  c10::ScalarType dtype;
+  int64_t batch;
+  int64_t hidden;
+  InGates gates;
+  InRows hidden_n;
+  InRows h_prev;
+  InRows grad_h;
+  OutGates grad_input_gates;
+  OutGates grad_hidden_gates;
+  OutRows grad_h_prev;
+};
+
 namespace cpu {
 // Chosen at run time for the CPU's capability (DEFAULT, AVX2, AVX512), as
 // ATen's own kernels are.
 void pointwise(const PointwiseForwardArgs& args);
 void pointwise(const PointwiseBackwardArgs& args);
+void pointwise(const GruPointwiseForwardArgs& args);
+void pointwise(const GruPointwiseBackwardArgs& args);
 
 // The time loop of one layer and direction on the CPU. Per step, each task
 // takes a panel of hidden units (all four of their gates) and a block of rows:
@@ -87,12 +130,20 @@ void pointwise(const PointwiseBackwardArgs& args);
 // step; cells [T, B, H] c of every step, or, when keep_cells is false (no
 // backward will read them), cells is [2, B, H] and step s writes its c into
 // row block s % 2. All contiguous.
+//
+// The GRU (cell == GRU) runs the same loop over 3 gates: gates [T, B, 3H]
+// hold the input projections with b_ih and, for r and z, b_hh folded in; the
+// recurrent product of r and z accumulates into them, its n part goes to
+// hidden_n ([T, B, H] every step's, or [B, H] when keep_cells is false), to
+// which the pointwise pass adds bias_hn. h0 is the only state: c0 and cells
+// are unused.
 struct RecurrenceShape {
   c10::ScalarType dtype;
   int64_t steps;
   int64_t batch;
   int64_t hidden;
   bool reverse;  // steps run from T - 1 down to 0
+  CellKind cell = CellKind::LSTM;
 };
 
 struct RecurrenceForwardArgs {
@@ -108,6 +159,8 @@ struct RecurrenceForwardArgs {
   // projection's columns permuted so), which lets each task's four gates be
   // one product instead of four; the activated gates are left in that order.
   bool gates_interleaved = false;
+  void* hidden_n = nullptr;        // GRU
+  const void* bias_hn = nullptr;   // GRU: [H], never null
 };
 // Hidden units per panel of the CPU time loop.
 constexpr int64_t kRecurrencePanel = 16;
@@ -138,6 +191,11 @@ struct RecurrenceBackwardArgs {
   const void* grad_h_n;  // may be null
   void* grad_c;
   void* grad_gates;
+  const void* h0 = nullptr;          // GRU
+  const void* output = nullptr;      // GRU
+  const void* hidden_n = nullptr;    // GRU
+  void* grad_hidden_gates = nullptr; // GRU
+  void* grad_h0 = nullptr;           // GRU
 };
 void recurrence_backward(const RecurrenceBackwardArgs& args);
 
@@ -246,6 +304,8 @@ namespace cuda {
 // Launched on the current CUDA stream of the current device.
 void pointwise(const PointwiseForwardArgs& args);
 void pointwise(const PointwiseBackwardArgs& args);
+void pointwise(const GruPointwiseForwardArgs& args);
+void pointwise(const GruPointwiseBackwardArgs& args);
 }  // namespace cuda
 #endif
 

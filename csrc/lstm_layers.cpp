@@ -1,4 +1,5 @@
-// torch.nn.LSTM's forward over the layer operator: the layers and directions,
+// torch.nn.LSTM's and torch.nn.GRU's forwards over the layer operators: the
+// layers and directions,
 // dropout between layers, initial states, batch_first and unbatched input. In
 // C++ rather than in the module's Python because at small sizes that Python
 // (a loop, a dozen tensor method calls) cost as much as the operator itself.
@@ -25,16 +26,18 @@ std::string parameter_name(const char* kind, int64_t layer, int64_t direction) {
 // and the shape its layer needs, each named as torch.nn.LSTM names it (the
 // layer operator below would name only "weight_ih").
 void check_parameters(const char* op, const Tensor& input, at::TensorList params, bool has_biases,
-                      int64_t num_layers, int64_t directions, int64_t input_size, int64_t hidden) {
+                      int64_t num_layers, int64_t directions, int64_t input_size, int64_t hidden, int64_t gates) {
   const int64_t per_layer = has_biases ? 4 : 2;
   const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  const std::string g = "(" + std::to_string(gates) + "*hidden_size";
+  const std::string input_meanings[] = {g + ", input_size)", g + ", 2*hidden_size)", g + ", hidden_size)"};
+  const std::string hidden_meaning = g + ", hidden_size)", bias_meaning = g + ",)";
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const int64_t layer_input = layer == 0 ? input_size : hidden * directions;
-    const std::vector<int64_t> shapes[] = {{4 * hidden, layer_input}, {4 * hidden, hidden}, {4 * hidden}, {4 * hidden}};
-    const char* meanings[] = {layer == 0 ? "(4*hidden_size, input_size)"
-                                         : directions == 2 ? "(4*hidden_size, 2*hidden_size)"
-                                                           : "(4*hidden_size, hidden_size)",
-                              "(4*hidden_size, hidden_size)", "(4*hidden_size,)", "(4*hidden_size,)"};
+    const int64_t G = gates * hidden;
+    const std::vector<int64_t> shapes[] = {{G, layer_input}, {G, hidden}, {G}, {G}};
+    const std::string* meanings[] = {&input_meanings[layer == 0 ? 0 : directions == 2 ? 1 : 2], &hidden_meaning,
+                                     &bias_meaning, &bias_meaning};
     for (int64_t direction = 0; direction < directions; ++direction) {
       for (int64_t k = 0; k < per_layer; ++k) {
         const Tensor& p = params[(layer * directions + direction) * per_layer + k];
@@ -42,28 +45,43 @@ void check_parameters(const char* op, const Tensor& input, at::TensorList params
         // The name is built only for the message: at the course's size every call counts.
         const std::string name = parameter_name(kinds[k], layer, direction);
         check_like(op, name.c_str(), p, "input", input);
-        TORCH_CHECK_VALUE(false, op, ": ", name, " must have shape ", python_shape(shapes[k]), " ", meanings[k],
+        TORCH_CHECK_VALUE(false, op, ": ", name, " must have shape ", python_shape(shapes[k]), " ", *meanings[k],
                           ", got ", python_shape(p.sizes()));
       }
     }
   }
 }
 
-}  // namespace
+// What differs between torch.nn.LSTM's forward and torch.nn.GRU's here.
+struct StackSpec {
+  const char* op;
+  int64_t gates;
+  int64_t states;              // per layer and direction: (h, c) or (h)
+  const char* hx_description;  // for the message on a wrong hx
+};
 
-std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
-                                        bool has_biases, int64_t num_layers, double dropout, bool train,
-                                        bool bidirectional, bool batch_first) {
-  constexpr const char* op = "lstm_ext.LSTM";
+// The driver of both: checks, batch_first and unbatched input, initial
+// states, layers and directions with dropout between layers. run(input,
+// states, params of the layer and direction, bias_ih, bias_hh, reverse,
+// needs_grad) runs one layer and direction and returns (output, its final
+// states). Returns (output, the final states stacked, one tensor per kind).
+template <typename Run>
+std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Tensor& input, at::TensorList hx,
+                                                 at::TensorList params, bool has_biases, int64_t num_layers,
+                                                 double dropout, bool train, bool bidirectional, bool batch_first,
+                                                 const Run& run) {
+  const char* op = spec.op;
   const int64_t directions = bidirectional ? 2 : 1;
   const int64_t per_layer = has_biases ? 4 : 2;
   TORCH_CHECK_VALUE(num_layers > 0 && static_cast<int64_t>(params.size()) == num_layers * directions * per_layer,
                     op, ": expected ", num_layers * directions * per_layer, " parameters (", num_layers,
                     " layers, ", directions, " directions, ", per_layer, " each), got ", params.size());
   check_floating(op, "input", input);
-  TORCH_CHECK_VALUE(params[0].dim() == 2 && params[1].dim() == 2 && params[1].size(0) == 4 * params[1].size(1),
-                    op, ": weight_ih_l0 must be 2-D and weight_hh_l0 of shape (4*hidden_size, hidden_size), "
-                    "got shapes ", python_shape(params[0].sizes()), " and ", python_shape(params[1].sizes()));
+  TORCH_CHECK_VALUE(params[0].dim() == 2 && params[1].dim() == 2 &&
+                        params[1].size(0) == spec.gates * params[1].size(1),
+                    op, ": weight_ih_l0 must be 2-D and weight_hh_l0 of shape (", spec.gates,
+                    "*hidden_size, hidden_size), got shapes ", python_shape(params[0].sizes()), " and ",
+                    python_shape(params[1].sizes()));
   const int64_t input_size = params[0].size(1), hidden = params[1].size(1);
   TORCH_CHECK_VALUE(input.dim() == 2 || input.dim() == 3, op,
                     ": expected input of shape (seq_len, input_size) unbatched or (seq_len, batch, input_size) (",
@@ -75,39 +93,39 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
   TORCH_CHECK_VALUE(input.sym_size(-1) == input_size, op, ": input.size(-1) must be equal to input_size. Expected ",
                     input_size, ", got ", input.sym_size(-1), " (weight_ih_l0 has shape ",
                     python_shape(params[0].sizes()), ")");
-  check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden);
+  check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden, spec.gates);
   const bool batched = input.dim() == 3;
   const Tensor x = !batched ? input.unsqueeze(1) : batch_first ? input.transpose(0, 1) : input;
-  // As torch.nn.LSTM: a sequence needs at least one step.
+  // As torch.nn: a sequence needs at least one step.
   TORCH_CHECK_VALUE(x.sym_size(0) > 0, op, ": expected sequence length to be larger than 0, got input of shape ",
                     python_shape(input.sym_sizes()));
   const c10::SymInt batch = x.sym_size(1);
-  const int64_t states = num_layers * directions;
+  const int64_t layers_states = num_layers * directions;
 
-  std::vector<Tensor> h0, c0;
+  // initial[k][index]: state kind k (h, then c) of layer and direction index.
+  std::vector<std::vector<Tensor>> initial(spec.states);
   if (hx.empty()) {
-    // One zero state serves every layer and direction, as h_0 and as c_0.
+    // One zero state serves every layer, direction and kind.
     const Tensor zeros = at::zeros_symint({batch, hidden}, x.options());
-    h0.assign(states, zeros);
-    c0.assign(states, zeros);
+    for (auto& kind : initial) kind.assign(layers_states, zeros);
   } else {
-    TORCH_CHECK_TYPE(hx.size() == 2, op, ": hx must be a pair (h_0, c_0), got ", hx.size(), " tensors");
-    const std::vector<c10::SymInt> expected =
-        batched ? std::vector<c10::SymInt>{states, batch, hidden} : std::vector<c10::SymInt>{states, hidden};
+    TORCH_CHECK_TYPE(static_cast<int64_t>(hx.size()) == spec.states, op, ": hx must be ", spec.hx_description,
+                     ", got ", hx.size(), " tensors");
+    const std::vector<c10::SymInt> expected = batched ? std::vector<c10::SymInt>{layers_states, batch, hidden}
+                                                      : std::vector<c10::SymInt>{layers_states, hidden};
     const char* names[] = {"h_0", "c_0"};
-    for (int k = 0; k < 2; ++k) {
+    for (int64_t k = 0; k < spec.states; ++k) {
       check_like(op, names[k], hx[k], "input", input);
       TORCH_CHECK_VALUE(hx[k].sym_sizes().equals(expected), op, ": expected ", names[k], " of shape ",
                         python_shape(c10::SymIntArrayRef(expected)), ", got a tensor of shape ",
                         python_shape(hx[k].sym_sizes()));
+      initial[k] = (batched ? hx[k] : hx[k].unsqueeze(1)).unbind(0);
     }
-    h0 = (batched ? hx[0] : hx[0].unsqueeze(1)).unbind(0);
-    c0 = (batched ? hx[1] : hx[1].unsqueeze(1)).unbind(0);
   }
 
   // Without a gradient to form (grad mode off, or no input, state or
-  // parameter requiring grad), each layer runs layer_inference, which keeps
-  // nothing for a backward.
+  // parameter requiring grad), each layer runs its inference operator, which
+  // keeps nothing for a backward.
   bool needs_grad = false;
   if (at::GradMode::is_enabled()) {
     needs_grad = input.requires_grad();
@@ -115,7 +133,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
     for (const Tensor& t : params) needs_grad = needs_grad || t.requires_grad();
   }
   Tensor layer_input = x;
-  std::vector<Tensor> h_n, c_n, outputs;
+  std::vector<std::vector<Tensor>> final_states(spec.states);
+  std::vector<Tensor> outputs;
+  std::vector<Tensor> states(spec.states);
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     outputs.clear();
     for (int64_t direction = 0; direction < directions; ++direction) {
@@ -123,29 +143,64 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
       const Tensor* p = &params[index * per_layer];
       const std::optional<Tensor> bias_ih = has_biases ? std::optional<Tensor>(p[2]) : std::nullopt;
       const std::optional<Tensor> bias_hh = has_biases ? std::optional<Tensor>(p[3]) : std::nullopt;
-      Tensor output, h, c;
-      if (needs_grad) {
-        std::tie(output, h, c, std::ignore, std::ignore) =
-            layer_forward_op().call(layer_input, h0[index], c0[index], p[0], p[1], bias_ih, bias_hh, direction == 1);
-      } else {
-        std::tie(output, h, c) =
-            layer_inference_op().call(layer_input, h0[index], c0[index], p[0], p[1], bias_ih, bias_hh, direction == 1);
-      }
+      for (int64_t k = 0; k < spec.states; ++k) states[k] = initial[k][index];
+      auto [output, last] = run(layer_input, states, p, bias_ih, bias_hh, direction == 1, needs_grad);
       outputs.push_back(std::move(output));
-      h_n.push_back(std::move(h));
-      c_n.push_back(std::move(c));
+      for (int64_t k = 0; k < spec.states; ++k) final_states[k].push_back(std::move(last[k]));
     }
     layer_input = directions == 1 ? outputs[0] : at::cat(outputs, 2);
     if (dropout > 0 && train && layer < num_layers - 1) {
       layer_input = at::dropout(layer_input, dropout, /*train=*/true);
     }
   }
-  Tensor h_out = states == 1 ? h_n[0].unsqueeze(0) : at::stack(h_n);
-  Tensor c_out = states == 1 ? c_n[0].unsqueeze(0) : at::stack(c_n);
-  if (!batched) {
-    return {layer_input.squeeze(1), h_out.squeeze(1), c_out.squeeze(1)};
+  std::vector<Tensor> stacked;
+  for (const auto& kind : final_states) {
+    Tensor s = layers_states == 1 ? kind[0].unsqueeze(0) : at::stack(kind);
+    stacked.push_back(batched ? s : s.squeeze(1));
   }
-  return {batch_first ? layer_input.transpose(0, 1) : layer_input, h_out, c_out};
+  if (!batched) return {layer_input.squeeze(1), stacked};
+  return {batch_first ? layer_input.transpose(0, 1) : layer_input, stacked};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
+                                        bool has_biases, int64_t num_layers, double dropout, bool train,
+                                        bool bidirectional, bool batch_first) {
+  constexpr StackSpec spec{"lstm_ext.LSTM", 4, 2, "a pair (h_0, c_0)"};
+  auto [output, states] = run_stack(
+      spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+      [](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
+         const std::optional<Tensor>& bias_hh, bool reverse, bool needs_grad) {
+        Tensor output, h, c;
+        if (needs_grad) {
+          std::tie(output, h, c, std::ignore, std::ignore) =
+              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse);
+        } else {
+          std::tie(output, h, c) = layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse);
+        }
+        return std::pair{output, std::vector<Tensor>{h, c}};
+      });
+  return {output, states[0], states[1]};
+}
+
+std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
+                               int64_t num_layers, double dropout, bool train, bool bidirectional, bool batch_first) {
+  constexpr StackSpec spec{"lstm_ext.GRU", 3, 1, "empty or one tensor (h_0)"};
+  auto [output, states] = run_stack(
+      spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+      [](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
+         const std::optional<Tensor>& bias_hh, bool reverse, bool needs_grad) {
+        Tensor output, h;
+        if (needs_grad) {
+          std::tie(output, h, std::ignore, std::ignore) =
+              gru_layer_forward_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse);
+        } else {
+          std::tie(output, h) = gru_layer_inference_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse);
+        }
+        return std::pair{output, std::vector<Tensor>{h}};
+      });
+  return {output, states[0]};
 }
 
 }  // namespace lstm_ext

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
+#include <string>
 
 #include "buffer_pool.h"
 #include "lstm_checks.h"
@@ -51,10 +52,11 @@ int64_t check_packed_weight(const char* op, const Tensor& weight) {
   return weight.size(0) / 4;
 }
 
-// The sequence layer's recurrent weight [4H, H]: returns H.
-int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh) {
-  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * 4 == weight_hh.size(0), op,
-                    ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+// The sequence layer's recurrent weight [gates*H, H] (4 gates: the LSTM's, 3:
+// the GRU's): returns H.
+int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh, int64_t gates) {
+  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * gates == weight_hh.size(0), op,
+                    ": weight_hh must have shape [", gates, "*hidden_size, hidden_size], got ", weight_hh.sizes());
   return weight_hh.size(1);
 }
 
@@ -324,24 +326,67 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
 }
 
 
+
 namespace {
 
-// layer_forward and layer_inference: the same checks and the same time loop;
-// keep_cells says whether every step's c is kept for a backward (returned as
-// cells [T, B, H]) or only the last two steps' (inference: [2, B, H]
-// working memory). Returns (output, h_n, c_n, gates, cells).
+// What differs between the cells at this level: the gate count, the names
+// in messages, and (GRU) no c.
+struct CellSpec {
+  CellKind kind;
+  const char* op;  // the name errors give
+  int64_t gates() const { return gate_count(kind); }
+  bool lstm() const { return kind == CellKind::LSTM; }
+};
+constexpr CellSpec kLSTM{CellKind::LSTM, "lstm_ext.LSTM"};
+constexpr CellSpec kGRU{CellKind::GRU, "lstm_ext.GRU"};
+
+// "(4*hidden_size,)" and the like, for the messages.
+std::string gates_shape(int64_t gates, const char* before, const char* after) {
+  return std::string(before) + std::to_string(gates) + "*hidden_size" + after;
+}
+
+// The GRU's biases where the engine takes them: b_ih, and b_hh's r and z
+// parts, fold into the input projection (returned as the projection's two
+// biases, [3H] each, either undefined); b_hh's n part stays apart, as the
+// pointwise pass multiplies it by r (zeros without biases: the kernels read
+// it unconditionally).
+struct GruBiases {
+  Tensor projection, projection2, hidden_n;
+};
+GruBiases gru_biases(const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, int64_t H,
+                     const at::TensorOptions& options) {
+  GruBiases out;
+  Tensor hh_rz;
+  if (bias_hh.has_value()) {
+    hh_rz = at::cat({bias_hh->narrow(0, 0, 2 * H), at::zeros({H}, options)});
+    out.hidden_n = bias_hh->narrow(0, 2 * H, H).contiguous();
+  } else {
+    out.hidden_n = at::zeros({H}, options);
+  }
+  out.projection = bias_ih.has_value() ? *bias_ih : hh_rz;
+  if (bias_ih.has_value() && hh_rz.defined()) out.projection2 = hh_rz;
+  return out;
+}
+
+// layer_forward and layer_inference of either cell: the same checks and the
+// same time loop; keep_cells says whether every step's c (LSTM) or hidden n
+// (GRU) is kept for a backward (returned as cells [T, B, H]) or only what the
+// loop needs (inference: [2, B, H] or [1, B, H] working memory). c0 is
+// undefined for the GRU, and so is the c_n it returns. Returns (output, h_n,
+// c_n, gates, cells).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
-    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, bool keep_cells) {
-  constexpr const char* op = "lstm_ext.LSTM";
-  const int64_t H = check_recurrent_weight(op, weight_hh);
+    const CellSpec& cell, const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
+    bool reverse, bool keep_cells) {
+  const char* op = cell.op;
+  const int64_t gates_per_unit = cell.gates();
+  const int64_t H = check_recurrent_weight(op, weight_hh, gates_per_unit);
+  const int64_t G = gates_per_unit * H;
   check_like_weight(op, "weight_hh", weight_hh, weight_hh);
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
                     input.sizes());
-  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H, op,
-                    ": weight_ih must have shape [4*hidden_size, input_size] = [", 4 * H, ", input_size], got ",
-                    weight_ih.sizes());
+  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == G, op, ": weight_ih must have shape [",
+                    gates_per_unit, "*hidden_size, input_size] = [", G, ", input_size], got ", weight_ih.sizes());
   const int64_t T = input.size(0), B = input.size(1), I = weight_ih.size(1);
   TORCH_CHECK_VALUE(input.size(2) == I, op, ": input has ", input.size(2), " features but input_size is ", I,
                     " (input shape ", input.sizes(), ")");
@@ -349,12 +394,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   check_like_weight(op, "input", input, weight);
   check_like_weight(op, "weight_ih", weight_ih, weight);
   check_like_weight(op, "h_0", h0, weight);
-  check_like_weight(op, "c_0", c0, weight);
+  if (cell.lstm()) check_like_weight(op, "c_0", c0, weight);
   check_shape(op, "h_0", h0, {B, H}, "(batch, hidden_size)");
-  check_shape(op, "c_0", c0, {B, H}, "(batch, hidden_size)");
+  if (cell.lstm()) check_shape(op, "c_0", c0, {B, H}, "(batch, hidden_size)");
+  const std::string bias_meaning = gates_shape(gates_per_unit, "(", ",)");
   for (const auto& [name, bias] : {std::pair{"bias_ih", &bias_ih}, std::pair{"bias_hh", &bias_hh}}) {
     if (bias->has_value()) {
-      check_operand(op, name, **bias, weight, {4 * H}, "(4*hidden_size,)");
+      check_operand(op, name, **bias, weight, {G}, bias_meaning.c_str());
     }
   }
 
@@ -362,165 +408,227 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   // All time steps' input projections in one matrix product, biases folded in.
   const Tensor x2d = input.reshape({T * B, I});
   Tensor w_ih = weight_ih;
-  Tensor bias = bias_ih.has_value() ? *bias_ih : bias_hh.has_value() ? *bias_hh : Tensor();
-  Tensor bias2 = bias_ih.has_value() && bias_hh.has_value() ? *bias_hh : Tensor();
-  // Inference on the CPU: no backward reads the gates, so the projection's
-  // columns come in the time loop's panel-interleaved order, where each
-  // task's four gates are one product (lstm_kernels.h).
-  const bool interleaved = !keep_cells && cpu_specialized(input) && H >= cpu::kRecurrencePanel;
+  Tensor bias, bias2, bias_hn;
+  if (cell.lstm()) {
+    bias = bias_ih.has_value() ? *bias_ih : bias_hh.has_value() ? *bias_hh : Tensor();
+    bias2 = bias_ih.has_value() && bias_hh.has_value() ? *bias_hh : Tensor();
+  } else {
+    GruBiases biases = gru_biases(bias_ih, bias_hh, H, weight.options());
+    bias = std::move(biases.projection);
+    bias2 = std::move(biases.projection2);
+    bias_hn = std::move(biases.hidden_n);
+  }
+  // LSTM inference on the CPU: no backward reads the gates, so the
+  // projection's columns come in the time loop's panel-interleaved order,
+  // where each task's four gates are one product (lstm_kernels.h).
+  const bool interleaved = cell.lstm() && !keep_cells && cpu_specialized(input) && H >= cpu::kRecurrencePanel;
   if (interleaved) {
-    Tensor order = at::empty({4 * H}, input.options().dtype(at::kLong));
+    Tensor order = at::empty({G}, input.options().dtype(at::kLong));
     int64_t* o = order.mutable_data_ptr<int64_t>();
-    for (int64_t c = 0; c < 4 * H; ++c) o[c] = cpu::recurrence_gate_order(c, H);
+    for (int64_t c = 0; c < G; ++c) o[c] = cpu::recurrence_gate_order(c, H);
     w_ih = weight_ih.index_select(0, order);
     if (bias.defined()) bias = bias.index_select(0, order);
     if (bias2.defined()) bias2 = bias2.index_select(0, order);
   }
-  Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({T * B, 4 * H}, input.options()), bias2);
-  gates = gates.view({T, B, 4 * H});
+  Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({T * B, G}, input.options()), bias2);
+  gates = gates.view({T, B, G});
   Tensor output = pooled_empty({T, B, H}, input.options());
-  Tensor cells = pooled_empty({keep_cells ? T : 2, B, H}, input.options());
+  // The LSTM's c of every step (or of the last two); the GRU's hidden n of
+  // every step (or of the step running).
+  Tensor cells = pooled_empty({keep_cells ? T : cell.lstm() ? 2 : 1, B, H}, input.options());
   const Tensor h0_c = h0.contiguous();
-  const Tensor c0_c = c0.contiguous();
+  const Tensor c0_c = cell.lstm() ? c0.contiguous() : Tensor();
   if (T == 0 || B == 0) {
-    return {output, h0_c.clone(), c0_c.clone(), gates, cells};
+    return {output, h0_c.clone(), cell.lstm() ? c0_c.clone() : Tensor(), gates, cells};
   }
-  // Step s's c: every step's kept, or (inference) the last two steps' in turn.
-  const auto cell_of = [&](int64_t s, int64_t t) { return cells[keep_cells ? t : s % 2]; };
+  // Step s's c or hidden n: every step's kept, or (inference) the ones in turn.
+  const auto cell_of = [&](int64_t s, int64_t t) { return cells[keep_cells ? t : s % cells.size(0)]; };
   if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
-    cpu::recurrence_forward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
-                             h0_c.const_data_ptr(), c0_c.const_data_ptr(), gates.data_ptr(), output.data_ptr(),
-                             cells.data_ptr(), keep_cells, interleaved});
+    cpu::RecurrenceForwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind}, weight_hh_c.const_data_ptr(),
+                                    h0_c.const_data_ptr(), cell.lstm() ? c0_c.const_data_ptr() : nullptr,
+                                    gates.data_ptr(), output.data_ptr(), cell.lstm() ? cells.data_ptr() : nullptr,
+                                    keep_cells, interleaved};
+    if (!cell.lstm()) {
+      args.hidden_n = cells.data_ptr();
+      args.bias_hn = bias_hn.const_data_ptr();
+    }
+    cpu::recurrence_forward(args);
   } else {
-    // Per step one recurrent product in place into the step's gates (cuBLAS)
-    // and one pointwise kernel.
+    // Per step the recurrent products (cuBLAS) and one pointwise kernel.
     const Tensor weight_hh_t = weight_hh.t();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;
       const Tensor h_prev = s == 0 ? h0_c : output[t_prev];
-      const Tensor c_prev = s == 0 ? c0_c : cell_of(s - 1, t_prev);
       Tensor g = gates[t];
-      g.addmm_(h_prev, weight_hh_t);
       void* gp = g.data_ptr();
-      const PointwiseForwardArgs args{input.scalar_type(), B, H,
-                                      /*preact=*/{gp, 4 * H, H},
-                                      /*addend=*/{nullptr, 0, 0},
-                                      /*c_prev=*/{c_prev.const_data_ptr(), H},
-                                      /*gates=*/{gp, 4 * H, H},
-                                      /*h=*/{output[t].data_ptr(), H},
-                                      /*c=*/{cell_of(s, t).data_ptr(), H}};
+      if (cell.lstm()) {
+        const Tensor c_prev = s == 0 ? c0_c : cell_of(s - 1, t_prev);
+        g.addmm_(h_prev, weight_hh_t);  // in place into the step's gates
+        const PointwiseForwardArgs args{input.scalar_type(), B, H,
+                                        /*preact=*/{gp, G, H},
+                                        /*addend=*/{nullptr, 0, 0},
+                                        /*c_prev=*/{c_prev.const_data_ptr(), H},
+                                        /*gates=*/{gp, G, H},
+                                        /*h=*/{output[t].data_ptr(), H},
+                                        /*c=*/{cell_of(s, t).data_ptr(), H}};
+        launch(input, args);
+        continue;
+      }
+      // GRU: r and z in place into the gates, n into the step's hidden n.
+      Tensor hidden_n = cell_of(s, t);
+      g.narrow(1, 0, 2 * H).addmm_(h_prev, weight_hh_t.narrow(1, 0, 2 * H));
+      at::mm_out(hidden_n, h_prev, weight_hh_t.narrow(1, 2 * H, H));
+      void* hp = hidden_n.data_ptr();
+      const GruPointwiseForwardArgs args{input.scalar_type(), B, H,
+                                         /*preact=*/{gp, G, H},
+                                         /*hidden_n_raw=*/{hp, H},
+                                         /*bias_hn=*/bias_hn.const_data_ptr(),
+                                         /*h_prev=*/{h_prev.const_data_ptr(), H},
+                                         /*gates=*/{gp, G, H},
+                                         /*hidden_n=*/{hp, H},
+                                         /*h=*/{output[t].data_ptr(), H}};
       launch(input, args);
     }
   }
   // Outputs of an operator may not alias each other: h_n and c_n are copies.
   const int64_t t_last = reverse ? 0 : T - 1;
-  return {output, copy_step(output, t_last), copy_step(cells, keep_cells ? t_last : (T - 1) % 2), gates, cells};
+  Tensor c_n = cell.lstm() ? copy_step(cells, keep_cells ? t_last : (T - 1) % 2) : Tensor();
+  return {output, copy_step(output, t_last), c_n, gates, cells};
 }
 
-}  // namespace
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
-    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
-  return run_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true);
-}
-
-std::tuple<Tensor, Tensor, Tensor> layer_inference(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
-    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
-  auto [output, h_n, c_n, gates, cells] =
-      run_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/false);
-  return {output, h_n, c_n};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
-    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n_opt, const std::optional<Tensor>& grad_c_n_opt,
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
-    std::array<bool, 4> output_mask) {
-  constexpr const char* op = "lstm_ext.layer_backward";
-  const int64_t H = check_recurrent_weight(op, weight_hh);
+// The gradients of either cell's layer (layer_backward's and
+// gru_layer_backward's work). cells is the LSTM's c or the GRU's hidden n;
+// c0 and grad_c_n are undefined for the GRU. want = (input, h0, c0,
+// weights). Returns (grad_input, grad_h0, grad_c0, grad_weight_ih,
+// grad_weight_hh, grad_bias_ih, grad_bias_hh); the LSTM's two bias gradients
+// are one tensor.
+std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const Tensor& grad_output,
+                                     const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+                                     const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+                                     const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
+                                     const Tensor& cells, bool reverse, std::array<bool, 4> output_mask) {
+  const int64_t gates_per_unit = cell.gates();
+  const int64_t H = check_recurrent_weight(op, weight_hh, gates_per_unit);
+  const int64_t G = gates_per_unit * H;
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D, got ", input.sizes());
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const Tensor& weight = weight_hh;
+  const char* cells_name = cell.lstm() ? "cells" : "hidden_n";
   const std::pair<const char*, const Tensor*> sequences[] = {
-      {"grad_output", &grad_output}, {"output", &output}, {"cells", &cells}};
+      {"grad_output", &grad_output}, {"output", &output}, {cells_name, &cells}};
   for (const auto& [name, t] : sequences) {
     check_operand(op, name, *t, weight, {T, B, H}, "(seq_len, batch, hidden_size)");
   }
-  // Undefined when absent, as autograd passes the gradients of unused outputs.
-  const Tensor grad_h_n = grad_h_n_opt.value_or(Tensor());
-  const Tensor grad_c_n = grad_c_n_opt.value_or(Tensor());
   const std::pair<const char*, const Tensor*> states[] = {
       {"grad_h_n", &grad_h_n}, {"grad_c_n", &grad_c_n}, {"h_0", &h0}, {"c_0", &c0}};
   for (const auto& [name, t] : states) {
     if (t->defined()) check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
   }
   check_like_weight(op, "input", input, weight);
-  check_operand(op, "weight_ih", weight_ih, weight, {4 * H, I}, "(4*hidden_size, input_size)");
-  check_operand(op, "gates", gates, weight, {T, B, 4 * H}, "(seq_len, batch, 4*hidden_size)");
+  check_operand(op, "weight_ih", weight_ih, weight, {G, I}, gates_shape(gates_per_unit, "(", ", input_size)").c_str());
+  check_operand(op, "gates", gates, weight, {T, B, G}, gates_shape(gates_per_unit, "(seq_len, batch, ", ")").c_str());
 
   const c10::DeviceGuard guard(input.device());
   const Tensor gates_c = gates.contiguous();
   const Tensor cells_c = cells.contiguous();
-  const Tensor c0_c = c0.contiguous();
-  // grad_h of each step: the output's gradient plus, accumulated below by the
-  // recurrent product, the gradient flowing back from the next step.
+  const Tensor c0_c = c0.defined() ? c0.contiguous() : c0;
+  const Tensor h0_c = h0.contiguous();
+  // grad_h of each step: the output's gradient plus, accumulated below, the
+  // gradient flowing back from the next step.
   Tensor grad_h = pooled_empty({T, B, H}, grad_output.options());
   grad_h.copy_(grad_output);
-  // The running gradient of c, from c_n's back to c_0's.
-  Tensor grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous)
-                                     : at::zeros({B, H}, c0.options());
+  // The running gradient of c, from c_n's back to c_0's (LSTM).
+  Tensor grad_c;
+  if (cell.lstm()) {
+    grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous) : at::zeros({B, H}, c0.options());
+  }
   const auto [want_input, want_h0, want_c0, want_weights] = output_mask;
+  const auto zeros_if = [](bool wanted, const Tensor& like) { return wanted ? at::zeros_like(like) : Tensor(); };
   if (T == 0 || B == 0) {
     const Tensor grad_h0 = T == 0 && grad_h_n.defined() ? grad_h_n.clone(at::MemoryFormat::Contiguous)
                                                         : at::zeros({B, H}, h0.options());
-    const auto zeros_if = [](bool wanted, const Tensor& like) { return wanted ? at::zeros_like(like) : Tensor(); };
+    const Tensor grad_bias = want_weights ? at::zeros({G}, weight_hh.options()) : Tensor();
     return {zeros_if(want_input, input), want_h0 ? grad_h0 : Tensor(), want_c0 ? grad_c : Tensor(),
-            zeros_if(want_weights, weight_ih), zeros_if(want_weights, weight_hh),
-            want_weights ? at::zeros({4 * H}, weight_hh.options()) : Tensor()};
+            zeros_if(want_weights, weight_ih), zeros_if(want_weights, weight_hh), grad_bias,
+            cell.lstm() ? grad_bias : zeros_if(want_weights, grad_bias)};
   }
-  Tensor grad_gates = pooled_empty({T, B, 4 * H}, gates.options());
+  Tensor grad_gates = pooled_empty({T, B, G}, gates.options());
+  // GRU: the recurrent product's gradients, and the direct part of h_0's.
+  Tensor grad_hidden, grad_h0_direct;
+  if (!cell.lstm()) {
+    grad_hidden = pooled_empty({T, B, G}, gates.options());
+    grad_h0_direct = at::zeros({B, H}, h0.options());
+  }
   const int64_t t_first = reverse ? T - 1 : 0;
   if (cpu_specialized(input)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
-    cpu::recurrence_backward({{input.scalar_type(), T, B, H, reverse}, weight_hh_c.const_data_ptr(),
-                              c0_c.const_data_ptr(), gates_c.const_data_ptr(), cells_c.const_data_ptr(),
-                              grad_h.data_ptr(), grad_h_n.defined() ? grad_h_n_c.const_data_ptr() : nullptr,
-                              grad_c.data_ptr(), grad_gates.data_ptr()});
+    const Tensor output_c = output.contiguous();
+    cpu::RecurrenceBackwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind},
+                                     weight_hh_c.const_data_ptr(),
+                                     cell.lstm() ? c0_c.const_data_ptr() : nullptr,
+                                     gates_c.const_data_ptr(),
+                                     cell.lstm() ? cells_c.const_data_ptr() : nullptr,
+                                     grad_h.data_ptr(),
+                                     grad_h_n.defined() ? grad_h_n_c.const_data_ptr() : nullptr,
+                                     cell.lstm() ? grad_c.data_ptr() : nullptr,
+                                     grad_gates.data_ptr()};
+    if (!cell.lstm()) {
+      args.h0 = h0_c.const_data_ptr();
+      args.output = output_c.const_data_ptr();
+      args.hidden_n = cells_c.const_data_ptr();
+      args.grad_hidden_gates = grad_hidden.data_ptr();
+      args.grad_h0 = grad_h0_direct.data_ptr();
+    }
+    cpu::recurrence_backward(args);
   } else {
     if (grad_h_n.defined()) grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t
-      const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
       Tensor gg = grad_gates[t];
       void* ggp = gg.data_ptr();
-      void* gcp = grad_c.data_ptr();
-      const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
-                                       /*gates=*/{gates_c[t].const_data_ptr(), 4 * H, H},
-                                       /*c_prev=*/{c_prev.const_data_ptr(), H},
-                                       /*c=*/{cells_c[t].const_data_ptr(), H},
-                                       /*grad_h=*/{grad_h[t].const_data_ptr(), H},
-                                       /*grad_c=*/{gcp, H},
-                                       /*grad_gates=*/{ggp, 4 * H, H},
-                                       /*grad_c_prev=*/{gcp, H}};  // in place: each element read, then written
-      launch(gates, args);
-      if (s > 0) {
-        grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step
+      if (cell.lstm()) {
+        const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
+        void* gcp = grad_c.data_ptr();
+        const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
+                                         /*gates=*/{gates_c[t].const_data_ptr(), G, H},
+                                         /*c_prev=*/{c_prev.const_data_ptr(), H},
+                                         /*c=*/{cells_c[t].const_data_ptr(), H},
+                                         /*grad_h=*/{grad_h[t].const_data_ptr(), H},
+                                         /*grad_c=*/{gcp, H},
+                                         /*grad_gates=*/{ggp, G, H},
+                                         /*grad_c_prev=*/{gcp, H}};  // in place: each element read, then written
+        launch(gates, args);
+        if (s > 0) grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step
+        continue;
       }
+      const Tensor h_prev = s == 0 ? h0_c : output[t_prev];
+      Tensor grad_h_prev = s == 0 ? grad_h0_direct : grad_h[t_prev];
+      Tensor gh = grad_hidden[t];
+      const GruPointwiseBackwardArgs args{gates.scalar_type(), B, H,
+                                          /*gates=*/{gates_c[t].const_data_ptr(), G, H},
+                                          /*hidden_n=*/{cells_c[t].const_data_ptr(), H},
+                                          /*h_prev=*/{h_prev.const_data_ptr(), H},
+                                          /*grad_h=*/{grad_h[t].const_data_ptr(), H},
+                                          /*grad_input_gates=*/{ggp, G, H},
+                                          /*grad_hidden_gates=*/{gh.data_ptr(), G, H},
+                                          /*grad_h_prev=*/{grad_h_prev.data_ptr(), H}};
+      launch(gates, args);
+      if (s > 0) grad_h[t_prev].addmm_(gh, weight_hh);
     }
   }
   // Everything that does not recur, over all steps at once; only what the
   // caller needs (a first layer's input is data; frozen weights need nothing).
-  const Tensor gates2d = grad_gates.view({T * B, 4 * H});
-  Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias;
-  if (want_h0) grad_h0 = product(grad_gates[t_first], weight_hh);
+  const Tensor gates2d = grad_gates.view({T * B, G});
+  const Tensor recurrent2d = cell.lstm() ? gates2d : grad_hidden.view({T * B, G});
+  Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh;
+  if (want_h0) {
+    grad_h0 = product(cell.lstm() ? grad_gates[t_first] : grad_hidden[t_first], weight_hh);
+    if (!cell.lstm()) grad_h0.add_(grad_h0_direct);
+  }
   if (want_input) {
     grad_input = product(gates2d, weight_ih, Tensor(), pooled_empty({T * B, I}, input.options())).view({T, B, I});
   }
@@ -532,12 +640,70 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     } else {
       grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
     }
-    grad_weight_hh = long_k_weight_grads(gates2d, H)
-                         ? long_k_weight_grad(gates2d, previous_states_transposed(output, h0, reverse))
-                         : weight_grad(gates2d, previous_states(output, h0, reverse).view({T * B, H}));
-    grad_bias = bias_grad(gates2d);
+    grad_weight_hh = long_k_weight_grads(recurrent2d, H)
+                         ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
+                         : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({T * B, H}));
+    grad_bias_ih = bias_grad(gates2d);
+    grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(recurrent2d);
   }
-  return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias};
+  return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias_ih,
+          grad_bias_hh};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  return run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true);
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_inference(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse) {
+  auto [output, h_n, c_n, gates, cells] =
+      run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/false);
+  return {output, h_n, c_n};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
+    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
+    std::array<bool, 4> output_mask) {
+  // Undefined when absent, as autograd passes the gradients of unused outputs.
+  const auto g = backward_layer(kLSTM, "lstm_ext.layer_backward", grad_output, grad_h_n.value_or(Tensor()),
+                                grad_c_n.value_or(Tensor()), input, h0, c0, weight_ih, weight_hh, output, gates,
+                                cells, reverse, output_mask);
+  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
+  auto [output, h_n, c_n, gates, hidden_n] =
+      run_layer(kGRU, input, h0, Tensor(), weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true);
+  return {output, h_n, gates, hidden_n};
+}
+
+std::tuple<Tensor, Tensor> gru_layer_inference(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
+  auto [output, h_n, c_n, gates, hidden_n] =
+      run_layer(kGRU, input, h0, Tensor(), weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/false);
+  return {output, h_n};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
+    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
+    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
+    const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask) {
+  const auto g = backward_layer(kGRU, "lstm_ext.gru_layer_backward", grad_output, grad_h_n.value_or(Tensor()),
+                                Tensor(), input, h0, Tensor(), weight_ih, weight_hh, output, gates, hidden_n,
+                                reverse, {output_mask[0], output_mask[1], false, output_mask[2]});
+  return {g[0], g[1], g[3], g[4], g[5], g[6]};
 }
 
 }  // namespace lstm_ext

@@ -56,6 +56,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
     std::array<bool, 4> output_mask);
 
+// The GRU's layer operators, over the same engine (gates r, z, n; no c):
+// input [T, B, I], h0 [B, H], weight_ih [3H, I], weight_hh [3H, H], biases
+// [3H]. gru_layer_forward returns (output, h_n, gates [T, B, 3H] activated,
+// hidden_n [T, B, H]: each step's W_hn h + b_hn), the last two saved for the
+// backward; gru_layer_inference keeps neither. gru_layer_backward's
+// output_mask is (input, h0, weights); it returns (grad_input, grad_h0,
+// grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh).
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+std::tuple<Tensor, Tensor> gru_layer_inference(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
+    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
+    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
+    const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask);
+
 // torch.nn.LSTM's forward (lstm_layers.cpp): input (T, B, I), (B, T, I) when
 // batch_first, or (T, I) unbatched; hx empty (zero states) or (h_0, c_0),
 // each (layers * directions, B, H); params per layer and direction
@@ -64,6 +82,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
 std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
                                         bool has_biases, int64_t num_layers, double dropout, bool train,
                                         bool bidirectional, bool batch_first);
+
+// torch.nn.GRU's forward, the same driver over the GRU's layer operators:
+// hx empty or (h_0,); params per layer and direction weight_ih, weight_hh[,
+// bias_ih, bias_hh]. Returns (output, h_n).
+std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
+                               int64_t num_layers, double dropout, bool train, bool bidirectional, bool batch_first);
 
 // Switches CPU tensors between the CPU's own code (true, the default) and
 // the device-generic path that CUDA tensors take (ATen products, one ATen
@@ -90,6 +114,10 @@ LSTM_EXT_OPERATOR_HANDLE(layer_forward)
 LSTM_EXT_OPERATOR_HANDLE(layer_inference)
 LSTM_EXT_OPERATOR_HANDLE(layer_backward)
 LSTM_EXT_OPERATOR_HANDLE(lstm)
+LSTM_EXT_OPERATOR_HANDLE(gru_layer_forward)
+LSTM_EXT_OPERATOR_HANDLE(gru_layer_inference)
+LSTM_EXT_OPERATOR_HANDLE(gru_layer_backward)
+LSTM_EXT_OPERATOR_HANDLE(gru)
 #undef LSTM_EXT_OPERATOR_HANDLE
 
 // The Autograd-key kernels (lstm_autograd.cpp).
@@ -101,6 +129,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse);
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+std::tuple<Tensor, Tensor> gru_layer_inference_autograd(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
 // Whether a call with these tensors needs a graph node: grad mode on and one
 // of them requiring grad (forward-mode AD is an error).
 bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,

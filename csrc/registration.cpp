@@ -39,24 +39,46 @@ TORCH_LIBRARY(lstm_ext, m) {
   m.def(
       "lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "gru_layer_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor gates, Tensor hidden_n)");
+  m.def(
+      "gru_layer_inference(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, bool reverse) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "gru_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor output, Tensor gates, Tensor hidden_n, bool reverse, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  m.def(
+      "gru(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
+      "bool train, bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
   m.impl("lstm", &lstm_ext::lstm);
+  m.impl("gru", &lstm_ext::gru);
 }
 
-TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
-  m.impl("cell_forward", &lstm_ext::cell_forward);
-  m.impl("cell_backward", &lstm_ext::cell_backward);
-  m.impl("layer_forward", &lstm_ext::layer_forward);
-  m.impl("layer_inference", &lstm_ext::layer_inference);
-  m.impl("layer_backward", &lstm_ext::layer_backward);
-}
+// The same kernels serve CPU and CUDA tensors (lstm_ops.cpp picks the backend).
+#define LSTM_EXT_DEVICE_KERNELS(M)                                   \
+  M.impl("cell_forward", &lstm_ext::cell_forward);                   \
+  M.impl("cell_backward", &lstm_ext::cell_backward);                 \
+  M.impl("layer_forward", &lstm_ext::layer_forward);                 \
+  M.impl("layer_inference", &lstm_ext::layer_inference);             \
+  M.impl("layer_backward", &lstm_ext::layer_backward);               \
+  M.impl("gru_layer_forward", &lstm_ext::gru_layer_forward);         \
+  M.impl("gru_layer_inference", &lstm_ext::gru_layer_inference);     \
+  M.impl("gru_layer_backward", &lstm_ext::gru_layer_backward);
+
+TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) { LSTM_EXT_DEVICE_KERNELS(m) }
 
 TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward_autograd);
   m.impl("layer_forward", &lstm_ext::layer_forward_autograd);
   m.impl("layer_inference", &lstm_ext::layer_inference_autograd);
+  m.impl("gru_layer_forward", &lstm_ext::gru_layer_forward_autograd);
+  m.impl("gru_layer_inference", &lstm_ext::gru_layer_inference_autograd);
 }
 
 namespace {
@@ -102,12 +124,16 @@ void unsupported_tensor_kernel(const c10::OperatorHandle& op, torch::jit::Stack*
   M.impl("cell_backward", KERNEL);           \
   M.impl("layer_forward", KERNEL);           \
   M.impl("layer_inference", KERNEL);         \
-  M.impl("layer_backward", KERNEL);
+  M.impl("layer_backward", KERNEL);          \
+  M.impl("gru_layer_forward", KERNEL);       \
+  M.impl("gru_layer_inference", KERNEL);     \
+  M.impl("gru_layer_backward", KERNEL);
 
 #define LSTM_EXT_AUTOCAST(KEY, DEVICE)                                                                 \
   TORCH_LIBRARY_IMPL(lstm_ext, KEY, m) {                                                                \
     LSTM_EXT_FOR_EACH_OPERATOR(m, torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<DEVICE>>()) \
     m.impl("lstm", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<DEVICE>>());              \
+    m.impl("gru", torch::CppFunction::makeFromBoxedFunction<&autocast_kernel<DEVICE>>());               \
   }
 LSTM_EXT_AUTOCAST(AutocastCPU, c10::DeviceType::CPU)
 LSTM_EXT_AUTOCAST(AutocastCUDA, c10::DeviceType::CUDA)
@@ -127,14 +153,9 @@ LSTM_EXT_UNSUPPORTED_TENSORS(SparseCsrCUDA)
 #undef LSTM_EXT_UNSUPPORTED_TENSORS
 
 #ifdef LSTM_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
-  m.impl("cell_forward", &lstm_ext::cell_forward);
-  m.impl("cell_backward", &lstm_ext::cell_backward);
-  m.impl("layer_forward", &lstm_ext::layer_forward);
-  m.impl("layer_inference", &lstm_ext::layer_inference);
-  m.impl("layer_backward", &lstm_ext::layer_backward);
-}
+TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) { LSTM_EXT_DEVICE_KERNELS(m) }
 #endif
+#undef LSTM_EXT_DEVICE_KERNELS
 
 namespace {
 
@@ -240,24 +261,42 @@ PyObject* output_and_state(at::Tensor output, at::Tensor h_n, at::Tensor c_n) {
                        THPVariable_Wrap(std::move(c_n)));
 }
 
+// The arguments of lstm and gru after hx: (params, has_biases, num_layers,
+// dropout, train, bidirectional, batch_first), converted.
+struct StackArgs {
+  std::vector<at::Tensor> params;
+  bool has_biases, train, bidirectional, batch_first;
+  int64_t num_layers;
+  double dropout;
+
+  StackArgs(PyObject* const* args, const char* name)
+      : params(tensor_list_arg(args[0], name, "params")), has_biases(bool_arg(args[1])) {
+    num_layers = PyLong_AsLongLong(args[2]);
+    dropout = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred()) throw python_error();
+    train = bool_arg(args[4]);
+    bidirectional = bool_arg(args[5]);
+    batch_first = bool_arg(args[6]);
+  }
+
+  // op(input, hx, these arguments), the GIL released.
+  template <typename Op>
+  auto call(const Op& op, const at::Tensor& input, const std::vector<at::Tensor>& hx) const {
+    return without_gil([&] {
+      return op.call(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
+    });
+  }
+};
+
 // lstm(input, hx or None, params, has_biases, num_layers, dropout, train,
 // bidirectional, batch_first) -> (output, (h_n, c_n))
 PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  const auto& op = lstm_ext::lstm_op();
   constexpr const char* name = "lstm_ext.LSTM";
   check_nargs(nargs, 9, "lstm");
   const at::Tensor& input = tensor_arg(args[0], name, "input");
   const std::vector<at::Tensor> hx = tensor_list_arg(args[1], name, "hx");
-  const std::vector<at::Tensor> params = tensor_list_arg(args[2], name, "params");
-  const bool has_biases = bool_arg(args[3]);
-  const int64_t num_layers = PyLong_AsLongLong(args[4]);
-  const double dropout = PyFloat_AsDouble(args[5]);
-  if (PyErr_Occurred()) throw python_error();
-  const bool train = bool_arg(args[6]), bidirectional = bool_arg(args[7]), batch_first = bool_arg(args[8]);
-  auto [output, h_n, c_n] = without_gil([&] {
-    return op.call(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
-  });
+  auto [output, h_n, c_n] = StackArgs(args + 2, name).call(lstm_ext::lstm_op(), input, hx);
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   END_HANDLE_TH_ERRORS
 }
@@ -288,6 +327,47 @@ PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
   END_HANDLE_TH_ERRORS
 }
 
+// gru(input, h_0 or None, params, has_biases, num_layers, dropout, train,
+// bidirectional, batch_first) -> (output, h_n)
+PyObject* gru_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  constexpr const char* name = "lstm_ext.GRU";
+  check_nargs(nargs, 9, "gru");
+  const at::Tensor& input = tensor_arg(args[0], name, "input");
+  std::vector<at::Tensor> hx;
+  if (args[1] != Py_None) hx.push_back(tensor_arg(args[1], name, "hx"));
+  auto [output, h_n] = StackArgs(args + 2, name).call(lstm_ext::gru_op(), input, hx);
+  return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)));
+  END_HANDLE_TH_ERRORS
+}
+
+// gru_layer_forward(input, h0, weight_ih, weight_hh, bias_ih or None, bias_hh
+// or None, reverse) -> (output, h_n); gru_layer_inference when nothing needs
+// a gradient.
+PyObject* gru_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  constexpr const char* name = "lstm_ext.gru_layer";
+  check_nargs(nargs, 7, "gru_layer_forward");
+  const char* names[] = {"input", "h_0", "weight_ih", "weight_hh"};
+  const at::Tensor* t[4];
+  for (int k = 0; k < 4; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
+  const auto bias_ih = optional_tensor_arg(args[4], name, "bias_ih");
+  const auto bias_hh = optional_tensor_arg(args[5], name, "bias_hh");
+  const bool reverse = bool_arg(args[6]);
+  at::Tensor output, h_n;
+  if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3]}, {&bias_ih, &bias_hh})) {
+    std::tie(output, h_n) = without_gil([&] {
+      return lstm_ext::gru_layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse);
+    });
+  } else {
+    std::tie(output, h_n, std::ignore, std::ignore) = without_gil([&] {
+      return lstm_ext::gru_layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse);
+    });
+  }
+  return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)));
+  END_HANDLE_TH_ERRORS
+}
+
 // cell_forward(input, h_prev, c_prev, weight, bias or None) -> (h, c)
 PyObject* cell_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -309,6 +389,10 @@ PyMethodDef kMethods[] = {
      "torch.ops.lstm_ext.lstm without the argument parsing of torch.ops; returns (output, (h_n, c_n))."},
     {"layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(layer_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.layer_forward, directly; returns (output, (h_n, c_n))."},
+    {"gru", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gru_binding)), METH_FASTCALL,
+     "torch.ops.lstm_ext.gru without the argument parsing of torch.ops; returns (output, h_n)."},
+    {"gru_layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gru_layer_forward_binding)),
+     METH_FASTCALL, "torch.ops.lstm_ext.gru_layer_forward, directly; returns (output, h_n)."},
     {"cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cell_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.cell_forward, directly; returns (h, c)."},
     {"cpu_capability", cpu_capability, METH_NOARGS, "CPU kernels in use: DEFAULT, AVX2 or AVX512."},

@@ -7,21 +7,25 @@ Drop-ins for torch.nn's modules, with the same parameters, results and state_dic
     output, (h_n, c_n) = rnn(x)
     cell = lstm_ext.LSTMCell(input_size, hidden_size)                           # the course's cell
     h, c = cell(x_t, (h_prev, c_prev))
+    gru = lstm_ext.GRU(input_size, hidden_size, batch_first=True)               # torch.nn.GRU
+    output, h_n = gru(x)
 
-Also: LSTMModel (the course's model), the functions lstm_cell and lstm_layer,
+Also: GRUCell (torch.nn.GRUCell), LSTMModel and GRUModel (the course's model
+with either cell), the functions lstm_cell, lstm_layer and gru_layer,
 LSTMCellFunction (the cell's autograd in Python), lstm_ext.reference (the pure
 Python yardstick), and the helpers below. See README.md and docs/.
 """
 from lstm_ext._native import native as _C
 from lstm_ext.functional import LSTMCellFunction, lstm_cell
-from lstm_ext.cell import LSTMCell
-from lstm_ext.model import LSTMModel
-from lstm_ext.rnn import LSTM, lstm_layer
+from lstm_ext.cell import GRUCell, LSTMCell
+from lstm_ext.model import GRUModel, LSTMModel
+from lstm_ext.rnn import GRU, LSTM, gru_layer, lstm_layer
 from lstm_ext import reference
 
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
-__all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "lstm_cell", "lstm_layer", "reference",
+__all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "GRU", "GRUCell", "GRUModel", "lstm_cell",
+           "lstm_layer", "gru_layer", "reference",
            "backends", "cpu_capability", "set_cpu_capability", "empty_cache", "cached_bytes"]
 
 

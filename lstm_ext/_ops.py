@@ -70,9 +70,9 @@ def _check_packed_weight(op: str, weight: Tensor) -> int:
     return weight.shape[0] // 4
 
 
-def _check_recurrent_weight(op: str, weight_hh: Tensor) -> int:
-    if not (weight_hh.dim() == 2 and weight_hh.shape[1] * 4 == weight_hh.shape[0]):
-        raise ValueError(f"{op}: weight_hh must have shape [4*hidden_size, hidden_size], got "
+def _check_recurrent_weight(op: str, weight_hh: Tensor, gates: int = 4) -> int:
+    if not (weight_hh.dim() == 2 and weight_hh.shape[1] * gates == weight_hh.shape[0]):
+        raise ValueError(f"{op}: weight_hh must have shape [{gates}*hidden_size, hidden_size], got "
                          f"{_shape(weight_hh.shape)}")
     return weight_hh.shape[1]
 
@@ -115,27 +115,27 @@ def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
             c.new_empty(weight.shape[0]))
 
 
-def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
-    """layer_forward's and layer_inference's checks; returns (T, B, H)."""
-    op = "lstm_ext.LSTM"
-    H = _check_recurrent_weight(op, weight_hh)
+def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm_ext.LSTM", gates=4):
+    """The layer operators' checks (LSTM; the GRU's with c0 None and 3 gates); returns (T, B, H)."""
+    H = _check_recurrent_weight(op, weight_hh, gates)
     check_like(op, "weight_hh", weight_hh, "weight", weight_hh)
     if input.dim() != 3:
         raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
-    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == 4 * H):
-        raise ValueError(f"{op}: weight_ih must have shape [4*hidden_size, input_size] = [{4 * H}, input_size], "
-                         f"got {_shape(weight_ih.shape)}")
+    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == gates * H):
+        raise ValueError(f"{op}: weight_ih must have shape [{gates}*hidden_size, input_size] = [{gates * H}, "
+                         f"input_size], got {_shape(weight_ih.shape)}")
     T, B, I = input.shape[0], input.shape[1], weight_ih.shape[1]
     if input.shape[2] != I:
         raise ValueError(f"{op}: input has {input.shape[2]} features but input_size is {I} (input shape "
                          f"{_shape(input.shape)})")
-    for name, t in (("input", input), ("weight_ih", weight_ih), ("h_0", h0), ("c_0", c0)):
+    states = (("h_0", h0),) if c0 is None else (("h_0", h0), ("c_0", c0))
+    for name, t in (("input", input), ("weight_ih", weight_ih)) + states:
         check_like(op, name, t, "weight", weight_hh)
-    for name, t in (("h_0", h0), ("c_0", c0)):
+    for name, t in states:
         _check_shape(op, name, t, (B, H), "(batch, hidden_size)")
     for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
         if bias is not None:
-            _check_operand(op, name, bias, weight_hh, (4 * H,), "(4*hidden_size,)")
+            _check_operand(op, name, bias, weight_hh, (gates * H,), f"({gates}*hidden_size,)")
     return T, B, H
 
 
@@ -152,32 +152,62 @@ def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
     return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H)
 
 
-@torch.library.register_fake("lstm_ext::layer_backward")
-def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
-                         output, gates, cells, reverse, output_mask):
-    op = "lstm_ext.layer_backward"
-    H = _check_recurrent_weight(op, weight_hh)
+def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, output,
+                          gates, cells, gates_per_unit=4, cells_name="cells"):
+    """The layer backward operators' checks; returns (T, B, I, H)."""
+    H = _check_recurrent_weight(op, weight_hh, gates_per_unit)
     if input.dim() != 3:
         raise ValueError(f"{op}: input must be 3-D, got {_shape(input.shape)}")
     T, B, I = input.shape
-    for name, t in (("grad_output", grad_output), ("output", output), ("cells", cells)):
+    G = gates_per_unit
+    for name, t in (("grad_output", grad_output), ("output", output), (cells_name, cells)):
         _check_operand(op, name, t, weight_hh, (T, B, H), "(seq_len, batch, hidden_size)")
     for name, t in (("grad_h_n", grad_h_n), ("grad_c_n", grad_c_n), ("h_0", h0), ("c_0", c0)):
         if t is not None:
             _check_operand(op, name, t, weight_hh, (B, H), "(batch, hidden_size)")
     check_like(op, "input", input, "weight", weight_hh)
-    _check_operand(op, "weight_ih", weight_ih, weight_hh, (4 * H, I), "(4*hidden_size, input_size)")
-    _check_operand(op, "gates", gates, weight_hh, (T, B, 4 * H), "(seq_len, batch, 4*hidden_size)")
+    _check_operand(op, "weight_ih", weight_ih, weight_hh, (G * H, I), f"({G}*hidden_size, input_size)")
+    _check_operand(op, "gates", gates, weight_hh, (T, B, G * H), f"(seq_len, batch, {G}*hidden_size)")
+    return T, B, I, H
+
+
+def _like(wanted: bool, tensor: Tensor, shape) -> Optional[Tensor]:
+    """A gradient's fake, or None outside output_mask (where the kernel forms none)."""
+    return tensor.new_empty(shape) if wanted else None
+
+
+@torch.library.register_fake("lstm_ext::layer_backward")
+def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
+                         output, gates, cells, reverse, output_mask):
+    _check_layer_backward("lstm_ext.layer_backward", grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih,
+                          weight_hh, output, gates, cells)
     want_input, want_h0, want_c0, want_weights = output_mask
+    return (_like(want_input, input, input.shape), _like(want_h0, h0, h0.shape), _like(want_c0, c0, c0.shape),
+            _like(want_weights, weight_ih, weight_ih.shape), _like(want_weights, weight_hh, weight_hh.shape),
+            _like(want_weights, weight_hh, weight_hh.shape[0]))
 
-    def like(wanted: bool, tensor: Tensor, shape) -> Optional[Tensor]:  # gradients outside output_mask are not formed
-        return tensor.new_empty(shape) if wanted else None
 
-    return (
-        like(want_input, input, input.shape),
-        like(want_h0, h0, h0.shape),
-        like(want_c0, c0, c0.shape),
-        like(want_weights, weight_ih, weight_ih.shape),
-        like(want_weights, weight_hh, weight_hh.shape),
-        like(want_weights, weight_hh, weight_hh.shape[0]),
-    )
+_GRU = {"op": "lstm_ext.GRU", "gates": 3}
+
+
+@torch.library.register_fake("lstm_ext::gru_layer_forward")
+def _gru_layer_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
+    T, B, H = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
+    return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(T, B, 3 * H), input.new_empty(T, B, H)
+
+
+@torch.library.register_fake("lstm_ext::gru_layer_inference")
+def _gru_layer_inference_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
+    T, B, H = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
+    return input.new_empty(T, B, H), input.new_empty(B, H)
+
+
+@torch.library.register_fake("lstm_ext::gru_layer_backward")
+def _gru_layer_backward_fake(grad_output, grad_h_n, input, h0, weight_ih, weight_hh, output, gates, hidden_n,
+                             reverse, output_mask):
+    T, B, I, H = _check_layer_backward("lstm_ext.gru_layer_backward", grad_output, grad_h_n, None, input, h0, None,
+                                       weight_ih, weight_hh, output, gates, hidden_n, 3, "hidden_n")
+    want_input, want_h0, want_weights = output_mask
+    return (_like(want_input, input, input.shape), _like(want_h0, h0, h0.shape),
+            _like(want_weights, weight_ih, weight_ih.shape), _like(want_weights, weight_hh, weight_hh.shape),
+            _like(want_weights, weight_hh, 3 * H), _like(want_weights, weight_hh, 3 * H))

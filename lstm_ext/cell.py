@@ -11,10 +11,22 @@ from torch import Tensor, nn
 from lstm_ext._native import native
 from lstm_ext._ops import check_floating
 from lstm_ext.functional import _cell_forward, _describe, _direct, _require_pair
+from lstm_ext.rnn import gru_layer
 
 # The reference's gate names, in its state_dict order, and each gate's block
 # in the packed weight (torch.nn.LSTMCell's order: i, f, g, o).
 GATE_BLOCKS = (("Wf", 1), ("Wi", 0), ("Wc", 2), ("Wo", 3))
+
+
+def _check_sizes(where: str, input_size: int, hidden_size: int) -> None:
+    """torch.nn's cells' checks of their sizes (input_size=0 is allowed, as there)."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if input_size < 0:
+        raise ValueError(f"{where}: input_size must be zero or greater, got {input_size}")
+    if hidden_size <= 0:
+        raise ValueError(f"{where}: hidden_size must be greater than zero, got {hidden_size}")
 
 
 class LSTMCell(nn.Module):
@@ -61,13 +73,7 @@ class LSTMCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-        if input_size < 0:  # torch.nn.LSTMCell takes input_size=0 too
-            raise ValueError(f"lstm_ext.LSTMCell: input_size must be zero or greater, got {input_size}")
-        if hidden_size <= 0:
-            raise ValueError(f"lstm_ext.LSTMCell: hidden_size must be greater than zero, got {hidden_size}")
+        _check_sizes("lstm_ext.LSTMCell", input_size, hidden_size)
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -245,4 +251,119 @@ class LSTMCell(nn.Module):
             if self.bias is not None:
                 module.bias_ih.copy_(self.bias)
                 module.bias_hh.zero_()
+        return module
+
+
+class GRUCell(nn.Module):
+    r"""One GRU step, fused: a drop-in for torch.nn.GRUCell (same parameters,
+    state_dict and results), run as the GRU's layer operator over one step.
+
+    ::
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    Args:
+        input_size: features of x (I).
+        hidden_size: features of h (H).
+        bias: with the biases b_ih and b_hh.
+        device, dtype: of the parameters (float32, float64, bfloat16, float16).
+
+    Inputs: ``input, hx``
+        * input: (B, I), or (I,) unbatched.
+        * hx: (B, H), or (H,) unbatched; zeros when omitted.
+
+    Outputs: ``h'``, (B, H) (or (H,)), in the input's dtype.
+
+    Attributes:
+        weight_ih: [3H, I]; weight_hh: [3H, H]; bias_ih, bias_hh: [3H], gate
+            blocks r, z, n; all uniform in (-1/sqrt(H), 1/sqrt(H)), as
+            torch.nn.GRUCell.
+
+    Example::
+
+        >>> cell = lstm_ext.GRUCell(10, 20)
+        >>> cell(torch.randn(3, 10)).shape
+        torch.Size([3, 20])
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        _check_sizes("lstm_ext.GRUCell", input_size, hidden_size)
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in +-1/sqrt(H), as torch.nn.GRUCell."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def _weights(self):
+        """(weight_ih, weight_hh, bias_ih, bias_hh) as the forward uses them (see LSTMCell._weight_and_bias)."""
+        params = self._parameters
+        try:
+            return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        except KeyError:
+            return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step: h' (B, H) from input (B, I) and hx (B, H) (zeros when omitted)."""
+        where = "lstm_ext.GRUCell"
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{where}: input must be a Tensor of shape (batch, input_size), got {_describe(input)}")
+        if hx is not None and not isinstance(hx, Tensor):
+            raise TypeError(f"{where}: hx must be a Tensor of shape (batch, hidden_size), got {_describe(hx)}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{where}: Expected input to be 1D or 2D, got {input.dim()}D instead (shape "
+                             f"{tuple(input.shape)})")
+        batched = input.dim() == 2
+        if hx is not None and hx.dim() != input.dim():
+            raise ValueError(f"{where}: for a {input.dim()}-D input, hx must be {input.dim()}-D too, got shape "
+                             f"{tuple(hx.shape)}")
+        if not batched:
+            input = input.unsqueeze(0)
+            hx = None if hx is None else hx.unsqueeze(0)
+        if hx is None:
+            if input.is_quantized or input.layout != torch.strided:
+                check_floating("lstm_ext.GRU", "input", input)
+            hx = input.new_zeros(input.shape[0], self.hidden_size)
+        weights = self._weights()
+        # The layer operator over one step: (1, B, I) in, h_n out.
+        x = input.unsqueeze(0)
+        if _direct((x, hx, *weights)):
+            _, h = native.gru_layer_forward(x, hx, *weights, False)
+        else:
+            _, h = gru_layer(x, hx, *weights)
+        return h if batched else h.squeeze(0)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
+
+    @classmethod
+    def from_torch(cls, module: nn.GRUCell) -> "GRUCell":
+        """The same cell as a torch.nn.GRUCell (parameters copied)."""
+        cell = cls(module.input_size, module.hidden_size, bias=module.bias, device=module.weight_ih.device,
+                   dtype=module.weight_ih.dtype)
+        cell.load_state_dict(module.state_dict())
+        return cell
+
+    def to_torch(self) -> nn.GRUCell:
+        """A torch.nn.GRUCell with these parameters (copied)."""
+        module = nn.GRUCell(self.input_size, self.hidden_size, bias=self.bias, device=self.weight_ih.device,
+                            dtype=self.weight_ih.dtype)
+        module.load_state_dict(self.state_dict())
         return module

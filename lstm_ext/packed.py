@@ -1,5 +1,5 @@
-"""PackedSequence input for ``lstm_ext.LSTM``: the sequence operator run once per
-stretch of steps over which the batch does not shrink.
+"""PackedSequence input for ``lstm_ext.LSTM`` and ``lstm_ext.GRU``: the sequence
+operator run once per stretch of steps over which the batch does not shrink.
 
 A PackedSequence holds its sequences sorted by length, longest first, so at
 step t the first ``batch_sizes[t]`` of them are active. Between two steps at
@@ -12,17 +12,31 @@ distinct lengths, not steps.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from lstm_ext.rnn import lstm_layer
+from lstm_ext.rnn import GRU, gru_layer, lstm_layer
 
 if TYPE_CHECKING:
-    from lstm_ext.rnn import LSTM
+    from lstm_ext.rnn import _RNNBase
+
+States = Tuple[Tensor, ...]  # (h, c) for the LSTM, (h,) for the GRU
+# One layer and direction: (input, states, weights, reverse) -> (output, final states).
+LayerFn = Callable[[Tensor, States, List[Optional[Tensor]], bool], Tuple[Tensor, States]]
+
+
+def _lstm_layer(x: Tensor, states: States, weights, reverse: bool) -> Tuple[Tensor, States]:
+    out, (h, c) = lstm_layer(x, states, *weights, reverse=reverse)
+    return out, (h, c)
+
+
+def _gru_layer(x: Tensor, states: States, weights, reverse: bool) -> Tuple[Tensor, States]:
+    out, h = gru_layer(x, states[0], *weights, reverse=reverse)
+    return out, (h,)
 
 
 def _stretches(batch_sizes: Tensor) -> List[Tuple[int, int, int]]:
@@ -41,37 +55,40 @@ def _pad_rows(x: Tensor, rows: int) -> Tensor:
     return F.pad(x, (0, 0, 0, rows - x.shape[1])) if x.shape[1] < rows else x
 
 
-def _direction(layer_input: Tensor, runs: List[Tuple[int, int, int]], h0: Tensor, c0: Tensor,
-               weights: List[Optional[Tensor]], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _direction(layer: LayerFn, layer_input: Tensor, runs: List[Tuple[int, int, int]], initial: States,
+               weights: List[Optional[Tensor]], reverse: bool) -> Tuple[Tensor, States]:
     """One layer and direction over a padded, length-sorted (T, B, I) input:
-    (output (T, B, H) with zeros past each sequence's end, h_n, c_n)."""
-    batch = h0.shape[0]
+    (output (T, B, H) with zeros past each sequence's end, the final states)."""
+    batch = initial[0].shape[0]
     pieces: List[Tensor] = []
     if not reverse:
-        h, c = h0, c0
+        states = initial
         for t0, t1, b in runs:
-            out, (h_b, c_b) = lstm_layer(layer_input[t0:t1, :b], (h[:b], c[:b]), *weights, reverse=False)
+            out, ended = layer(layer_input[t0:t1, :b], tuple(s[:b] for s in states), weights, False)
             pieces.append(_pad_rows(out, batch))
             # Sequences past row b ended before t0: their states are final.
-            h, c = torch.cat([h_b, h[b:]]), torch.cat([c_b, c[b:]])
-        return torch.cat(pieces), h, c
-    h = c = None
+            states = tuple(torch.cat([e, s[b:]]) for e, s in zip(ended, states))
+        return torch.cat(pieces), states
+    states = None
     for t0, t1, b in reversed(runs):
-        if h is None:
-            h_in, c_in = h0[:b], c0[:b]
-        else:  # sequences whose last step is t1 - 1 start here from h_0, c_0
-            h_in, c_in = torch.cat([h, h0[h.shape[0]:b]]), torch.cat([c, c0[c.shape[0]:b]])
-        out, (h, c) = lstm_layer(layer_input[t0:t1, :b], (h_in, c_in), *weights, reverse=True)
+        if states is None:
+            start = tuple(s[:b] for s in initial)
+        else:  # sequences whose last step is t1 - 1 start here from their initial states
+            start = tuple(torch.cat([s, s0[s.shape[0]:b]]) for s, s0 in zip(states, initial))
+        out, states = layer(layer_input[t0:t1, :b], start, weights, True)
         pieces.append(_pad_rows(out, batch))
-    return torch.cat(pieces[::-1]), h, c
+    return torch.cat(pieces[::-1]), states
 
 
-def lstm_packed(module: "LSTM", packed: PackedSequence,
-                hx: Optional[Tuple[Tensor, Tensor]]) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
-    """``module(packed, hx)`` for an ``lstm_ext.LSTM`` module, as torch.nn.LSTM
-    computes it: h_0, c_0 and h_n, c_n in the batch's original order."""
+def rnn_packed(module: "_RNNBase", packed: PackedSequence,
+               hx: Optional[States]) -> Tuple[PackedSequence, States]:
+    """``module(packed, hx)`` for an ``lstm_ext.LSTM`` (hx = (h_0, c_0)) or
+    ``lstm_ext.GRU`` (hx = (h_0,)) module, as torch.nn computes it: initial
+    and final states in the batch's original order."""
     data, batch_sizes, sorted_indices, unsorted_indices = packed
-    where = "lstm_ext.LSTM"
+    gru = isinstance(module, GRU)
+    where = "lstm_ext.GRU" if gru else "lstm_ext.LSTM"
+    layer, names = (_gru_layer, ("h_0",)) if gru else (_lstm_layer, ("h_0", "c_0"))
     if data.dim() != 2:
         raise ValueError(f"{where}: a PackedSequence's data must be 2-D (sum of lengths, input_size), "
                          f"got shape {tuple(data.shape)}")
@@ -83,18 +100,18 @@ def lstm_packed(module: "LSTM", packed: PackedSequence,
     expected = (module.num_layers * directions, batch, hidden)
     if hx is None:
         zeros = data.new_zeros(expected)
-        h0_all, c0_all = zeros, zeros
+        initial = (zeros,) * len(names)
     else:
-        for name, state in zip(("h_0", "c_0"), hx):
+        for name, state in zip(names, hx):
             if tuple(state.shape) != expected:
                 raise ValueError(f"{where}: expected {name} of shape {expected}, got a tensor of shape "
                                  f"{tuple(state.shape)}")
             if state.device != data.device:  # before index_select, whose error would not name it
                 raise ValueError(f"{where}: device mismatch: {name} is on {state.device} but input is on "
                                  f"{data.device}")
-        h0_all, c0_all = hx
+        initial = tuple(hx)
         if sorted_indices is not None:  # into the packed (length-sorted) order
-            h0_all, c0_all = h0_all.index_select(1, sorted_indices), c0_all.index_select(1, sorted_indices)
+            initial = tuple(s.index_select(1, sorted_indices) for s in initial)
 
     layer_input, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
     runs = _stretches(batch_sizes)
@@ -102,23 +119,22 @@ def lstm_packed(module: "LSTM", packed: PackedSequence,
     # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih, bias_hh].
     params = module._flat_weights
     per_direction = 4 if module.bias else 2
-    h_n: List[Tensor] = []
-    c_n: List[Tensor] = []
-    for layer in range(module.num_layers):
+    finals: List[States] = []
+    for layer_index in range(module.num_layers):
         outputs = []
         for direction in range(directions):
-            k = layer * directions + direction
+            k = layer_index * directions + direction
             weights = params[k * per_direction:(k + 1) * per_direction] + [None] * (4 - per_direction)
-            out, h, c = _direction(layer_input, runs, h0_all[k], c0_all[k], weights, reverse=bool(direction))
+            out, states = _direction(layer, layer_input, runs, tuple(s[k] for s in initial), weights,
+                                     reverse=bool(direction))
             outputs.append(out)
-            h_n.append(h)
-            c_n.append(c)
+            finals.append(states)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
-        if module.dropout and module.training and layer < module.num_layers - 1:
+        if module.dropout and module.training and layer_index < module.num_layers - 1:
             layer_input = F.dropout(layer_input, module.dropout, training=True)
 
     output = pack_padded_sequence(layer_input, lengths, enforce_sorted=True).data
-    h_out, c_out = torch.stack(h_n), torch.stack(c_n)
+    stacked = tuple(torch.stack([f[kind] for f in finals]) for kind in range(len(names)))
     if unsorted_indices is not None:  # back into the caller's order
-        h_out, c_out = h_out.index_select(1, unsorted_indices), c_out.index_select(1, unsorted_indices)
-    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_out, c_out)
+        stacked = tuple(s.index_select(1, unsorted_indices) for s in stacked)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), stacked

@@ -1,4 +1,5 @@
-"""The pure-Python reference: the course text's LSTM cell and model.
+"""The pure-Python reference: the course text's LSTM cell and model, and a GRU
+cell and model written the same way (the course's next step).
 
 Same maths, constructor and parameter names as the course (four nn.Linear
 gates Wf, Wi, Wc, Wo over cat(x, h)), so state_dicts move between this and
@@ -55,4 +56,57 @@ class LSTMModel(nn.Module):
         c_t = x.new_zeros(batch, self.lstm_cell.hidden_size)
         for t in range(x.shape[1]):
             h_t, c_t = self.lstm_cell(x[:, t], (h_t, c_t))
+        return self.fc(h_t)
+
+
+class GRUCell(nn.Module):
+    """A GRU cell in the course's style, with torch.nn.GRU's formulation: one
+    nn.Linear over cat(x, h) for each of the reset and update gates, and for
+    the candidate n one over x and one over h, because torch's n puts the
+    recurrent bias inside r * (W_hn h + b_hn)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.Wr = nn.Linear(input_size + hidden_size, hidden_size)  # reset gate
+        self.Wz = nn.Linear(input_size + hidden_size, hidden_size)  # update gate
+        self.Win = nn.Linear(input_size, hidden_size)  # candidate, input part
+        self.Whn = nn.Linear(hidden_size, hidden_size)  # candidate, recurrent part
+
+    def forward(self, x: Tensor, h_prev: Tensor) -> Tensor:
+        """x (B, I), h_prev (B, H) -> h (B, H)."""
+        combined = torch.cat((x, h_prev), 1)
+        r_t = torch.sigmoid(self.Wr(combined))
+        z_t = torch.sigmoid(self.Wz(combined))
+        n_t = torch.tanh(self.Win(x) + r_t * self.Whn(h_prev))
+        return (1 - z_t) * n_t + z_t * h_prev
+
+    def torch_parameters(self) -> dict:
+        """The same cell in torch.nn.GRUCell's parameters (weight_ih, weight_hh,
+        bias_ih, bias_hh; gate blocks r, z, n), as new tensors."""
+        I = self.input_size
+        with torch.no_grad():
+            return {
+                "weight_ih": torch.cat([self.Wr.weight[:, :I], self.Wz.weight[:, :I], self.Win.weight]),
+                "weight_hh": torch.cat([self.Wr.weight[:, I:], self.Wz.weight[:, I:], self.Whn.weight]),
+                "bias_ih": torch.cat([self.Wr.bias, self.Wz.bias, self.Win.bias]),
+                "bias_hh": torch.cat([torch.zeros_like(self.Wr.bias), torch.zeros_like(self.Wz.bias),
+                                      self.Whn.bias]),
+            }
+
+
+class GRUModel(nn.Module):
+    """The course's model with the GRU cell, batch-first: fc of the last hidden state."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int) -> None:
+        super().__init__()
+        self.gru_cell = GRUCell(input_size, hidden_size)
+        self.fc = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, I) -> fc(h_T), (B, output_size)."""
+        h_t = x.new_zeros(x.shape[0], self.gru_cell.hidden_size)
+        for t in range(x.shape[1]):
+            h_t = self.gru_cell(x[:, t], h_t)
         return self.fc(h_t)

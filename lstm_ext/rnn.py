@@ -1,4 +1,5 @@
-"""``lstm_ext.LSTM``: a drop-in for torch.nn.LSTM with the time loop in one operator."""
+"""``lstm_ext.LSTM`` and ``lstm_ext.GRU``: drop-ins for torch.nn.LSTM and
+torch.nn.GRU with the time loop in one operator, on one module base."""
 from __future__ import annotations
 
 import math
@@ -17,6 +18,13 @@ from lstm_ext.functional import _describe, _direct, _require_pair
 _layer_forward = torch.ops.lstm_ext.layer_forward.default
 _layer_inference = torch.ops.lstm_ext.layer_inference.default
 _lstm = torch.ops.lstm_ext.lstm.default
+_gru_layer_forward = torch.ops.lstm_ext.gru_layer_forward.default
+_gru_layer_inference = torch.ops.lstm_ext.gru_layer_inference.default
+_gru = torch.ops.lstm_ext.gru.default
+
+
+def _needs_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
@@ -35,15 +43,42 @@ def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weig
         (output (T, B, H), (h_n, c_n)), each state (B, H), in the input's dtype.
     """
     _require_pair(hx, "lstm_ext.lstm_layer", "(h_0, c_0)")
-    if _direct((input, *hx, weight_ih, weight_hh, bias_ih, bias_hh)):
-        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors):
+    if _direct(tensors):
+        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+    if not _needs_grad(tensors):
         # Nothing to differentiate: the operator that keeps nothing for a backward.
         output, h_n, c_n = _layer_inference(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
         return output, (h_n, c_n)
     output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     return output, (h_n, c_n)
+
+
+def gru_layer(input: Tensor, h_0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+              bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
+              reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One GRU layer and direction over a whole sequence. Differentiable.
+
+    Args:
+        input: (T, B, I).
+        h_0: (B, H).
+        weight_ih: [3H, I]; weight_hh: [3H, H]; bias_ih, bias_hh: [3H] or None.
+            Gate blocks in torch.nn.GRU's order r, z, n.
+        reverse: run the time loop from step T-1 down to 0.
+
+    Returns:
+        (output (T, B, H), h_n (B, H)), in the input's dtype.
+    """
+    if not isinstance(h_0, Tensor):
+        raise TypeError(f"lstm_ext.gru_layer: h_0 must be a Tensor of shape (batch, hidden_size), got "
+                        f"{_describe(h_0)}")
+    tensors = (input, h_0, weight_ih, weight_hh, bias_ih, bias_hh)
+    if _direct(tensors):
+        return native.gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+    if not _needs_grad(tensors):
+        return _gru_layer_inference(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+    output, h_n, _, _ = _gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+    return output, h_n
 
 
 def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -78,7 +113,121 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
                       stacklevel=3)
 
 
-class LSTM(nn.Module):
+class _RNNBase(nn.Module):
+    """What LSTM and GRU share: torch.nn's constructor, parameters and their
+    names, initialisation, the flat weight list the operators take, and the
+    conversions. A subclass sets the gate count, its torch.nn module and name,
+    and writes forward."""
+
+    _gates = 4
+    _torch_module = nn.LSTM
+    mode = "LSTM"  # as torch.nn's modules, for code that reads it
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None) -> None:
+        super().__init__()
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size)
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = 0
+        directions = 2 if bidirectional else 1
+        gate_rows = self._gates * hidden_size
+        self._flat_weights_names: List[str] = []
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * directions
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                shapes = {"weight_ih": (gate_rows, layer_input), "weight_hh": (gate_rows, hidden_size)}
+                if bias:
+                    shapes.update({"bias_ih": (gate_rows,), "bias_hh": (gate_rows,)})
+                for name, shape in shapes.items():
+                    setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                self._all_weights.append([name + suffix for name in shapes])
+                self._flat_weights_names.extend(self._all_weights[-1])
+        self.reset_parameters()
+
+    @property
+    def _flat_weights(self) -> List[Optional[Tensor]]:
+        """The parameters in torch.nn's flat order, as the forward reads them.
+
+        Each is read as an attribute, so parametrizations (weight_norm,
+        register_parametrization) and the WeightDrop pattern (the Parameter
+        deleted, a plain tensor of the same name set before each forward) see
+        their tensor used, as with torch.nn's modules.
+        """
+        params = self._parameters
+        try:  # the usual case, without nn.Module.__getattr__ per parameter
+            return [params[name] for name in self._flat_weights_names]
+        except KeyError:
+            return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> List[List[Tensor]]:
+        """The parameters per layer and direction: [[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0], ...]."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise RuntimeError(
+            f"lstm_ext.{type(self).__name__} does not support torch.jit.script (TorchScript is in maintenance mode "
+            "in PyTorch). Use torch.jit.trace(module, example_inputs) or torch.export.export(module, (x,)), which "
+            "both capture its operators, or torch.compile(module)")
+
+    def reset_parameters(self) -> None:
+        """Uniform in +-1/sqrt(hidden_size), as torch.nn's modules."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for torch.nn's modules (cuDNN's flat buffer is not used)."""
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def _check_input(self, input) -> None:
+        if not isinstance(input, Tensor):
+            raise ValueError(f"lstm_ext.{type(self).__name__}: expected input of shape (seq_len, input_size) "
+                             f"unbatched or (seq_len, batch, input_size), got {_describe(input)}")
+
+    def _op_args(self, params) -> tuple:
+        return (params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+                self.batch_first)
+
+    @classmethod
+    def from_torch(cls, module: nn.Module):
+        """The same module as a torch.nn one (parameters copied)."""
+        first = next(module.parameters())
+        extra = {"proj_size": module.proj_size} if cls._torch_module is nn.LSTM else {}
+        rnn = cls(module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
+                  module.dropout, module.bidirectional, device=first.device, dtype=first.dtype, **extra)
+        rnn.load_state_dict(module.state_dict())
+        return rnn.train(module.training)
+
+    def to_torch(self) -> nn.Module:
+        """The torch.nn module with these parameters (copied), on their device and dtype."""
+        first = next(self.parameters())
+        module = self._torch_module(self.input_size, self.hidden_size, self.num_layers, self.bias,
+                                    self.batch_first, self.dropout, self.bidirectional, device=first.device,
+                                    dtype=first.dtype)
+        module.load_state_dict(self.state_dict())
+        return module.train(self.training)
+
+
+class LSTM(_RNNBase):
     r"""A multi-layer LSTM over a sequence: torch.nn.LSTM's interface, parameters
     and results, each layer and direction one fused operator.
 
@@ -137,77 +286,8 @@ class LSTM(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None) -> None:
-        super().__init__()
-        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size)
-        factory = {"device": device, "dtype": dtype}
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.bidirectional = bidirectional
-        self.proj_size = 0
-        self.mode = "LSTM"  # as torch.nn.LSTM, for code that reads it
-        directions = 2 if bidirectional else 1
-        self._flat_weights_names: List[str] = []
-        self._all_weights: List[List[str]] = []
-        for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
-            for direction in range(directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_ih": (4 * hidden_size, layer_input), "weight_hh": (4 * hidden_size, hidden_size)}
-                if bias:
-                    shapes.update({"bias_ih": (4 * hidden_size,), "bias_hh": (4 * hidden_size,)})
-                for name, shape in shapes.items():
-                    setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
-                self._all_weights.append([name + suffix for name in shapes])
-                self._flat_weights_names.extend(self._all_weights[-1])
-        self.reset_parameters()
-
-    @property
-    def _flat_weights(self) -> List[Optional[Tensor]]:
-        """The parameters in torch.nn.LSTM's flat order, as the forward reads them.
-
-        Each is read as an attribute, so parametrizations (weight_norm,
-        register_parametrization) and the WeightDrop pattern (the Parameter
-        deleted, a plain tensor of the same name set before each forward) see
-        their tensor used, as with torch.nn.LSTM.
-        """
-        params = self._parameters
-        try:  # the usual case, without nn.Module.__getattr__ per parameter
-            return [params[name] for name in self._flat_weights_names]
-        except KeyError:
-            return [getattr(self, name, None) for name in self._flat_weights_names]
-
-    @property
-    def all_weights(self) -> List[List[Tensor]]:
-        """The parameters per layer and direction: [[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0], ...]."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def __prepare_scriptable__(self):
-        # torch.jit.script calls this on every submodule before compiling it.
-        raise RuntimeError(
-            "lstm_ext.LSTM does not support torch.jit.script (TorchScript is in maintenance mode in PyTorch). "
-            "Use torch.jit.trace(module, example_inputs) or torch.export.export(module, (x,)), which both "
-            "capture its operators, or torch.compile(module)")
-
-    def reset_parameters(self) -> None:
-        """Uniform in +-1/sqrt(hidden_size), as torch.nn.LSTM."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
-
-    def flatten_parameters(self) -> None:
-        """No-op, for code written for torch.nn.LSTM (cuDNN's flat buffer is not used)."""
-
-    def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False)):
-            if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
-        return s
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype)
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
@@ -219,35 +299,93 @@ class LSTM(nn.Module):
                 if not isinstance(state, Tensor):
                     raise ValueError(f"lstm_ext.LSTM: expected {name} to be a tensor, got {_describe(state)}")
         if isinstance(input, PackedSequence):
-            from lstm_ext.packed import lstm_packed  # packed.py imports this module
+            from lstm_ext.packed import rnn_packed  # packed.py imports this module
 
-            return lstm_packed(self, input, hx)
-        if not isinstance(input, Tensor):
-            raise ValueError(f"lstm_ext.LSTM: expected input of shape (seq_len, input_size) unbatched or "
-                             f"(seq_len, batch, input_size), got {_describe(input)}")
+            output, (h_n, c_n) = rnn_packed(self, input, hx)
+            return output, (h_n, c_n)
+        self._check_input(input)
         params = self._flat_weights
         # Shapes, dtypes and devices are checked by the operator, which also
         # runs the layers (csrc/lstm_layers.cpp).
-        args = (params, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-                self.batch_first)
+        args = self._op_args(params)
         if _direct((input, *params) if hx is None else (input, *hx, *params)):
             return native.lstm(input, hx, *args)
         output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
         return output, (h_n, c_n)
 
-    @classmethod
-    def from_torch(cls, module: nn.LSTM) -> "LSTM":
-        """The same LSTM as a torch.nn.LSTM (parameters copied)."""
-        first = next(module.parameters())
-        rnn = cls(module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
-                  module.dropout, module.bidirectional, module.proj_size, device=first.device, dtype=first.dtype)
-        rnn.load_state_dict(module.state_dict())
-        return rnn.train(module.training)
 
-    def to_torch(self) -> nn.LSTM:
-        """A torch.nn.LSTM with these parameters (copied), on their device and dtype."""
-        first = next(self.parameters())
-        module = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
-                         self.dropout, self.bidirectional, device=first.device, dtype=first.dtype)
-        module.load_state_dict(self.state_dict())
-        return module.train(self.training)
+class GRU(_RNNBase):
+    r"""A multi-layer GRU over a sequence: torch.nn.GRU's interface, parameters
+    and results, each layer and direction one fused operator, on the LSTM's
+    engine.
+
+    For each step t, in torch.nn.GRU's gate order::
+
+        r = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n = tanh(W_in x_t + b_in + r * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        bidirectional, device, dtype: as torch.nn.GRU (and lstm_ext.LSTM).
+
+    Inputs: ``input, h_0``
+        * input: (T, B, I), (B, T, I) when batch_first, or (T, I) unbatched; or a
+          ``torch.nn.utils.rnn.PackedSequence``.
+        * h_0: (D * num_layers, B, H), or (D * num_layers, H) unbatched, D = 2 if
+          bidirectional else 1. Zeros when omitted.
+
+    Outputs: ``output, h_n``
+        * output: (T, B, D * H) (batch_first: (B, T, D * H)); a PackedSequence
+          for a PackedSequence input.
+        * h_n: (D * num_layers, B, H).
+
+    Attributes:
+        weight_ih_l{k}[_reverse]: [3H, I] for k = 0, [3H, D * H] for k > 0.
+        weight_hh_l{k}[_reverse]: [3H, H].
+        bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: [3H].
+        Gate blocks r, z, n; initialised uniform in (-1/sqrt(H), 1/sqrt(H)); the
+        state_dict is interchangeable with torch.nn.GRU's.
+
+    Per layer and direction: one matrix product for all steps' input
+    projections (b_ih and b_hh's r, z parts folded in), then per step the
+    recurrent product and one fused pointwise pass. torch.nn.GRU has no
+    oneDNN path on the CPU and runs ATen's per-step loop.
+
+    Example::
+
+        >>> rnn = lstm_ext.GRU(10, 20, num_layers=2, batch_first=True)
+        >>> output, h_n = rnn(torch.randn(3, 5, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([3, 5, 20]), torch.Size([2, 3, 20]))
+    """
+
+    _gates = 3
+    _torch_module = nn.GRU
+    mode = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype)
+
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
+                ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        """(output, h_n) as torch.nn.GRU returns them (shapes in the class
+        docstring); a PackedSequence input gives a PackedSequence output."""
+        if hx is not None and not isinstance(hx, Tensor):
+            raise TypeError(f"lstm_ext.GRU: hx must be a Tensor h_0 of shape (D * num_layers, batch, "
+                            f"hidden_size), got {_describe(hx)}")
+        if isinstance(input, PackedSequence):
+            from lstm_ext.packed import rnn_packed  # packed.py imports this module
+
+            output, (h_n,) = rnn_packed(self, input, None if hx is None else (hx,))
+            return output, h_n
+        self._check_input(input)
+        params = self._flat_weights
+        args = self._op_args(params)
+        if _direct((input, *params) if hx is None else (input, hx, *params)):
+            return native.gru(input, hx, *args)
+        return _gru(input, [] if hx is None else [hx], *args)

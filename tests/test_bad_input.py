@@ -216,6 +216,115 @@ CASES = {
 }
 
 
+def gru_case(change, **config):
+    """GRU(4, 3, num_layers=2) on x (5, 2, 4) with h_0 (2, 2, 3); change(device, rnn, x, h) -> (x, h)."""
+    def build(device):
+        rnn = lstm_ext.GRU(4, 3, num_layers=2, dtype=F64, device=device, **config)
+        x, h = change(device, rnn, randn(5, 2, 4, device=device), randn(2, 2, 3, device=device))
+        return rnn, (x, h)
+    return build
+
+
+def gru_layer_case(change):
+    """gru_layer on x (3, 2, 3), h_0 (2, 4), weights for H=4; change(device, args) -> args."""
+    def build(device):
+        args = [randn(3, 2, 3, device=device), randn(2, 4, device=device), randn(12, 3, device=device),
+                randn(12, 4, device=device), randn(12, device=device), randn(12, device=device)]
+        return lstm_ext.gru_layer, tuple(change(device, args))
+    return build
+
+
+def gru_cell_case(change):
+    """GRUCell(4, 5) on x (3, 4), h (3, 5); change(device, x, h) -> (x, h)."""
+    def build(device):
+        cell = lstm_ext.GRUCell(4, 5, dtype=F64, device=device)
+        return cell, change(device, randn(3, 4, device=device), randn(3, 5, device=device))
+    return build
+
+
+def gru_backward_case(change):
+    """torch.ops.lstm_ext.gru_layer_backward with its saved tensors; change(device, args) -> args."""
+    def build(device):
+        x, h0, w_ih, w_hh = randn(3, 2, 3), randn(2, 4), randn(12, 3), randn(12, 4)
+        out, h_n, gates, hidden_n = torch.ops.lstm_ext.gru_layer_forward(x, h0, w_ih, w_hh, None, None, False)
+        args = [torch.randn_like(out), torch.randn_like(h_n), x, h0, w_ih, w_hh, out, gates, hidden_n]
+        args = change(device, [a.to(device) for a in args])
+        return (lambda *a: torch.ops.lstm_ext.gru_layer_backward(*a, False, [True] * 3)), tuple(args)
+    return build
+
+
+def set_gru_param(name, make):
+    def change(device, rnn, x, h):
+        setattr(rnn, name, nn.Parameter(make(device, getattr(rnn, name))))
+        return x, h
+    return change
+
+
+CASES.update({
+    # --- GRU -------------------------------------------------------------------
+    "gru: input 1-D": (gru_case(lambda d, r, x, h: (x[:, 0, 0], h)), ValueError,
+                       r"lstm_ext.GRU: expected input of shape .* got a tensor of shape \(5,\) of 1 dims", ALL_PATHS),
+    "gru: wrong features": (gru_case(lambda d, r, x, h: (randn(5, 2, 6, device=d), h)), ValueError,
+                            r"input.size\(-1\) must be equal to input_size. Expected 4, got 6", ALL_PATHS),
+    "gru: h_0 shape": (gru_case(lambda d, r, x, h: (x, h[:1])), ValueError,
+                       r"lstm_ext.GRU: expected h_0 of shape \(2, 2, 3\), got a tensor of shape \(1, 2, 3\)",
+                       ALL_PATHS),
+    "gru: dtype of h_0": (gru_case(lambda d, r, x, h: (x, h.float())), TypeError,
+                          r"dtype mismatch: h_0 is torch.float32 but input is torch.float64", ALL_PATHS),
+    "gru: no time steps": (gru_case(lambda d, r, x, h: (x[:0], h)), ValueError,
+                           r"expected sequence length to be larger than 0", ALL_PATHS),
+    "gru: wrong weight_hh_l1": (gru_case(set_gru_param("weight_hh_l1", lambda d, w: randn(12, 3, device=d))),
+                                ValueError, r"weight_hh_l1 must have shape \(9, 3\) \(3\*hidden_size, "
+                                r"hidden_size\), got \(12, 3\)", ALL_PATHS),
+    "gru: wrong bias_ih_l0_reverse": (
+        gru_case(set_gru_param("bias_ih_l0_reverse", lambda d, w: randn(8, device=d)), bidirectional=True),
+        ValueError, r"bias_ih_l0_reverse must have shape \(9,\) \(3\*hidden_size,\), got \(8,\)", ALL_PATHS),
+    "gru: h_0 on meta": (gru_case(lambda d, r, x, h: (x, on_meta(h))), ValueError,
+                         r"lstm_ext.GRU: device mismatch: h_0 is on meta but input is on cpu", MIXED),
+    "gru: hx a pair": (gru_case(lambda d, r, x, h: (x, (h, h))), TypeError,
+                       r"lstm_ext.GRU: hx must be a Tensor h_0 .* got a tuple of length 2", ALL_PATHS),
+    "gru_layer: wrong weight_hh": (gru_layer_case(replaced(3, lambda d, t: t[:, :-1])), ValueError,
+                                   r"lstm_ext.GRU: weight_hh must have shape \[3\*hidden_size, hidden_size\], got "
+                                   r"\[12, 3\]", ALL_PATHS),
+    "gru_layer: LSTM-sized weight_ih": (gru_layer_case(replaced(2, lambda d, t: randn(16, 3, device=d))), ValueError,
+                                        r"weight_ih must have shape \[3\*hidden_size, input_size\] = \[12, "
+                                        r"input_size\], got \[16, 3\]", ALL_PATHS),
+    "gru_layer: h_0 of another batch": (gru_layer_case(replaced(1, lambda d, t: randn(3, 4, device=d))), ValueError,
+                                        r"h_0 must have shape \[2, 4\] \(batch, hidden_size\), got \[3, 4\]",
+                                        ALL_PATHS),
+    "gru_layer: wrong bias_hh": (gru_layer_case(replaced(5, lambda d, t: t[:4])), ValueError,
+                                 r"bias_hh must have shape \[12\] \(3\*hidden_size,\), got \[4\]", ALL_PATHS),
+    "gru_layer: weight_ih on meta": (gru_layer_case(replaced(2, lambda d, t: on_meta(t))), ValueError,
+                                     r"device mismatch: weight_ih is on meta but weight is on cpu", MIXED),
+    "gru_layer: h_0 a pair": (gru_layer_case(replaced(1, lambda d, t: (t, t))), TypeError,
+                              r"lstm_ext.gru_layer: h_0 must be a Tensor .* got a tuple of length 2", ALL_PATHS),
+    "gru_layer_inference: dtype of input": (
+        lambda d: (torch.ops.lstm_ext.gru_layer_inference,
+                   (randn(3, 2, 3, device=d).float(), randn(2, 4, device=d), randn(12, 3, device=d),
+                    randn(12, 4, device=d), None, None, False)),
+        TypeError, r"dtype mismatch: input is torch.float32 but weight is torch.float64", ALL_PATHS),
+    "gru_cell: batch mismatch": (gru_cell_case(lambda d, x, h: (x, h[:2])), ValueError,
+                                 r"h_0 must have shape \[3, 5\] \(batch, hidden_size\), got \[2, 5\]", ALL_PATHS),
+    "gru_cell: unbatched input, batched state": (gru_cell_case(lambda d, x, h: (x[0], h)), ValueError,
+                                                 r"for a 1-D input, hx must be 1-D too, got shape \(3, 5\)",
+                                                 ALL_PATHS),
+    "gru_cell: input 3-D": (gru_cell_case(lambda d, x, h: (x[None], h)), ValueError,
+                            r"Expected input to be 1D or 2D, got 3D", ALL_PATHS),
+    "gru_cell: state on meta": (gru_cell_case(lambda d, x, h: (x, on_meta(h))), ValueError,
+                                r"device mismatch: h_0 is on meta but weight is on cpu", MIXED),
+    "gru_cell: integer input": (gru_cell_case(lambda d, x, h: (x.long(), h)), TypeError,
+                                r"input must be a dense floating point tensor .* got torch.int64", ALL_PATHS),
+    "gru_layer_backward: hidden_n shape": (gru_backward_case(replaced(8, lambda d, t: t[:1])), ValueError,
+                                           r"lstm_ext.gru_layer_backward: hidden_n must have shape \[3, 2, 4\]",
+                                           ALL_PATHS),
+    "gru_layer_backward: LSTM-sized gates": (gru_backward_case(replaced(7, lambda d, t: torch.cat([t, t[..., :4]], -1))),
+                                             ValueError, r"gates must have shape \[3, 2, 12\] \(seq_len, batch, "
+                                             r"3\*hidden_size\)", ALL_PATHS),
+    "gru_layer_backward: grad_h_n on meta": (gru_backward_case(replaced(1, lambda d, t: on_meta(t))), ValueError,
+                                             r"device mismatch: grad_h_n is on meta but weight is on cpu", MIXED),
+})
+
+
 def call_on_path(path, build):
     if path == "meta":
         fn, args = build("meta")

@@ -196,7 +196,7 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
     const at::AutoDispatchBelowADInplaceOrView below;
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const std::array<bool, 3> output_mask{task_should_compute_output(0), task_should_compute_output(1),
-                                          task_should_compute_output({{2, 5}})};
+                                          task_should_compute_output({{2, 6}})};  // [2, 6): the weights and biases
     auto [grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh] =
         gru_layer_backward_op().call(grad_output, grads[1], input, h0, weight_ih, weight_hh, output, gates,
                                      hidden_n, reverse, output_mask);

@@ -1,9 +1,10 @@
-"""Differential fuzz test: seeded random configurations of lstm_ext.LSTM and
-lstm_ext.LSTMCell against torch.nn.LSTM / torch.nn.LSTMCell with the same
+"""Differential fuzz test: seeded random configurations of lstm_ext.LSTM,
+LSTMCell, GRU and GRUCell against torch.nn's modules with the same
 parameters, outputs and every gradient.
 
 Each seed is one case, so a failure names the seed that reproduces it. The
-suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800 and 400);
+suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800, 400, 400
+and 200);
 set it higher to run thousands locally:
 
     LSTM_EXT_FUZZ_CASES=5000 pytest tests/test_fuzz.py -q
@@ -21,6 +22,8 @@ import lstm_ext
 CASES = int(os.environ.get("LSTM_EXT_FUZZ_CASES", "0"))
 LSTM_CASES = CASES or 800
 CELL_CASES = CASES or 400
+GRU_CASES = CASES or 400
+GRU_CELL_CASES = CASES or 200
 TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
 
 
@@ -51,25 +54,37 @@ def compare(got, expected, tol, what):
 
 
 def outputs_and_grads(module, x, state, weights, wrt):
-    output, (h_n, c_n) = module(x, state) if state is not None else module(x)
-    loss = (output * weights).sum() + 2 * h_n.sum() - 3 * c_n.sum()
+    """(output, *final states) and the gradients of a loss of them (None where not required)."""
+    output, states = module(x, state) if state is not None else module(x)
+    states = states if isinstance(states, tuple) else (states,)  # (h_n, c_n), or the GRU's h_n
+    loss = (output * weights).sum() + sum((2 - 5 * k) * s.sum() for k, s in enumerate(states))
     grads = torch.autograd.grad(loss, [t for t in wrt if t.requires_grad], allow_unused=True) if any(
         t.requires_grad for t in wrt) else ()
     it = iter(grads)
-    return (output, h_n, c_n), [next(it) if t.requires_grad else None for t in wrt]
+    return (output, *states), [next(it) if t.requires_grad else None for t in wrt]
 
 
 @pytest.mark.parametrize("seed", range(LSTM_CASES))
 def test_lstm_against_torch(seed):
-    rng = random.Random(seed)
+    sequence_case(seed, nn.LSTM, lstm_ext.LSTM, seed)
+
+
+@pytest.mark.parametrize("seed", range(GRU_CASES))
+def test_gru_against_torch(seed):
+    sequence_case(seed, nn.GRU, lstm_ext.GRU, 20_000 + seed)
+
+
+def sequence_case(seed, torch_module, fused_module, rng_seed):
+    """One random configuration of a sequence module against torch.nn's."""
+    rng = random.Random(rng_seed)
     torch.manual_seed(seed)
     dtype = torch.float64 if rng.random() < 0.8 else torch.float32
     config = dict(num_layers=rng.randint(1, 3), bidirectional=rng.random() < 0.5,
                   batch_first=rng.random() < 0.5, bias=rng.random() < 0.8)
     T, B, I, H = rng.randint(1, 6), rng.choice([0, 1, 1, 2, 3, 5]), rng.randint(1, 7), rng.randint(1, 8)
     unbatched = rng.random() < 0.15
-    ref = nn.LSTM(I, H, dtype=dtype, **config)
-    fused = lstm_ext.LSTM.from_torch(ref)
+    ref = torch_module(I, H, dtype=dtype, **config)
+    fused = fused_module.from_torch(ref)
     freeze_some(rng, ref, fused)
     for module in (ref, fused):
         module.train(rng.random() < 0.5)
@@ -80,11 +95,13 @@ def test_lstm_against_torch(seed):
     if rng.random() < 0.6:
         state_shape = (layers, H) if unbatched else (layers, B, H)
         state = tuple(maybe_non_contiguous(rng, torch.randn(*state_shape, dtype=dtype)).requires_grad_(
-            rng.random() < 0.5) for _ in range(2))
+            rng.random() < 0.5) for _ in range(2 if torch_module is nn.LSTM else 1))
     out_shape = (*shape[:-1], H * (2 if config["bidirectional"] else 1))
     weights = torch.randn(*out_shape, dtype=dtype)
     wrt_ref = [x, *(state or ()), *ref.parameters()]
     wrt_fused = [x, *(state or ()), *fused.parameters()]
+    if state is not None and torch_module is nn.GRU:
+        state = state[0]
     what = f"seed {seed}: {config}, (T, B, I, H)={(T, B, I, H)}, {dtype}, unbatched={unbatched}"
     expected, expected_grads = outputs_and_grads(ref, x, state, weights, wrt_ref)
     got, got_grads = outputs_and_grads(fused, x, state, weights, wrt_fused)
@@ -93,8 +110,9 @@ def test_lstm_against_torch(seed):
     compare(got_grads, expected_grads, tol, what + " grads")
     if not fused.training:  # inference (layer_inference) is the training forward, bitwise
         with torch.no_grad():
-            output, (h_n, c_n) = fused(x, state) if state is not None else fused(x)
-        compare((output, h_n, c_n), [t.detach() for t in got], dict(rtol=0, atol=0), what + " no_grad")
+            output, states = fused(x, state) if state is not None else fused(x)
+        states = states if isinstance(states, tuple) else (states,)
+        compare((output, *states), [t.detach() for t in got], dict(rtol=0, atol=0), what + " no_grad")
 
 
 @pytest.mark.parametrize("seed", range(CELL_CASES))
@@ -131,4 +149,30 @@ def test_cell_against_torch(seed):
             grads = grads[:n_in] + packed
         results.append([h, c, *grads])
     assert len(results[0]) == len(results[1]), what
+    compare(results[1], results[0], TOLERANCES[dtype], what)
+
+
+@pytest.mark.parametrize("seed", range(GRU_CELL_CASES))
+def test_gru_cell_against_torch(seed):
+    rng = random.Random(30_000 + seed)
+    torch.manual_seed(seed)
+    dtype = torch.float64 if rng.random() < 0.8 else torch.float32
+    B, I, H = rng.choice([0, 1, 2, 3, 7]), rng.randint(0, 7), rng.randint(1, 8)
+    bias = rng.random() < 0.8
+    unbatched = rng.random() < 0.2
+    ref = nn.GRUCell(I, H, bias=bias, dtype=dtype)
+    fused = lstm_ext.GRUCell.from_torch(ref)
+    freeze_some(rng, ref, fused)
+    batch = () if unbatched else (B,)
+    x = maybe_non_contiguous(rng, torch.randn(*batch, I, dtype=dtype)).requires_grad_(rng.random() < 0.7)
+    h = None
+    if rng.random() < 0.6:
+        h = maybe_non_contiguous(rng, torch.randn(*batch, H, dtype=dtype)).requires_grad_(rng.random() < 0.5)
+    what = f"seed {seed}: (B, I, H)={(B, I, H)}, bias={bias}, {dtype}, unbatched={unbatched}"
+    results = []
+    for module in (ref, fused):
+        out = module(x, h) if h is not None else module(x)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)).sum()
+        wrt = [t for t in (x, h, *module.parameters()) if t is not None and t.requires_grad]
+        results.append([out, *(torch.autograd.grad(loss, wrt) if wrt else ())])
     compare(results[1], results[0], TOLERANCES[dtype], what)

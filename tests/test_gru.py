@@ -212,7 +212,7 @@ def test_layer_backward_forms_only_the_masked_gradients(device):
     assert grads[0] is None and grads[1] is not None and all(g is None for g in grads[2:])
 
 
-@pytest.mark.parametrize("frozen", ["input", "weights", "h_0"])
+@pytest.mark.parametrize("frozen", ["input", "weights", "h_0", "all but bias_hh"])
 def test_gradients_when_some_inputs_need_none(frozen, device):
     ref, fused = gru_pair(3, 4, device=device, num_layers=2)
     x, h0 = gru_inputs(5, 2, 3, 4, dict(num_layers=2, bidirectional=False, batch_first=False), device)
@@ -220,6 +220,12 @@ def test_gradients_when_some_inputs_need_none(frozen, device):
         x.requires_grad_(False)
     elif frozen == "h_0":
         h0.requires_grad_(False)
+    elif frozen == "all but bias_hh":  # the last edge of the node alone
+        x.requires_grad_(False)
+        h0.requires_grad_(False)
+        for module in (ref, fused):
+            for name, p in module.named_parameters():
+                p.requires_grad_(name.startswith("bias_hh"))
     else:
         for p in (*ref.parameters(), *fused.parameters()):
             p.requires_grad_(False)

@@ -1,9 +1,12 @@
 """One LSTM cell step: lstm_ext.LSTMCell against the reference cell,
 torch.nn.LSTMCell, torch.compile of the reference, and the floors that the
 fused cell cannot go below (its matrix products; at small sizes the cost of
-starting a backward pass and of a Python autograd.Function).
+starting a backward pass and of a Python autograd.Function). With --cell gru:
+lstm_ext.GRUCell against torch.nn.GRUCell, the reference GRU cell and
+torch.compile of it.
 
     python benchmarks/bench_cell.py                 # CPU grid
+    python benchmarks/bench_cell.py --cell gru      # the GRU cell
     python benchmarks/bench_cell.py --device cuda   # GPU grid, float32 and bfloat16
 """
 from __future__ import annotations
@@ -83,6 +86,30 @@ def bench_shape(bench: Bench, B: int, I: int, H: int, dtype: torch.dtype, device
     bench.compare(fns, pass_="fwd+bwd", shape=shape, dtype=dtype, extras=floors)
 
 
+def bench_gru_shape(bench: Bench, B: int, I: int, H: int, dtype: torch.dtype, device: str) -> None:
+    """lstm_ext.GRUCell against torch.nn.GRUCell, the reference GRU cell and torch.compile of it."""
+    torch.manual_seed(0)
+    shape = {"B": B, "I": I, "H": H, "T": None}
+    ref = lstm_ext.reference.GRUCell(I, H).to(device=device, dtype=dtype)
+    torch_cell = torch.nn.GRUCell(I, H, device=device, dtype=dtype)
+    torch_cell.load_state_dict(ref.torch_parameters())
+    fused = lstm_ext.GRUCell.from_torch(torch_cell)
+    torch._dynamo.reset()
+    compiled = torch.compile(ref)
+    impls = {"lstm_ext": fused, "torch": torch_cell, "reference": ref, "compile": compiled}
+
+    def state(requires_grad):
+        return [torch.randn(B, n, device=device, dtype=dtype, requires_grad=requires_grad) for n in (I, H)]
+
+    x, h = state(False)
+    with torch.no_grad():
+        bench.compare({k: (lambda f=f: f(x, h)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype)
+    x, h = state(True)
+    grad = torch.randn(B, H, device=device, dtype=dtype)
+    bench.compare({k: (lambda f=f: torch.autograd.backward(f(x, h), grad)) for k, f in impls.items()},
+                  pass_="fwd+bwd", shape=shape, dtype=dtype)
+
+
 def pointwise_bandwidth(bench: Bench, B: int, H: int, dtype: torch.dtype, device: str) -> None:
     """Achieved GB/s of the CUDA pointwise kernels, their device time from the profiler.
 
@@ -113,11 +140,14 @@ def pointwise_bandwidth(bench: Bench, B: int, H: int, dtype: torch.dtype, device
         total = sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0) for e in events)
         us = total / sum(e.count for e in events)
         gbps = per_element * B * H * element / (us * 1e-6) / 1e9
-        bench.rows.append({"bench": "cell", "impl": "lstm_ext", "pass": pass_, "B": B, "I": H, "H": H, "T": None,
+        bench.rows.append({"bench": "cell", "cell": "lstm", "impl": "lstm_ext", "pass": pass_, "B": B, "I": H, "H": H, "T": None,
                            "dtype": str(dtype).replace("torch.", ""), "device": device, "median_us": round(us, 3),
                            "gbps": round(gbps, 1)})
         print(f"{pass_:14s} B={B} H={H} {str(dtype)[6:]:9s} {us:8.2f} us  {gbps:7.1f} GB/s")
 
+
+GRU_RATIOS = [("reference", "lstm_ext", "vs reference"), ("torch", "lstm_ext", "vs torch.nn.GRUCell"),
+              ("compile", "lstm_ext", "vs compile(reference)")]
 
 RATIOS = [  # (other, lstm_ext, caption): other's time / lstm_ext's; a floor's is the share of lstm_ext's time
     ("reference", "lstm_ext", "vs reference"),
@@ -133,17 +163,18 @@ def main() -> None:
     parser = parse_common_args(__doc__)
     args = parser.parse_args()
     device = args.device
-    bench = Bench("cell", device, min_run_time=args.min_run_time)
+    bench = Bench("cell", device, min_run_time=args.min_run_time, cell=args.cell)
     grid, dtypes = (GPU_GRID if device.startswith("cuda") else CPU_GRID), dtypes_of(args)
     if args.quick:
         grid = grid[:2]
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {device}, "
           f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
+    shape_bench = bench_gru_shape if args.cell == "gru" else bench_shape
     for dtype in dtypes:
         for B, I, H in grid:
-            bench_shape(bench, B, I, H, dtype, device)
-    bench.report(RATIOS)
-    if device.startswith("cuda"):
+            shape_bench(bench, B, I, H, dtype, device)
+    bench.report(GRU_RATIOS if args.cell == "gru" else RATIOS)
+    if device.startswith("cuda") and args.cell == "lstm":
         print("\nPointwise kernels alone (device time from the profiler):")
         for dtype in dtypes:
             pointwise_bandwidth(bench, 256, 1024, dtype, device)

@@ -3,9 +3,12 @@ CPU, cuDNN on the GPU), the reference cell looped in Python, lstm_ext.LSTMCell
 looped in Python, and torch.compile of the reference loop: forward,
 forward+backward, and (lstm_ext and torch.nn.LSTM only) forward+backward with
 an input that needs no gradient, as a first layer's data, and forward+backward
-of a PackedSequence of lengths T/2 to T.
+of a PackedSequence of lengths T/2 to T. With --cell gru, the same for
+lstm_ext.GRU against torch.nn.GRU and the reference GRU cell, plus
+lstm_ext.LSTM at the same size (impl "lstm_ext_lstm": what the GRU saves).
 
     python benchmarks/bench_sequence.py                 # CPU grid
+    python benchmarks/bench_sequence.py --cell gru      # the GRU
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
 
 torch.compile unrolls the time loop, so at T=100 it compiles the reference
@@ -19,42 +22,53 @@ import torch
 from torch import nn
 
 import lstm_ext
-from common import Bench, dtypes_of, lstm_flops, parse_common_args, sgemm_gflops
+from common import Bench, dtypes_of, parse_common_args, rnn_flops, sgemm_gflops
 
 GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
 LAYERS = (1, 2)
 
 
 class CellStack(nn.Module):
-    """`layers` cells stepped over (T, B, I) in Python, as a user of a cell would."""
+    """`layers` cells stepped over (T, B, I) in Python, as a user of a cell
+    would: LSTM cells (state (h, c)) or, with gru, GRU cells (state h)."""
 
-    def __init__(self, cells: List[nn.Module]) -> None:
+    def __init__(self, cells: List[nn.Module], gru: bool = False) -> None:
         super().__init__()
         self.cells = nn.ModuleList(cells)
+        self.gru = gru
 
     def forward(self, x, step=None):
         step = step or (lambda cell, xt, state: cell(xt, state))
         layer_input = x
         for cell in self.cells:
             h = x.new_zeros(x.shape[1], cell.hidden_size)
-            c = x.new_zeros(x.shape[1], cell.hidden_size)
+            state = h if self.gru else (h, x.new_zeros(x.shape[1], cell.hidden_size))
             outputs = []
             for t in range(x.shape[0]):
-                h, c = step(cell, layer_input[t], (h, c))
-                outputs.append(h)
+                state = step(cell, layer_input[t], state)
+                outputs.append(state if self.gru else state[0])
             layer_input = torch.stack(outputs)
         return layer_input
+
+
+# Per cell: (lstm_ext's module, torch.nn's, the reference cell, lstm_ext's cell, gate count).
+CELLS = {
+    "lstm": (lstm_ext.LSTM, nn.LSTM, lstm_ext.reference.LSTMCell, lstm_ext.LSTMCell, 4),
+    "gru": (lstm_ext.GRU, nn.GRU, lstm_ext.reference.GRUCell, lstm_ext.GRUCell, 3),
+}
 
 
 def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype, device: str) -> None:
     torch.manual_seed(0)
     shape = {"B": B, "I": I, "H": H, "T": T}
     extra = {"layers": layers}
-    torch_lstm = nn.LSTM(I, H, num_layers=layers, device=device, dtype=dtype)
-    fused = lstm_ext.LSTM.from_torch(torch_lstm)
+    fused_module, torch_module, reference_cell, fused_cell, gates = CELLS[bench.cell]
+    gru = bench.cell == "gru"
+    torch_lstm = torch_module(I, H, num_layers=layers, device=device, dtype=dtype)
+    fused = fused_module.from_torch(torch_lstm)
     sizes = [I] + [H] * (layers - 1)
-    ref_loop = CellStack([lstm_ext.reference.LSTMCell(n, H) for n in sizes]).to(device=device, dtype=dtype)
-    cell_loop = CellStack([lstm_ext.LSTMCell(n, H, device=device, dtype=dtype) for n in sizes])
+    ref_loop = CellStack([reference_cell(n, H) for n in sizes], gru).to(device=device, dtype=dtype)
+    cell_loop = CellStack([fused_cell(n, H, device=device, dtype=dtype) for n in sizes], gru)
     torch._dynamo.reset()  # a fresh compile per shape: no recompiles, no recompile-limit warnings
     if T <= 10:
         compiled = torch.compile(ref_loop)
@@ -70,6 +84,9 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
         "lstm_ext_cell_loop": lambda x: cell_loop(x),
         "compile": compiled_call,
     }
+    if gru:  # lstm_ext.LSTM at the same size: what the GRU's fewer gates save
+        fused_lstm = lstm_ext.LSTM(I, H, num_layers=layers, device=device, dtype=dtype)
+        impls["lstm_ext_lstm"] = lambda x: fused_lstm(x)[0]
     extras = {name: dict(extra) for name in impls}
     extras["compile"]["compiled"] = scope
 
@@ -80,11 +97,12 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     # a single call, so five rather than three).
     rounds = 15 if T * B * H * max(I, H) < 2**20 else 5
     x = torch.randn(T, B, I, device=device, dtype=dtype)
-    forward_flops, training_flops = lstm_flops(B, T, I, H, layers), lstm_flops(B, T, I, H, layers, backward=True)
+    forward_flops = rnn_flops(B, T, I, H, layers, gates=gates)
+    training_flops = rnn_flops(B, T, I, H, layers, backward=True, gates=gates)
     with torch.no_grad():
         bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
                       extras=extras, rounds=rounds)
-    add_gflops(bench, 5, forward_flops)
+    add_gflops(bench, len(impls), forward_flops)
     # Inference as a server runs it: inference_mode, lstm_ext against torch.nn.LSTM.
     with torch.inference_mode():
         bench.compare({k: (lambda f=impls[k]: f(x)) for k in ("lstm_ext", "torch")}, pass_="fwd, inference_mode",
@@ -99,7 +117,7 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     x.requires_grad_()
     bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, 5, training_flops)
+    add_gflops(bench, len(impls), training_flops)
     # A padded batch of varying lengths (T/2 to T, the longest T), packed in
     # each call (x needs its gradient): lstm_ext runs one operator call per
     # distinct length, torch.nn.LSTM its packed-sequence path.
@@ -118,6 +136,8 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
 def add_gflops(bench: Bench, rows: int, flops: float) -> None:
     """GFLOP/s of the last `rows` rows, and their fraction of the run's sgemm floor."""
     for row in bench.rows[-rows:]:
+        if row["impl"] == "lstm_ext_lstm":  # another cell's work
+            continue
         row["gflops"] = round(flops / (row["median_us"] * 1e-6) / 1e9, 1)
         if bench.machine_extra.get("sgemm_gflops"):
             row["sgemm_fraction"] = round(row["gflops"] / bench.machine_extra["sgemm_gflops"], 3)
@@ -131,9 +151,10 @@ def status_kib(key):
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith(key))
 
-impl, B, T, I, H, dtype = sys.argv[1], *map(int, sys.argv[2:6]), getattr(torch, sys.argv[6])
+impl, B, T, I, H, dtype, cell = sys.argv[1], *map(int, sys.argv[2:6]), getattr(torch, sys.argv[6]), sys.argv[7]
 torch.manual_seed(0)
-module = (lstm_ext.LSTM if impl == "lstm_ext" else torch.nn.LSTM)(I, H, dtype=dtype)
+modules = {"lstm": (lstm_ext.LSTM, torch.nn.LSTM), "gru": (lstm_ext.GRU, torch.nn.GRU)}[cell]
+module = modules[0 if impl == "lstm_ext" else 1](I, H, dtype=dtype)
 x = torch.randn(T, B, I, dtype=dtype)
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # resets the peak (VmHWM) to the current resident size
@@ -151,23 +172,27 @@ def peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
 
     for impl in ("lstm_ext", "torch"):
         out = subprocess.run([sys.executable, "-c", PEAK_MEMORY, impl, str(B), str(T), str(I), str(H),
-                              str(dtype).replace("torch.", "")], capture_output=True, text=True, check=True)
-        bench.rows.append({"bench": bench.bench, "impl": impl, "pass": "fwd, inference_mode, peak memory",
+                              str(dtype).replace("torch.", ""), bench.cell], capture_output=True, text=True,
+                             check=True)
+        bench.rows.append({"bench": bench.bench, "cell": bench.cell, "impl": impl,
+                           "pass": "fwd, inference_mode, peak memory",
                            "B": B, "I": I, "H": H, "T": T, "dtype": str(dtype).replace("torch.", ""),
                            "device": bench.device, "layers": 1, "peak_mib": round(float(out.stdout), 1)})
 
 
-RATIOS = [  # (other, lstm_ext, caption): other's time / lstm_ext's
-    ("torch", "lstm_ext", "vs torch.nn.LSTM"),
-    ("reference", "lstm_ext", "vs reference loop"),
-    ("lstm_ext_cell_loop", "lstm_ext", "vs LSTMCell loop"),
-    ("compile", "lstm_ext", "vs compile(reference)"),
-]
+def ratios(cell: str) -> list:
+    """(other, lstm_ext, caption): other's time / lstm_ext's."""
+    name = "LSTM" if cell == "lstm" else "GRU"
+    rows = [("torch", "lstm_ext", f"vs torch.nn.{name}"), ("reference", "lstm_ext", "vs reference loop"),
+            ("lstm_ext_cell_loop", "lstm_ext", f"vs {name}Cell loop"), ("compile", "lstm_ext", "vs compile(reference)")]
+    if cell == "gru":
+        rows.append(("lstm_ext", "lstm_ext_lstm", "GRU time / lstm_ext.LSTM's"))
+    return rows
 
 
 def main() -> None:
     args = parse_common_args(__doc__).parse_args()
-    bench = Bench("sequence", args.device, min_run_time=args.min_run_time)
+    bench = Bench("sequence", args.device, min_run_time=args.min_run_time, cell=args.cell)
     grid = GRID[:2] if args.quick else GRID
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
@@ -181,8 +206,8 @@ def main() -> None:
         if not args.device.startswith("cuda"):
             for B, T, I, H in grid:
                 peak_memory(bench, B, T, I, H, dtype)
-    bench.report(RATIOS)
-    print("\nGFLOP/s (lstm_ext / torch.nn.LSTM) and their fraction of the sgemm floor; peak memory of one "
+    bench.report(ratios(args.cell))
+    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()}) and their fraction of the sgemm floor; peak memory of one "
           "inference forward (MiB added, fresh process)")
     for row in bench.rows:
         if row["impl"] in ("lstm_ext", "torch") and ("gflops" in row or "peak_mib" in row):

@@ -6,8 +6,10 @@ within a run, not absolute times across runs), prints a Compare table and a
 ratio table, and merges its rows into benchmarks/results/<machine>.json:
 
     {"machine": {device, cpu, threads, torch, lstm_ext, cpu_kernels},
-     "results": [{"bench", "impl", "pass", "B", "I", "H", "T", "dtype",
+     "results": [{"bench", "cell", "impl", "pass", "B", "I", "H", "T", "dtype",
                   "device", "median_us", ...}]}
+
+"cell" is "lstm" or "gru" (rows without it are the LSTM's).
 """
 from __future__ import annotations
 
@@ -70,8 +72,10 @@ def synchronize(device: str) -> None:
 class Bench:
     """Collects measurements of one benchmark script and reports them."""
 
-    def __init__(self, bench: str, device: str, min_run_time: float = 0.5, verbose: bool = True) -> None:
+    def __init__(self, bench: str, device: str, min_run_time: float = 0.5, verbose: bool = True,
+                 cell: str = "lstm") -> None:
         self.bench = bench
+        self.cell = cell
         self.verbose = verbose  # a line per measurement on stderr
         self.device = device
         self.min_run_time = min_run_time
@@ -104,7 +108,7 @@ class Bench:
             m = benchmark.Measurement.merge(ms)[0]
             self.measurements.append(m)
             medians[name] = median_us = m.median * 1e6
-            row = {"bench": self.bench, "impl": name.split(":")[0], "pass": pass_}
+            row = {"bench": self.bench, "cell": self.cell, "impl": name.split(":")[0], "pass": pass_}
             row.update({k: shape.get(k) for k in ("B", "I", "H", "T")})
             row.update({"dtype": str(dtype).replace("torch.", ""), "device": self.device,
                         "median_us": round(median_us, 3), "min_us": round(min(m.times) * 1e6, 3)})
@@ -157,7 +161,9 @@ class Bench:
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-            old_rows = [r for r in old.get("results", []) if r.get("bench") != self.bench]
+            # This run replaces the rows of its benchmark and cell only.
+            old_rows = [r for r in old.get("results", [])
+                        if (r.get("bench"), r.get("cell", "lstm")) != (self.bench, self.cell)]
             old_machine = old.get("machine", {})  # keeps what another benchmark measured (the sgemm floor)
         machine = {**old_machine, **machine_info(self.device), **self.machine_extra}
         with open(path, "w") as f:
@@ -174,6 +180,7 @@ def parse_common_args(description: str):
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="smallest shapes only (a smoke run)")
+    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru"], help="the recurrent cell to time")
     parser.add_argument("--dtype", default=None,
                         help="comma-separated: float32, bfloat16, float16 (default: float32; on CUDA also bfloat16)")
     return parser
@@ -185,9 +192,12 @@ def dtypes_of(args) -> List[torch.dtype]:
     return [torch.float32, torch.bfloat16] if args.device.startswith("cuda") else [torch.float32]
 
 
-def lstm_flops(B: int, T: int, I: int, H: int, layers: int = 1, directions: int = 1, backward: bool = False) -> float:
-    """8*B*H*(I+H) per step and layer forward (the gate products), 3x that with the backward."""
-    forward = sum(8 * B * H * ((I if layer == 0 else directions * H) + H) * T * directions for layer in range(layers))
+def rnn_flops(B: int, T: int, I: int, H: int, layers: int = 1, directions: int = 1, backward: bool = False,
+              gates: int = 4) -> float:
+    """2*gates*B*H*(I+H) per step and layer forward (the gate products: 8*B*H*(I+H) for the
+    LSTM's 4 gates, 6*B*H*(I+H) for the GRU's 3), 3x that with the backward."""
+    forward = sum(2 * gates * B * H * ((I if layer == 0 else directions * H) + H) * T * directions
+                  for layer in range(layers))
     return forward * (3 if backward else 1)
 
 

@@ -6,6 +6,7 @@ Without a path, the results file of this machine. Writes:
   sequence_speedup.png  lstm_ext.LSTM's speed-up over torch.nn.LSTM per shape and pass
   cell_speedup.png      lstm_ext.LSTMCell's speed-up over torch.nn.LSTMCell and the reference
   sequence_time.png     forward+backward time per shape: lstm_ext, torch.nn.LSTM, the Python loops
+  gru_speedup.png       lstm_ext.GRU's speed-up over torch.nn.GRU per shape and pass (--cell gru rows)
 Speed-up is the other implementation's median time / lstm_ext's: above 1, lstm_ext is faster.
 matplotlib is needed here only (the package never imports it).
 """
@@ -25,13 +26,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SPEEDUP_LABEL = "speed-up (other's time / lstm_ext's)"
 
 
-def load(path: str):
+def load(path: str, cell: str = "lstm"):
     with open(path) as f:
         data = json.load(f)
     times = defaultdict(dict)  # (bench, pass, B, T, I, H, layers) -> impl -> median_us
     for row in data["results"]:
         # The plots are of float32 time rows (not floors, bandwidth or memory rows).
         if row.get("impl") == "floor" or "gbps" in row or "median_us" not in row or row.get("dtype") != "float32":
+            continue
+        if row.get("cell", "lstm") != cell:
             continue
         key = (row["bench"], row["pass"], row["B"], row.get("T"), row["I"], row["H"], row.get("layers"))
         times[key][row["impl"]] = row["median_us"]
@@ -62,7 +65,7 @@ def machine_caption(machine) -> str:
             f"torch {machine['torch']}, lstm_ext {machine['lstm_ext']}; above 1: lstm_ext is faster")
 
 
-def sequence_speedup(machine, times, out):
+def sequence_speedup(machine, times, out, name="LSTM", file="sequence_speedup.png"):
     passes = ["fwd", "fwd, inference_mode", "fwd+bwd", "fwd+bwd, x without grad", "fwd+bwd, packed"]
     layers = sorted({k[6] for k in times if k[0] == "sequence"})
     if not layers:
@@ -77,9 +80,9 @@ def sequence_speedup(machine, times, out):
                 groups.append((B, T, I, H))
             values[((B, T, I, H), pass_)] = impls["torch"] / impls["lstm_ext"]
         bars(ax, groups, [p for p in passes if any(v[1] == p for v in values)], values,
-             f"lstm_ext.LSTM vs torch.nn.LSTM, {L} layer{'s' if L > 1 else ''}, float32")
+             f"lstm_ext.{name} vs torch.nn.{name}, {L} layer{'s' if L > 1 else ''}, float32")
     fig.suptitle(machine_caption(machine), fontsize=8)
-    return save(fig, out, "sequence_speedup.png")
+    return save(fig, out, file)
 
 
 def cell_speedup(machine, times, out):
@@ -142,9 +145,12 @@ def main() -> None:
     parser.add_argument("results", nargs="?", help="a benchmarks/results/*.json file")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "images"))
     args = parser.parse_args()
-    machine, times = load(args.results or default_results())
+    results = args.results or default_results()
+    machine, times = load(results)
+    _, gru_times = load(results, cell="gru")
     for path in (sequence_speedup(machine, times, args.out), cell_speedup(machine, times, args.out),
-                 sequence_time(machine, times, args.out)):
+                 sequence_time(machine, times, args.out),
+                 sequence_speedup(machine, gru_times, args.out, "GRU", "gru_speedup.png")):
         if path:
             print("wrote", path)
 

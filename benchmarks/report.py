@@ -30,7 +30,8 @@ def tables(path: str) -> str:
     for row in data["results"]:
         if "gbps" in row or "median_us" not in row:
             continue
-        key = (row["bench"], row["pass"])
+        cell = row.get("cell", "lstm")
+        key = (row["bench"] if cell == "lstm" else f"{row['bench']} ({cell.upper()})", row["pass"])
         shape = (row["B"], row["T"], row["I"], row["H"], row.get("layers"), row["dtype"])
         groups[key][shape][name_of(row)] = row["median_us"]
     for (bench, pass_), shapes in groups.items():
@@ -50,12 +51,12 @@ def tables(path: str) -> str:
     rates = [r for r in data["results"] if "gflops" in r]
     if rates:
         floor = machine.get("sgemm_gflops")
-        out.append(f"\n**GFLOP/s** (8·B·H·(I+H) per step and layer forward, 3x with the backward; in parentheses "
+        out.append(f"\n**GFLOP/s** (8·B·H·(I+H) per step and layer forward for the LSTM, 6·B·H·(I+H) for the GRU, 3x with the backward; in parentheses "
                    f"the fraction of the run's sgemm floor, {floor} GFLOP/s: {machine.get('sgemm_shape')})\n")
         out.append("| bench, pass | shape | lstm_ext | torch |\n|---|---|---|---|")
         cells = defaultdict(dict)
         for r in rates:
-            key = (r["bench"], r["pass"], f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}")
+            key = (r["bench"] + (" (GRU)" if r.get("cell") == "gru" else ""), r["pass"], f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}")
             cells[key][r["impl"]] = f"{r['gflops']:.0f} ({r.get('sgemm_fraction', 0):.2f})"
         for (bench, pass_, shape), impls in cells.items():
             out.append(f"| {bench}, {pass_} | {shape} | {impls.get('lstm_ext', '-')} | {impls.get('torch', '-')} |")
@@ -65,7 +66,7 @@ def tables(path: str) -> str:
         out.append("| shape | lstm_ext | torch |\n|---|---|---|")
         cells = defaultdict(dict)
         for r in memory:
-            cells[f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}"][r["impl"]] = r["peak_mib"]
+            cells[("GRU " if r.get("cell") == "gru" else "") + f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}"][r["impl"]] = r["peak_mib"]
         for shape, impls in cells.items():
             out.append(f"| {shape} | {impls.get('lstm_ext', '-')} | {impls.get('torch', '-')} |")
     bandwidth = [r for r in data["results"] if "gbps" in r]

@@ -157,7 +157,8 @@ struct RecurrenceForwardArgs {
   bool keep_cells = true;
   // gates in the panel-interleaved order of recurrence_gate_order (the input
   // projection's columns permuted so), which lets each task's four gates be
-  // one product instead of four; the activated gates are left in that order.
+  // one product instead of four (the GRU's r and z one instead of two); the
+  // activated gates are left in that order.
   bool gates_interleaved = false;
   void* hidden_n = nullptr;        // GRU
   const void* bias_hn = nullptr;   // GRU: [H], never null
@@ -165,12 +166,12 @@ struct RecurrenceForwardArgs {
 // Hidden units per panel of the CPU time loop.
 constexpr int64_t kRecurrencePanel = 16;
 // Column c of the panel-interleaved gates holds the standard column
-// recurrence_gate_order(c, H): panel p's 4w columns are its w units of gate
-// i, then of f, g, o.
-inline int64_t recurrence_gate_order(int64_t c, int64_t hidden) {
-  const int64_t j0 = c / (4 * kRecurrencePanel) * kRecurrencePanel;
+// recurrence_gate_order(c, H, gates): panel p's gates * w columns are its w
+// units of the first gate, then of the next (LSTM: i, f, g, o; GRU: r, z, n).
+inline int64_t recurrence_gate_order(int64_t c, int64_t hidden, int64_t gates = 4) {
+  const int64_t j0 = c / (gates * kRecurrencePanel) * kRecurrencePanel;
   const int64_t width = hidden - j0 < kRecurrencePanel ? hidden - j0 : kRecurrencePanel;
-  const int64_t in_panel = c - 4 * j0;
+  const int64_t in_panel = c - gates * j0;
   return (in_panel / width) * hidden + j0 + in_panel % width;
 }
 void recurrence_forward(const RecurrenceForwardArgs& args);

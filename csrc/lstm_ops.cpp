@@ -329,6 +329,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
 
 namespace {
 
+// Whether a layer runs the CPU's time loop rather than the per-step ATen
+// path: on the CPU, except a single step of a hidden size of a panel or more
+// (a GRUCell's call), where packing W_hh into panels costs as much as the one
+// product it serves (GRUCell forward at B=16, H=1024: 0.32x torch.nn.GRUCell
+// with the packing; MKL's addmm reads W_hh as it is).
+bool cpu_time_loop(const Tensor& input, int64_t T, int64_t H) {
+  return cpu_specialized(input) && (T > 1 || H < cpu::kRecurrencePanel);
+}
+
 // What differs between the cells at this level: the gate count, the names
 // in messages, and (GRU) no c.
 struct CellSpec {
@@ -418,14 +427,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     bias2 = std::move(biases.projection2);
     bias_hn = std::move(biases.hidden_n);
   }
-  // LSTM inference on the CPU: no backward reads the gates, so the
-  // projection's columns come in the time loop's panel-interleaved order,
-  // where each task's four gates are one product (lstm_kernels.h).
-  const bool interleaved = cell.lstm() && !keep_cells && cpu_specialized(input) && H >= cpu::kRecurrencePanel;
+  // Inference on the CPU: no backward reads the gates, so the projection's
+  // columns come in the time loop's panel-interleaved order, where each
+  // task's four LSTM gates (the GRU's r and z) are one product (lstm_kernels.h).
+  const bool time_loop = cpu_time_loop(input, T, H);
+  const bool interleaved = !keep_cells && time_loop && H >= cpu::kRecurrencePanel;
   if (interleaved) {
     Tensor order = at::empty({G}, input.options().dtype(at::kLong));
     int64_t* o = order.mutable_data_ptr<int64_t>();
-    for (int64_t c = 0; c < G; ++c) o[c] = cpu::recurrence_gate_order(c, H);
+    for (int64_t c = 0; c < G; ++c) o[c] = cpu::recurrence_gate_order(c, H, gates_per_unit);
     w_ih = weight_ih.index_select(0, order);
     if (bias.defined()) bias = bias.index_select(0, order);
     if (bias2.defined()) bias2 = bias2.index_select(0, order);
@@ -443,7 +453,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   }
   // Step s's c or hidden n: every step's kept, or (inference) the ones in turn.
   const auto cell_of = [&](int64_t s, int64_t t) { return cells[keep_cells ? t : s % cells.size(0)]; };
-  if (cpu_specialized(input)) {
+  if (time_loop) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     cpu::RecurrenceForwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind}, weight_hh_c.const_data_ptr(),
                                     h0_c.const_data_ptr(), cell.lstm() ? c0_c.const_data_ptr() : nullptr,
@@ -562,7 +572,7 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
     grad_h0_direct = at::zeros({B, H}, h0.options());
   }
   const int64_t t_first = reverse ? T - 1 : 0;
-  if (cpu_specialized(input)) {
+  if (cpu_time_loop(input, T, H)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
     const Tensor output_c = output.contiguous();

@@ -1,4 +1,4 @@
-"""lstm_ext: fused LSTM layers for PyTorch (C++ on the CPU, CUDA on the GPU).
+"""lstm_ext: fused LSTM and GRU layers for PyTorch (C++ on the CPU, CUDA on the GPU).
 
 Drop-ins for torch.nn's modules, with the same parameters, results and state_dicts:
 
@@ -22,7 +22,7 @@ from lstm_ext.model import GRUModel, LSTMModel
 from lstm_ext.rnn import GRU, LSTM, gru_layer, lstm_layer
 from lstm_ext import reference
 
-__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "GRU", "GRUCell", "GRUModel", "lstm_cell",
            "lstm_layer", "gru_layer", "reference",

@@ -422,3 +422,14 @@ def test_constructor_errors_like_torch(kwargs, error, pattern):
     for module in (lstm_ext.GRU, nn.GRU):
         with pytest.raises(error, match=pattern):
             module(**(dict(input_size=4, hidden_size=3) | kwargs))
+
+
+def test_export_with_dynamic_batch_and_time():
+    torch.manual_seed(0)
+    model = lstm_ext.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True).eval()
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    program = torch.export.export(model, (torch.randn(2, 5, 3),), dynamic_shapes=({0: batch, 1: time},))
+    for shape in ((3, 7, 3), (1, 2, 3)):
+        x = torch.randn(*shape)
+        for got, expected in zip(program.module()(x), model(x)):
+            assert_close(got, expected, rtol=1e-6, atol=1e-6)

@@ -55,15 +55,22 @@ def test_model_rejects_non_batch_first_rank():
         lstm_ext.LSTMModel(4, 3, 1)(torch.randn(5, 4))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=["float64", "float32"])
-def test_training_demo_losses_agree(dtype, tol):
+def test_training_demo_losses_agree(dtype, tol, cell):
     example = load_example()
-    ref, fused = example.make_models(dtype=dtype)
+    ref, fused = example.make_models(dtype=dtype, cell=cell)
     X, y = example.make_data(dtype)
     assert X.shape == (100, 5, 4) and y.shape == (100, 1)
     ref_losses, _ = example.train(ref, X, y, epochs=100)
     fused_losses, _ = example.train(fused, X, y, epochs=100)
     assert len(fused_losses) == 100
     assert fused_losses[-1] < fused_losses[0]  # it learns
+    if cell == "gru":
+        # The same function at the start, but torch's GRU has two biases where the
+        # reference has one per gate (r, z): Adam then steps them differently.
+        assert abs(fused_losses[0] - ref_losses[0]) <= tol * max(1.0, abs(ref_losses[0]))
+        assert abs(fused_losses[-1] - ref_losses[-1]) <= 0.05 * ref_losses[-1]
+        return
     for a, b in zip(fused_losses, ref_losses):
         assert abs(a - b) <= tol * max(1.0, abs(b))

@@ -15,6 +15,9 @@ status=0
 "$PY" -m pytest -q -rs 2>&1 | tee "$out/$name-tests.txt" || status=1
 for bench in benchmarks/bench_*.py; do
   "$PY" "$bench" --device cuda 2>&1 | tee "$out/$name-$(basename "$bench" .py).txt" || status=1
+  case "$bench" in *bench_cell.py|*bench_sequence.py)  # the GRU too
+    "$PY" "$bench" --device cuda --cell gru 2>&1 | tee "$out/$name-$(basename "$bench" .py)-gru.txt" || status=1;;
+  esac
 done
 echo "gpu_check: results in $out/$name*.{json,txt}"
 exit $status

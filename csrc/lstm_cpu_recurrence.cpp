@@ -246,15 +246,13 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       const scalar_t* panel = packed.data() + G * j0;
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
       for (int q = 0; q < blocks.count; ++q) {
+        // Gate g's columns accumulate into the gates, except the GRU's n,
+        // which is written into hidden_n.
         const int64_t g = blocks.first[q] / width;
-        const scalar_t* a_rows = h_prev + r0 * H;
-        if (gru && g == 2) {
-          tile_gemm<scalar_t>(rows, blocks.columns[q], H, a_rows, H, false, panel + H * blocks.first[q],
-                              blocks.columns[q], hidden_n_t + r0 * H + j0, H, /*accumulate=*/false);
-        } else {
-          tile_gemm<scalar_t>(rows, blocks.columns[q], H, a_rows, H, false, panel + H * blocks.first[q],
-                              blocks.columns[q], block + g * gate_stride, G, /*accumulate=*/true);
-        }
+        const bool to_hidden_n = gru && g == 2;
+        tile_gemm<scalar_t>(rows, blocks.columns[q], H, h_prev + r0 * H, H, false, panel + H * blocks.first[q],
+                            blocks.columns[q], to_hidden_n ? hidden_n_t + r0 * H + j0 : block + g * gate_stride,
+                            to_hidden_n ? H : G, /*accumulate=*/!to_hidden_n);
       }
       if (gru) {
         scalar_t* hn = hidden_n_t + r0 * H + j0;

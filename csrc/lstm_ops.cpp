@@ -575,7 +575,7 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
   if (cpu_time_loop(input, T, H)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
-    const Tensor output_c = output.contiguous();
+    const Tensor output_c = cell.lstm() ? Tensor() : output.contiguous();  // the GRU's h_prev
     cpu::RecurrenceBackwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind},
                                      weight_hh_c.const_data_ptr(),
                                      cell.lstm() ? c0_c.const_data_ptr() : nullptr,

@@ -6,9 +6,13 @@ an input that needs no gradient, as a first layer's data, and forward+backward
 of a PackedSequence of lengths T/2 to T. With --cell gru, the same for
 lstm_ext.GRU against torch.nn.GRU and the reference GRU cell, plus
 lstm_ext.LSTM at the same size (impl "lstm_ext_lstm": what the GRU saves).
+With --cell lstmp, the LSTM with projections (proj_size = H/2) against
+torch.nn.LSTM(proj_size=H/2), which on the CPU leaves oneDNN for ATen's
+per-step loop, and lstm_ext.LSTM without projections (impl "lstm_ext_lstm").
 
     python benchmarks/bench_sequence.py                 # CPU grid
     python benchmarks/bench_sequence.py --cell gru      # the GRU
+    python benchmarks/bench_sequence.py --cell lstmp    # projections
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
 
 torch.compile unrolls the time loop, so at T=100 it compiles the reference
@@ -133,6 +137,38 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
                   pass_="fwd+bwd, packed", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
 
 
+def bench_proj_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype, device: str) -> None:
+    """lstm_ext.LSTM(proj_size=H/2) against torch.nn.LSTM(proj_size=H/2), and lstm_ext.LSTM without."""
+    torch.manual_seed(0)
+    P = max(1, H // 2)
+    shape = {"B": B, "I": I, "H": H, "T": T}
+    extras = {name: {"layers": layers, "proj_size": P} for name in ("lstm_ext", "torch", "lstm_ext_lstm")}
+    torch_lstm = nn.LSTM(I, H, num_layers=layers, proj_size=P, device=device, dtype=dtype)
+    fused = lstm_ext.LSTM.from_torch(torch_lstm)
+    plain = lstm_ext.LSTM(I, H, num_layers=layers, device=device, dtype=dtype)
+    extras["lstm_ext_lstm"]["proj_size"] = 0
+    impls = {"lstm_ext": lambda x: fused(x)[0], "torch": lambda x: torch_lstm(x)[0],
+             "lstm_ext_lstm": lambda x: plain(x)[0]}
+    rounds = 15 if T * B * H * max(I, H) < 2**20 else 5
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    forward_flops = rnn_flops(B, T, I, H, layers, proj=P)
+    with torch.no_grad():
+        bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
+                      extras=extras, rounds=rounds)
+    add_gflops(bench, len(impls), forward_flops)
+    with torch.inference_mode():
+        bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd, inference_mode", shape=shape,
+                      dtype=dtype, extras=extras, rounds=rounds)
+    add_gflops(bench, len(impls), forward_flops)
+    x.requires_grad_()
+    grads = {"lstm_ext": torch.randn(T, B, P, device=device, dtype=dtype)}
+    grads["torch"] = grads["lstm_ext"]
+    grads["lstm_ext_lstm"] = torch.randn(T, B, H, device=device, dtype=dtype)
+    bench.compare({k: (lambda f=f, g=grads[k]: torch.autograd.backward(f(x), g)) for k, f in impls.items()},
+                  pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    add_gflops(bench, len(impls), rnn_flops(B, T, I, H, layers, backward=True, proj=P))
+
+
 def add_gflops(bench: Bench, rows: int, flops: float) -> None:
     """GFLOP/s of the last `rows` rows, and their fraction of the run's sgemm floor."""
     for row in bench.rows[-rows:]:
@@ -183,6 +219,9 @@ def peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
 def ratios(cell: str) -> list:
     """(other, lstm_ext, caption): other's time / lstm_ext's."""
     name = "LSTM" if cell == "lstm" else "GRU"
+    if cell == "lstmp":
+        return [("torch", "lstm_ext", "vs torch.nn.LSTM(proj_size=H/2)"),
+                ("lstm_ext", "lstm_ext_lstm", "time / lstm_ext.LSTM's without projections")]
     rows = [("torch", "lstm_ext", f"vs torch.nn.{name}"), ("reference", "lstm_ext", "vs reference loop"),
             ("lstm_ext_cell_loop", "lstm_ext", f"vs {name}Cell loop"), ("compile", "lstm_ext", "vs compile(reference)")]
     if cell == "gru":
@@ -202,12 +241,13 @@ def main() -> None:
     for dtype in dtypes_of(args):
         for layers in LAYERS:
             for B, T, I, H in grid:
-                bench_shape(bench, B, T, I, H, layers, dtype, args.device)
-        if not args.device.startswith("cuda"):
+                (bench_proj_shape if args.cell == "lstmp" else bench_shape)(bench, B, T, I, H, layers, dtype,
+                                                                             args.device)
+        if not args.device.startswith("cuda") and args.cell != "lstmp":
             for B, T, I, H in grid:
                 peak_memory(bench, B, T, I, H, dtype)
     bench.report(ratios(args.cell))
-    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()}) and their fraction of the sgemm floor; peak memory of one "
+    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()[:4]}) and their fraction of the sgemm floor; peak memory of one "
           "inference forward (MiB added, fresh process)")
     for row in bench.rows:
         if row["impl"] in ("lstm_ext", "torch") and ("gflops" in row or "peak_mib" in row):

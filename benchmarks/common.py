@@ -9,7 +9,8 @@ ratio table, and merges its rows into benchmarks/results/<machine>.json:
      "results": [{"bench", "cell", "impl", "pass", "B", "I", "H", "T", "dtype",
                   "device", "median_us", ...}]}
 
-"cell" is "lstm" or "gru" (rows without it are the LSTM's).
+"cell" is "lstm", "gru" or "lstmp" (the LSTM with projections; rows without
+it are the LSTM's).
 """
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ def parse_common_args(description: str):
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="smallest shapes only (a smoke run)")
-    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru"], help="the recurrent cell to time")
+    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "lstmp"],
+                        help="the recurrent cell to time (lstmp: the LSTM with projections, proj_size = H/2)")
     parser.add_argument("--dtype", default=None,
                         help="comma-separated: float32, bfloat16, float16 (default: float32; on CUDA also bfloat16)")
     return parser
@@ -193,11 +195,13 @@ def dtypes_of(args) -> List[torch.dtype]:
 
 
 def rnn_flops(B: int, T: int, I: int, H: int, layers: int = 1, directions: int = 1, backward: bool = False,
-              gates: int = 4) -> float:
+              gates: int = 4, proj: int = 0) -> float:
     """2*gates*B*H*(I+H) per step and layer forward (the gate products: 8*B*H*(I+H) for the
-    LSTM's 4 gates, 6*B*H*(I+H) for the GRU's 3), 3x that with the backward."""
-    forward = sum(2 * gates * B * H * ((I if layer == 0 else directions * H) + H) * T * directions
-                  for layer in range(layers))
+    LSTM's 4 gates, 6*B*H*(I+H) for the GRU's 3), 3x that with the backward. With
+    projections (proj = P) h has P features: 8*B*H*(I+P) plus the projection's 2*B*H*P."""
+    width = proj or H
+    forward = sum((2 * gates * B * H * ((I if layer == 0 else directions * width) + width) + 2 * B * H * proj)
+                  * T * directions for layer in range(layers))
     return forward * (3 if backward else 1)
 
 

@@ -122,34 +122,38 @@ struct CellBackward final : SavingNode<8> {  // cx, c, gates, input_hidden, weig
   }
 };
 
-// Edges to input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh.
-struct LayerBackward final : SavingNode<10> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells,
-                                               // bias_ih, bias_hh
+// Edges to input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr.
+struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells,
+                                               // bias_ih, bias_hh, weight_hr (projections)
   bool reverse = false, has_bias_ih = false, has_bias_hh = false;
 
   std::string name() const override { return "LSTMLayerBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     const std::lock_guard<std::mutex> lock(mutex_);
-    const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells, bias_ih, bias_hh] = unpack();
-    if (at::GradMode::is_enabled()) return differentiable(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh);
+    const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells, bias_ih, bias_hh, weight_hr] = unpack();
+    if (at::GradMode::is_enabled()) {
+      return differentiable(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
+    }
     const at::AutoDispatchBelowADInplaceOrView below;
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const std::array<bool, 4> output_mask{task_should_compute_output(0), task_should_compute_output(1),
-                                          task_should_compute_output(2), task_should_compute_output({{3, 7}})};
+                                          task_should_compute_output(2), task_should_compute_output({{3, 8}})};
+    const std::optional<Tensor> projection = weight_hr.defined() ? std::optional<Tensor>(weight_hr) : std::nullopt;
     // grads[1] / grads[2] are undefined for an unused h_n / c_n: the operator takes them as zeros.
-    auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias] =
+    auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr] =
         layer_backward_op().call(grad_output, grads[1], grads[2], input, h0, c0, weight_ih, weight_hh, output,
-                                 gates, cells, reverse, output_mask);
+                                 gates, cells, reverse, output_mask, projection);
     return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, has_bias_ih ? grad_bias : Tensor(),
-            has_bias_hh ? grad_bias : Tensor()};
+            has_bias_hh ? grad_bias : Tensor(), grad_weight_hr};
   }
 
   // Backpropagation through time in ATen ops, the forward recomputed first.
   variable_list differentiable(const variable_list& grads, const Tensor& input, const Tensor& h0, const Tensor& c0,
                                const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& bias_ih,
-                               const Tensor& bias_hh) const {
-    const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = h0.size(1);
+                               const Tensor& bias_hh, const Tensor& weight_hr) const {
+    const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = c0.size(1), R = h0.size(1);
+    const bool projected_h = weight_hr.defined();
     Tensor projected = at::matmul(input, weight_ih.t());
     if (bias_ih.defined()) projected = projected + bias_ih;
     if (bias_hh.defined()) projected = projected + bias_hh;
@@ -160,16 +164,23 @@ struct LayerBackward final : SavingNode<10> {  // input, h0, c0, weight_ih, weig
       const int64_t t = reverse ? T - 1 - s : s;
       h_prev.push_back(h);
       steps.push_back(composite_step(at::addmm(projected[t], h, weight_hh.t()), c));
-      h = steps.back().h;
+      h = projected_h ? at::mm(steps.back().h, weight_hr.t()) : steps.back().h;
       c = steps.back().c;
     }
+    // grad_h is the gradient of the state that recurs: r with projections.
     Tensor grad_h = grads[1].defined() ? grads[1] : at::zeros_like(h0);
     Tensor grad_c = grads[2].defined() ? grads[2] : at::zeros_like(c0);
+    Tensor grad_weight_hr = projected_h ? at::zeros_like(weight_hr) : Tensor();
     std::vector<Tensor> grad_preacts(T);  // in time order
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       if (grads[0].defined()) grad_h = grad_h + grads[0][t];
-      std::tie(grad_preacts[t], grad_c) = composite_step_backward(steps[s], grad_h, grad_c);
+      Tensor grad_hidden = grad_h;
+      if (projected_h) {
+        grad_weight_hr = grad_weight_hr + at::mm(grad_h.t(), steps[s].h);
+        grad_hidden = at::mm(grad_h, weight_hr);
+      }
+      std::tie(grad_preacts[t], grad_c) = composite_step_backward(steps[s], grad_hidden, grad_c);
       grad_h = at::mm(grad_preacts[t], weight_hh);
     }
     if (reverse) std::reverse(h_prev.begin(), h_prev.end());  // into time order
@@ -177,8 +188,8 @@ struct LayerBackward final : SavingNode<10> {  // input, h0, c0, weight_ih, weig
     const Tensor flat = grad_preact.reshape({T * B, 4 * H});
     const Tensor grad_bias = grad_preact.sum(at::IntArrayRef{0, 1});
     return {at::matmul(grad_preact, weight_ih), grad_h, grad_c, at::mm(flat.t(), input.reshape({T * B, I})),
-            T == 0 ? at::zeros_like(weight_hh) : at::mm(flat.t(), at::stack(h_prev).reshape({T * B, H})),
-            has_bias_ih ? grad_bias : Tensor(), has_bias_hh ? grad_bias : Tensor()};
+            T == 0 ? at::zeros_like(weight_hh) : at::mm(flat.t(), at::stack(h_prev).reshape({T * B, R})),
+            has_bias_ih ? grad_bias : Tensor(), has_bias_hh ? grad_bias : Tensor(), grad_weight_hr};
   }
 };
 
@@ -296,39 +307,42 @@ bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,
 std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
   // It saves nothing for a backward. Called where one is needed (a graph
   // traced without grad and run again with it: torch.export's decompositions,
   // an exported module called in training), it runs as layer_forward, so no
   // gradient is lost.
-  if (needs_graph("lstm_ext.layer_inference", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
+  if (needs_graph("lstm_ext.layer_inference", {&input, &h0, &c0, &weight_ih, &weight_hh},
+                  {&bias_ih, &bias_hh, &weight_hr})) {
     auto [output, h_n, c_n, gates, cells] =
-        layer_forward_autograd(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+        layer_forward_autograd(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr);
     return {output, h_n, c_n};
   }
   at::AutoDispatchBelowADInplaceOrView guard;
-  return layer_inference_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+  return layer_inference_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
-  const bool graph = needs_graph("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+  const bool graph = needs_graph("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
+                                 {&bias_ih, &bias_hh, &weight_hr});
   Tensor output, h_n, c_n, gates, cells;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, c_n, gates, cells) =
-        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr);
   }
   if (graph) {
     auto node = make_node<LayerBackward>();
-    node->set_next_edges(torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh));
+    node->set_next_edges(
+        torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr));
     torch::autograd::set_history({output, h_n, c_n}, node);
     const Tensor none;
     node->save({{&input, false}, {&h0, false}, {&c0, false}, {&weight_ih, false}, {&weight_hh, false},
                 {&output, true}, {&gates, false}, {&cells, false}, {present(bias_ih) ? &*bias_ih : &none, false},
-                {present(bias_hh) ? &*bias_hh : &none, false}});
+                {present(bias_hh) ? &*bias_hh : &none, false}, {present(weight_hr) ? &*weight_hr : &none, false}});
     node->reverse = reverse;
     node->has_bias_ih = present(bias_ih);
     node->has_bias_hh = present(bias_hh);

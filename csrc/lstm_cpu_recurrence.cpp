@@ -112,12 +112,14 @@ struct Tiling {
   // backward's products read [rows, 4H] of the next step's gate gradients,
   // which at 16 rows stay in L2 while a thread runs through its panels
   // (B=64, H=512: backward 6-13% faster than with whole-batch tasks).
-  Tiling(int64_t B, int64_t H, int64_t gates, int64_t max_block_rows, bool rows_outer_order)
+  // H columns of gates blocks each (a panel holds all of its units' gates),
+  // each a product of depth multiply-adds per row.
+  Tiling(int64_t B, int64_t H, int64_t gates, int64_t depth, int64_t max_block_rows, bool rows_outer_order)
       : hidden(H), batch(B), rows_outer(rows_outer_order) {
     panels = (H + kPanel - 1) / kPanel;
     // Enough tasks for every thread twice over, by splitting rows when there
     // are too few panels; one block when the step is too small to share.
-    const bool shared = B * gates * H * H >= 2 * kMinTaskFmas;
+    const bool shared = B * gates * H * depth >= 2 * kMinTaskFmas;
     const int64_t wanted_blocks =
         shared ? std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels) : 1;
     const int64_t max_blocks = std::max<int64_t>(1, B / kMinBlockRows);
@@ -125,7 +127,7 @@ struct Tiling {
     block_rows = (B + row_blocks - 1) / row_blocks;
     if (shared) block_rows = std::min(block_rows, max_block_rows);
     row_blocks = (B + block_rows - 1) / block_rows;
-    const int64_t task_fmas = block_rows * gates * std::min(H, kPanel) * H;
+    const int64_t task_fmas = block_rows * gates * std::min(H, kPanel) * depth;
     grain = std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, task_fmas));
   }
   int64_t tasks() const { return panels * row_blocks; }
@@ -200,35 +202,48 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   const RecurrenceShape& shape = a.shape;
   const bool gru = shape.cell == CellKind::GRU;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, gates_per_unit = gate_count(shape.cell);
-  const int64_t G = gates_per_unit * H;
+  // R: the width of h_prev, the recurrent product's depth (P with projections).
+  const int64_t G = gates_per_unit * H, P = shape.proj, R = shape.recurrent();
   const auto* w = static_cast<const scalar_t*>(a.weight_hh);
   auto* gates = static_cast<scalar_t*>(a.gates);
   auto* output = static_cast<scalar_t*>(a.output);
   auto* cells = static_cast<scalar_t*>(a.cells);
   auto* hidden_n = static_cast<scalar_t*>(a.hidden_n);
+  auto* hidden = static_cast<scalar_t*>(a.hidden);
   const auto* bias_hn = static_cast<const scalar_t*>(a.bias_hn);
-  const Tiling tiling(B, H, gates_per_unit, /*max_block_rows=*/B, /*rows_outer_order=*/false);
+  const Tiling tiling(B, H, gates_per_unit, R, /*max_block_rows=*/B, /*rows_outer_order=*/false);
 
-  // Forward panels: each panel's [H, gates * w] block of W_hh^T, cut into
-  // its ProductBlocks, each [H, columns] row-major.
-  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
+  // Forward panels: each panel's [R, gates * w] block of W_hh^T, cut into
+  // its ProductBlocks, each [R, columns] row-major.
+  const PooledArray<scalar_t> packed(static_cast<size_t>(G * R));
   for_each_panel(tiling, [&](int64_t j0, int64_t width) {
     const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
-    scalar_t* panel = packed.data() + G * j0;
+    scalar_t* panel = packed.data() + gates_per_unit * R * j0;
     for (int q = 0; q < blocks.count; ++q) {
-      scalar_t* block = panel + H * blocks.first[q];
+      scalar_t* block = panel + R * blocks.first[q];
       for (int64_t c = 0; c < blocks.columns[q]; ++c) {
         const int64_t column = blocks.first[q] + c, g = column / width, jj = column % width;
-        const scalar_t* row = w + (g * H + j0 + jj) * H;
-        for (int64_t k = 0; k < H; ++k) block[k * blocks.columns[q] + c] = row[k];
+        const scalar_t* row = w + (g * H + j0 + jj) * R;
+        for (int64_t k = 0; k < R; ++k) block[k * blocks.columns[q] + c] = row[k];
       }
     }
   });
+  // Projections: panels of W_hr^T over the P outputs, each [H, w].
+  const Tiling projection(B, P, 1, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
+  const PooledArray<scalar_t> packed_hr(static_cast<size_t>(P * H));
+  if (P > 0) {
+    const auto* w_hr = static_cast<const scalar_t*>(a.weight_hr);
+    for_each_panel(projection, [&](int64_t p0, int64_t width) {
+      scalar_t* panel = packed_hr.data() + H * p0;
+      for (int64_t c = 0; c < width; ++c)
+        for (int64_t k = 0; k < H; ++k) panel[k * width + c] = w_hr[(p0 + c) * H + k];
+    });
+  }
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
-    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
+    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * R;
     // Every step's c (LSTM) or hidden n (GRU), or (inference) only what the
     // next step reads: the last two steps' c, the step's own hidden n.
     const auto cells_of = [&](int64_t step, int64_t time) { return cells + (a.keep_cells ? time : step % 2) * B * H; };
@@ -236,6 +251,9 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     scalar_t* c_t = gru ? nullptr : cells_of(s, t);
     scalar_t* hidden_n_t = gru ? hidden_n + (a.keep_cells ? t : 0) * B * H : nullptr;
     scalar_t* gates_t = gates + t * B * G;
+    // Where the pointwise pass writes o * tanh(c): the step's output, or
+    // (projections) the scratch that the projection reads.
+    scalar_t* h_t = P > 0 ? hidden : output + t * B * H;
     for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       // The recurrent product accumulates into the step's input projection
       // in place (the GRU's n part into hidden_n); the pointwise pass then
@@ -243,14 +261,14 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       // with the activated gates.
       const int64_t gate_stride = a.gates_interleaved ? width : H;
       scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? gates_per_unit * j0 : j0);
-      const scalar_t* panel = packed.data() + G * j0;
+      const scalar_t* panel = packed.data() + gates_per_unit * R * j0;
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
       for (int q = 0; q < blocks.count; ++q) {
         // Gate g's columns accumulate into the gates, except the GRU's n,
         // which is written into hidden_n.
         const int64_t g = blocks.first[q] / width;
         const bool to_hidden_n = gru && g == 2;
-        tile_gemm<scalar_t>(rows, blocks.columns[q], H, h_prev + r0 * H, H, false, panel + H * blocks.first[q],
+        tile_gemm<scalar_t>(rows, blocks.columns[q], R, h_prev + r0 * R, R, false, panel + R * blocks.first[q],
                             blocks.columns[q], to_hidden_n ? hidden_n_t + r0 * H + j0 : block + g * gate_stride,
                             to_hidden_n ? H : G, /*accumulate=*/!to_hidden_n);
       }
@@ -272,10 +290,17 @@ void forward_typed(const RecurrenceForwardArgs& a) {
                                       /*addend=*/{nullptr, 0, 0},
                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
                                       /*gates=*/{block, G, gate_stride},
-                                      /*h=*/{output + t * B * H + r0 * H + j0, H},
+                                      /*h=*/{h_t + r0 * H + j0, H},
                                       /*c=*/{c_t + r0 * H + j0, H}};
       pointwise(args);
     });
+    if (P > 0) {  // r_t = hidden @ W_hr^T, once every unit of the step is done
+      scalar_t* r_t = output + t * B * P;
+      for_each_task(projection, [&](int64_t p0, int64_t width, int64_t r0, int64_t rows) {
+        tile_gemm<scalar_t>(rows, width, H, hidden + r0 * H, H, false, packed_hr.data() + H * p0, width,
+                            r_t + r0 * P + p0, P, /*accumulate=*/false);
+      });
+    }
   }
 }
 
@@ -284,7 +309,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const RecurrenceShape& shape = a.shape;
   const bool gru = shape.cell == CellKind::GRU;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, gates_per_unit = gate_count(shape.cell);
-  const int64_t G = gates_per_unit * H;
+  const int64_t G = gates_per_unit * H, P = shape.proj, R = shape.recurrent();
   const auto* w = static_cast<const scalar_t*>(a.weight_hh);
   const auto* gates = static_cast<const scalar_t*>(a.gates);
   const auto* cells = static_cast<const scalar_t*>(a.cells);
@@ -295,18 +320,33 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const auto* output = static_cast<const scalar_t*>(a.output);
   const auto* hidden_n = static_cast<const scalar_t*>(a.hidden_n);
   auto* grad_hidden = static_cast<scalar_t*>(a.grad_hidden_gates);
+  auto* grad_hidden_state = static_cast<scalar_t*>(a.grad_hidden);
   // The gradient that recurs through W_hh: of the pre-activations (LSTM), of
   // the recurrent product (GRU).
   const scalar_t* recurrent_grads = gru ? grad_hidden : grad_gates;
-  const Tiling tiling(B, H, gates_per_unit, /*max_block_rows=*/16, /*rows_outer_order=*/true);
+  // Without projections one region per step: each task completes its panel
+  // of grad_h, then runs the pointwise pass on it. With them, the recurrent
+  // product completes grad_r over panels of P first.
+  const Tiling tiling(B, H, gates_per_unit, P > 0 ? P : H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
+  const Tiling recurrent_tiling(B, R, 1, G, /*max_block_rows=*/16, /*rows_outer_order=*/true);
 
-  // Backward panels: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
-  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));
-  for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+  // Backward panels over the R columns of W_hh: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
+  const PooledArray<scalar_t> packed(static_cast<size_t>(G * R));
+  for_each_panel(recurrent_tiling, [&](int64_t j0, int64_t width) {
     scalar_t* panel = packed.data() + G * j0;
     for (int64_t k = 0; k < G; ++k)
-      for (int64_t jj = 0; jj < width; ++jj) panel[k * width + jj] = w[k * H + j0 + jj];
+      for (int64_t jj = 0; jj < width; ++jj) panel[k * width + jj] = w[k * R + j0 + jj];
   });
+  // Projections: panels of W_hr over its H columns, packed_hr[P * j0 + k * w + jj] = W_hr[k, j0 + jj].
+  const PooledArray<scalar_t> packed_hr(static_cast<size_t>(P * H));
+  if (P > 0) {
+    const auto* w_hr = static_cast<const scalar_t*>(a.weight_hr);
+    for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+      scalar_t* panel = packed_hr.data() + P * j0;
+      for (int64_t k = 0; k < P; ++k)
+        for (int64_t jj = 0; jj < width; ++jj) panel[k * width + jj] = w_hr[k * H + j0 + jj];
+    });
+  }
 
   // Steps in reverse order of the forward; step s ran after step s - 1.
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -315,16 +355,31 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
     const int64_t t_next = shape.reverse ? t - 1 : t + 1;
     const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
     const scalar_t* grad_next = s == T - 1 ? nullptr : recurrent_grads + t_next * B * G;
-    for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
-      scalar_t* dh = grad_h + t * B * H + r0 * H + j0;
+    // grad_h (grad_r with projections) of the step, panel [j0, j0 + width)
+    // of rows [r0, r0 + rows): the output's gradient plus h_n's at the last
+    // step and the next step's recurrent product.
+    const auto complete_grad_h = [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+      scalar_t* dh = grad_h + t * B * R + r0 * R + j0;
       if (grad_next == nullptr && grad_h_n != nullptr) {  // the last step: h_n's gradient joins
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t jj = 0; jj < width; ++jj) dh[r * H + jj] += grad_h_n[(r0 + r) * H + j0 + jj];
+          for (int64_t jj = 0; jj < width; ++jj) dh[r * R + jj] += grad_h_n[(r0 + r) * R + j0 + jj];
       }
       if (grad_next != nullptr) {
         // The gradient reaching h_t through the next step's recurrent product.
-        tile_gemm<scalar_t>(rows, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, H,
+        tile_gemm<scalar_t>(rows, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, R,
                             /*accumulate=*/true);
+      }
+      return dh;
+    };
+    if (P > 0) for_each_task(recurrent_tiling, complete_grad_h);
+    for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+      scalar_t* dh;
+      if (P > 0) {  // the gradient of o * tanh(c): grad_r @ W_hr
+        dh = grad_hidden_state + r0 * H + j0;
+        tile_gemm<scalar_t>(rows, width, P, grad_h + t * B * P + r0 * P, P, false, packed_hr.data() + P * j0, width,
+                            dh, H, /*accumulate=*/false);
+      } else {
+        dh = complete_grad_h(j0, width, r0, rows);
       }
       const int64_t gate_offset = t * B * G + r0 * G + j0, row_offset = r0 * H + j0;
       if (gru) {

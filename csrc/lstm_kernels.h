@@ -137,6 +137,13 @@ void pointwise(const GruPointwiseBackwardArgs& args);
 // hidden_n ([T, B, H] every step's, or [B, H] when keep_cells is false), to
 // which the pointwise pass adds bias_hn. h0 is the only state: c0 and cells
 // are unused.
+//
+// An LSTM with projections (proj > 0, torch.nn.LSTM's proj_size P) carries
+// r_t = W_hr (o_t * tanh(c_t)) from step to step: weight_hh is [4H, P], h0
+// and output have P columns, and each step is two parallel regions: the
+// recurrent product and pointwise pass over panels of the H units, writing
+// o * tanh(c) into hidden ([B, H] scratch), then the projection over panels
+// of the P outputs.
 struct RecurrenceShape {
   c10::ScalarType dtype;
   int64_t steps;
@@ -144,6 +151,9 @@ struct RecurrenceShape {
   int64_t hidden;
   bool reverse;  // steps run from T - 1 down to 0
   CellKind cell = CellKind::LSTM;
+  int64_t proj = 0;
+  // The width of the state that recurs: P with projections, else H.
+  int64_t recurrent() const { return proj > 0 ? proj : hidden; }
 };
 
 struct RecurrenceForwardArgs {
@@ -162,6 +172,8 @@ struct RecurrenceForwardArgs {
   bool gates_interleaved = false;
   void* hidden_n = nullptr;        // GRU
   const void* bias_hn = nullptr;   // GRU: [H], never null
+  const void* weight_hr = nullptr; // projections: [P, H]
+  void* hidden = nullptr;          // projections: [B, H] scratch
 };
 // Hidden units per panel of the CPU time loop.
 constexpr int64_t kRecurrencePanel = 16;
@@ -181,7 +193,10 @@ void recurrence_forward(const RecurrenceForwardArgs& args);
 // not null, at the last step); grad_c [B, H] holds grad_c_n on entry and the
 // gradient of c_0 on exit; grad_gates [T, B, 4H] receives the gradients of the
 // pre-activations. The gradient of h_0 is grad_gates[first step] @ W_hh,
-// left to the caller.
+// left to the caller. With projections grad_h is [T, B, P], the gradient of
+// each step's r (from which the caller forms W_hr's), and each step first
+// completes it over panels of P, then forms grad_hidden = grad_r @ W_hr
+// ([B, H] scratch) and the pointwise pass over panels of H.
 struct RecurrenceBackwardArgs {
   RecurrenceShape shape;
   const void* weight_hh;  // [4H, H]
@@ -197,6 +212,8 @@ struct RecurrenceBackwardArgs {
   const void* hidden_n = nullptr;    // GRU
   void* grad_hidden_gates = nullptr; // GRU
   void* grad_h0 = nullptr;           // GRU
+  const void* weight_hr = nullptr;   // projections: [P, H]
+  void* grad_hidden = nullptr;       // projections: [B, H] scratch
 };
 void recurrence_backward(const RecurrenceBackwardArgs& args);
 

@@ -24,26 +24,42 @@ std::string parameter_name(const char* kind, int64_t layer, int64_t direction) {
 
 // Every parameter: a dense float tensor with the input's dtype and device,
 // and the shape its layer needs, each named as torch.nn.LSTM names it (the
-// layer operator below would name only "weight_ih").
+// layer operator below would name only "weight_ih"). proj: the LSTM's
+// proj_size (0: none), whose weight_hr_l{k} ends each layer's parameters.
 void check_parameters(const char* op, const Tensor& input, at::TensorList params, bool has_biases,
-                      int64_t num_layers, int64_t directions, int64_t input_size, int64_t hidden, int64_t gates) {
-  const int64_t per_layer = has_biases ? 4 : 2;
+                      int64_t num_layers, int64_t directions, int64_t input_size, int64_t hidden, int64_t gates,
+                      int64_t proj) {
+  const int64_t per_layer = (has_biases ? 4 : 2) + (proj > 0);
   const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
   const std::string g = "(" + std::to_string(gates) + "*hidden_size";
-  const std::string input_meanings[] = {g + ", input_size)", g + ", 2*hidden_size)", g + ", hidden_size)"};
-  const std::string hidden_meaning = g + ", hidden_size)", bias_meaning = g + ",)";
+  const std::string h_width = proj > 0 ? "proj_size" : "hidden_size";
+  const std::string input_meanings[] = {g + ", input_size)", g + ", 2*" + h_width + ")", g + ", " + h_width + ")"};
+  const std::string hidden_meaning = g + ", " + h_width + ")", bias_meaning = g + ",)";
+  const std::string projection_meaning = "(proj_size, hidden_size)";
+  const int64_t width = proj > 0 ? proj : hidden;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
-    const int64_t layer_input = layer == 0 ? input_size : hidden * directions;
+    const int64_t layer_input = layer == 0 ? input_size : width * directions;
     const int64_t G = gates * hidden;
-    const std::vector<int64_t> shapes[] = {{G, layer_input}, {G, hidden}, {G}, {G}};
-    const std::string* meanings[] = {&input_meanings[layer == 0 ? 0 : directions == 2 ? 1 : 2], &hidden_meaning,
-                                     &bias_meaning, &bias_meaning};
+    std::vector<std::vector<int64_t>> shapes = {{G, layer_input}, {G, width}};
+    std::vector<const std::string*> meanings = {&input_meanings[layer == 0 ? 0 : directions == 2 ? 1 : 2],
+                                                &hidden_meaning};
+    std::vector<const char*> layer_kinds = {kinds[0], kinds[1]};
+    if (has_biases) {
+      shapes.insert(shapes.end(), {{G}, {G}});
+      meanings.insert(meanings.end(), {&bias_meaning, &bias_meaning});
+      layer_kinds.insert(layer_kinds.end(), {kinds[2], kinds[3]});
+    }
+    if (proj > 0) {
+      shapes.push_back({proj, hidden});
+      meanings.push_back(&projection_meaning);
+      layer_kinds.push_back("weight_hr");
+    }
     for (int64_t direction = 0; direction < directions; ++direction) {
       for (int64_t k = 0; k < per_layer; ++k) {
         const Tensor& p = params[(layer * directions + direction) * per_layer + k];
         if (is_like(p, input) && p.sizes() == at::IntArrayRef(shapes[k])) continue;
         // The name is built only for the message: at the course's size every call counts.
-        const std::string name = parameter_name(kinds[k], layer, direction);
+        const std::string name = parameter_name(layer_kinds[k], layer, direction);
         check_like(op, name.c_str(), p, "input", input);
         TORCH_CHECK_VALUE(false, op, ": ", name, " must have shape ", python_shape(shapes[k]), " ", *meanings[k],
                           ", got ", python_shape(p.sizes()));
@@ -58,13 +74,16 @@ struct StackSpec {
   int64_t gates;
   int64_t states;              // per layer and direction: (h, c) or (h)
   const char* hx_description;  // for the message on a wrong hx
+  bool projections;            // takes weight_hr (torch.nn.LSTM's proj_size)
 };
 
 // The driver of both: checks, batch_first and unbatched input, initial
 // states, layers and directions with dropout between layers. run(input,
-// states, params of the layer and direction, bias_ih, bias_hh, reverse,
-// needs_grad) runs one layer and direction and returns (output, its final
-// states). Returns (output, the final states stacked, one tensor per kind).
+// states, params of the layer and direction, bias_ih, bias_hh, weight_hr,
+// reverse, needs_grad) runs one layer and direction and returns (output, its
+// final states). Returns (output, the final states stacked, one tensor per
+// kind). As in torch's flat weight list, projections show as a fifth (third
+// without biases) parameter per layer and direction, weight_hr.
 template <typename Run>
 std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Tensor& input, at::TensorList hx,
                                                  at::TensorList params, bool has_biases, int64_t num_layers,
@@ -72,17 +91,29 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
                                                  const Run& run) {
   const char* op = spec.op;
   const int64_t directions = bidirectional ? 2 : 1;
-  const int64_t per_layer = has_biases ? 4 : 2;
-  TORCH_CHECK_VALUE(num_layers > 0 && static_cast<int64_t>(params.size()) == num_layers * directions * per_layer,
-                    op, ": expected ", num_layers * directions * per_layer, " parameters (", num_layers,
-                    " layers, ", directions, " directions, ", per_layer, " each), got ", params.size());
+  const int64_t plain = has_biases ? 4 : 2;
+  const int64_t count = static_cast<int64_t>(params.size());
+  const bool projections = spec.projections && num_layers > 0 && count == num_layers * directions * (plain + 1);
+  const int64_t per_layer = plain + projections;
+  TORCH_CHECK_VALUE(num_layers > 0 && count == num_layers * directions * per_layer, op, ": expected ",
+                    num_layers * directions * plain, " parameters (", num_layers, " layers, ", directions,
+                    " directions, ", plain, " each", spec.projections ? ", one more each with projections" : "",
+                    "), got ", params.size());
   check_floating(op, "input", input);
+  const Tensor& weight_hr0 = params[per_layer - 1];
+  TORCH_CHECK_VALUE(!projections || (weight_hr0.dim() == 2 && weight_hr0.size(0) > 0), op,
+                    ": weight_hr_l0 must have shape (proj_size, hidden_size), got ",
+                    python_shape(weight_hr0.sizes()));
+  // The state that recurs is proj_size wide with projections.
+  const int64_t proj = projections ? weight_hr0.size(0) : 0;
   TORCH_CHECK_VALUE(params[0].dim() == 2 && params[1].dim() == 2 &&
-                        params[1].size(0) == spec.gates * params[1].size(1),
-                    op, ": weight_ih_l0 must be 2-D and weight_hh_l0 of shape (", spec.gates,
-                    "*hidden_size, hidden_size), got shapes ", python_shape(params[0].sizes()), " and ",
-                    python_shape(params[1].sizes()));
-  const int64_t input_size = params[0].size(1), hidden = params[1].size(1);
+                        (projections ? params[1].size(1) == proj && params[1].size(0) == spec.gates * weight_hr0.size(1)
+                                     : params[1].size(0) == spec.gates * params[1].size(1)),
+                    op, ": weight_ih_l0 must be 2-D and weight_hh_l0 of shape (", spec.gates, "*hidden_size, ",
+                    projections ? "proj_size" : "hidden_size", "), got shapes ", python_shape(params[0].sizes()),
+                    " and ", python_shape(params[1].sizes()));
+  const int64_t input_size = params[0].size(1), hidden = projections ? weight_hr0.size(1) : params[1].size(1);
+  const int64_t width = projections ? proj : hidden;
   TORCH_CHECK_VALUE(input.dim() == 2 || input.dim() == 3, op,
                     ": expected input of shape (seq_len, input_size) unbatched or (seq_len, batch, input_size) (",
                     batch_first ? "batch, seq_len" : "seq_len, batch", " first), got a tensor of shape ",
@@ -93,7 +124,7 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
   TORCH_CHECK_VALUE(input.sym_size(-1) == input_size, op, ": input.size(-1) must be equal to input_size. Expected ",
                     input_size, ", got ", input.sym_size(-1), " (weight_ih_l0 has shape ",
                     python_shape(params[0].sizes()), ")");
-  check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden, spec.gates);
+  check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden, spec.gates, proj);
   const bool batched = input.dim() == 3;
   const Tensor x = !batched ? input.unsqueeze(1) : batch_first ? input.transpose(0, 1) : input;
   // As torch.nn: a sequence needs at least one step.
@@ -105,16 +136,19 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
   // initial[k][index]: state kind k (h, then c) of layer and direction index.
   std::vector<std::vector<Tensor>> initial(spec.states);
   if (hx.empty()) {
-    // One zero state serves every layer, direction and kind.
+    // One zero state serves every layer, direction and kind (h and c alike
+    // unless projections make h narrower).
     const Tensor zeros = at::zeros_symint({batch, hidden}, x.options());
     for (auto& kind : initial) kind.assign(layers_states, zeros);
+    if (projections) initial[0].assign(layers_states, at::zeros_symint({batch, width}, x.options()));
   } else {
     TORCH_CHECK_TYPE(static_cast<int64_t>(hx.size()) == spec.states, op, ": hx must be ", spec.hx_description,
                      ", got ", hx.size(), " tensors");
-    const std::vector<c10::SymInt> expected = batched ? std::vector<c10::SymInt>{layers_states, batch, hidden}
-                                                      : std::vector<c10::SymInt>{layers_states, hidden};
     const char* names[] = {"h_0", "c_0"};
     for (int64_t k = 0; k < spec.states; ++k) {
+      const int64_t size = k == 0 ? width : hidden;
+      const std::vector<c10::SymInt> expected = batched ? std::vector<c10::SymInt>{layers_states, batch, size}
+                                                        : std::vector<c10::SymInt>{layers_states, size};
       check_like(op, names[k], hx[k], "input", input);
       TORCH_CHECK_VALUE(hx[k].sym_sizes().equals(expected), op, ": expected ", names[k], " of shape ",
                         python_shape(c10::SymIntArrayRef(expected)), ", got a tensor of shape ",
@@ -143,8 +177,9 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
       const Tensor* p = &params[index * per_layer];
       const std::optional<Tensor> bias_ih = has_biases ? std::optional<Tensor>(p[2]) : std::nullopt;
       const std::optional<Tensor> bias_hh = has_biases ? std::optional<Tensor>(p[3]) : std::nullopt;
+      const std::optional<Tensor> weight_hr = projections ? std::optional<Tensor>(p[plain]) : std::nullopt;
       for (int64_t k = 0; k < spec.states; ++k) states[k] = initial[k][index];
-      auto [output, last] = run(layer_input, states, p, bias_ih, bias_hh, direction == 1, needs_grad);
+      auto [output, last] = run(layer_input, states, p, bias_ih, bias_hh, weight_hr, direction == 1, needs_grad);
       outputs.push_back(std::move(output));
       for (int64_t k = 0; k < spec.states; ++k) final_states[k].push_back(std::move(last[k]));
     }
@@ -167,17 +202,19 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
 std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
                                         bool has_biases, int64_t num_layers, double dropout, bool train,
                                         bool bidirectional, bool batch_first) {
-  constexpr StackSpec spec{"lstm_ext.LSTM", 4, 2, "a pair (h_0, c_0)"};
+  constexpr StackSpec spec{"lstm_ext.LSTM", 4, 2, "a pair (h_0, c_0)", /*projections=*/true};
   auto [output, states] = run_stack(
       spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
       [](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
-         const std::optional<Tensor>& bias_hh, bool reverse, bool needs_grad) {
+         const std::optional<Tensor>& bias_hh, const std::optional<Tensor>& weight_hr, bool reverse,
+         bool needs_grad) {
         Tensor output, h, c;
         if (needs_grad) {
           std::tie(output, h, c, std::ignore, std::ignore) =
-              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse);
+              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr);
         } else {
-          std::tie(output, h, c) = layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse);
+          std::tie(output, h, c) =
+              layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr);
         }
         return std::pair{output, std::vector<Tensor>{h, c}};
       });
@@ -186,11 +223,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
 
 std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
                                int64_t num_layers, double dropout, bool train, bool bidirectional, bool batch_first) {
-  constexpr StackSpec spec{"lstm_ext.GRU", 3, 1, "empty or one tensor (h_0)"};
+  constexpr StackSpec spec{"lstm_ext.GRU", 3, 1, "empty or one tensor (h_0)", /*projections=*/false};
   auto [output, states] = run_stack(
       spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
       [](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
-         const std::optional<Tensor>& bias_hh, bool reverse, bool needs_grad) {
+         const std::optional<Tensor>& bias_hh, const std::optional<Tensor>&, bool reverse, bool needs_grad) {
         Tensor output, h;
         if (needs_grad) {
           std::tie(output, h, std::ignore, std::ignore) =

@@ -60,6 +60,25 @@ int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh, int64_t 
   return weight_hh.size(1);
 }
 
+// The LSTM with projections' weights: weight_hr [P, H] and weight_hh [4H, P];
+// without weight_hr, check_recurrent_weight's. Returns (H, P), P = 0
+// without projections.
+std::pair<int64_t, int64_t> check_recurrent_weights(const char* op, const Tensor& weight_hh,
+                                                    const std::optional<Tensor>& weight_hr, int64_t gates) {
+  if (!weight_hr.has_value()) return {check_recurrent_weight(op, weight_hh, gates), 0};
+  TORCH_CHECK_VALUE(gates == 4, op, ": weight_hr (projections) is for the LSTM only");
+  const Tensor& w_hr = *weight_hr;
+  TORCH_CHECK_VALUE(w_hr.dim() == 2 && w_hr.size(0) > 0 && w_hr.size(1) > 0, op,
+                    ": weight_hr must have shape [proj_size, hidden_size], got ", w_hr.sizes());
+  const int64_t P = w_hr.size(0), H = w_hr.size(1);
+  check_like(op, "weight_hr", w_hr, "weight_hh", weight_hh);
+  TORCH_CHECK_VALUE(weight_hh.sizes() == at::IntArrayRef({4 * H, P}), op,
+                    ": with weight_hr of shape [proj_size, hidden_size] = ", w_hr.sizes(),
+                    ", weight_hh must have shape [4*hidden_size, proj_size] = [", 4 * H, ", ", P, "], got ",
+                    weight_hh.sizes());
+  return {H, P};
+}
+
 // An uninitialised tensor; on the CPU, from 1 MiB up, its memory comes from
 // the buffer pool (buffer_pool.cpp: reused blocks instead of fresh mmaps
 // whose page faults cost more than filling them). Its storage stays
@@ -386,11 +405,11 @@ GruBiases gru_biases(const std::optional<Tensor>& bias_ih, const std::optional<T
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const CellSpec& cell, const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
-    bool reverse, bool keep_cells) {
+    bool reverse, bool keep_cells, const std::optional<Tensor>& weight_hr = std::nullopt) {
   const char* op = cell.op;
   const int64_t gates_per_unit = cell.gates();
-  const int64_t H = check_recurrent_weight(op, weight_hh, gates_per_unit);
-  const int64_t G = gates_per_unit * H;
+  const auto [H, P] = check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit);
+  const int64_t G = gates_per_unit * H, R = P > 0 ? P : H;  // R: the width of h
   check_like_weight(op, "weight_hh", weight_hh, weight_hh);
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
                     input.sizes());
@@ -404,7 +423,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   check_like_weight(op, "weight_ih", weight_ih, weight);
   check_like_weight(op, "h_0", h0, weight);
   if (cell.lstm()) check_like_weight(op, "c_0", c0, weight);
-  check_shape(op, "h_0", h0, {B, H}, "(batch, hidden_size)");
+  check_shape(op, "h_0", h0, {B, R}, P > 0 ? "(batch, proj_size)" : "(batch, hidden_size)");
   if (cell.lstm()) check_shape(op, "c_0", c0, {B, H}, "(batch, hidden_size)");
   const std::string bias_meaning = gates_shape(gates_per_unit, "(", ",)");
   for (const auto& [name, bias] : {std::pair{"bias_ih", &bias_ih}, std::pair{"bias_hh", &bias_hh}}) {
@@ -442,7 +461,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   }
   Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({T * B, G}, input.options()), bias2);
   gates = gates.view({T, B, G});
-  Tensor output = pooled_empty({T, B, H}, input.options());
+  Tensor output = pooled_empty({T, B, R}, input.options());
   // The LSTM's c of every step (or of the last two); the GRU's hidden n of
   // every step (or of the step running).
   Tensor cells = pooled_empty({keep_cells ? T : cell.lstm() ? 2 : 1, B, H}, input.options());
@@ -453,15 +472,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   }
   // Step s's c or hidden n: every step's kept, or (inference) the ones in turn.
   const auto cell_of = [&](int64_t s, int64_t t) { return cells[keep_cells ? t : s % cells.size(0)]; };
+  // Projections: each step's o * tanh(c) before W_hr takes it to r_t.
+  const Tensor hidden = P > 0 ? at::empty({B, H}, input.options()) : Tensor();
+  const Tensor weight_hr_c = P > 0 ? weight_hr->contiguous() : Tensor();
   if (time_loop) {
     const Tensor weight_hh_c = weight_hh.contiguous();
-    cpu::RecurrenceForwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind}, weight_hh_c.const_data_ptr(),
+    cpu::RecurrenceForwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind, P},
+                                    weight_hh_c.const_data_ptr(),
                                     h0_c.const_data_ptr(), cell.lstm() ? c0_c.const_data_ptr() : nullptr,
                                     gates.data_ptr(), output.data_ptr(), cell.lstm() ? cells.data_ptr() : nullptr,
                                     keep_cells, interleaved};
     if (!cell.lstm()) {
       args.hidden_n = cells.data_ptr();
       args.bias_hn = bias_hn.const_data_ptr();
+    }
+    if (P > 0) {
+      args.weight_hr = weight_hr_c.const_data_ptr();
+      args.hidden = hidden.data_ptr();
     }
     cpu::recurrence_forward(args);
   } else {
@@ -481,9 +508,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
                                         /*addend=*/{nullptr, 0, 0},
                                         /*c_prev=*/{c_prev.const_data_ptr(), H},
                                         /*gates=*/{gp, G, H},
-                                        /*h=*/{output[t].data_ptr(), H},
+                                        /*h=*/{P > 0 ? hidden.data_ptr() : output[t].data_ptr(), H},
                                         /*c=*/{cell_of(s, t).data_ptr(), H}};
         launch(input, args);
+        if (P > 0) {
+          Tensor r_t = output[t];
+          at::mm_out(r_t, hidden, weight_hr_c.t());
+        }
         continue;
       }
       // GRU: r and z in place into the gates, n into the step's hidden n.
@@ -513,27 +544,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
 // c0 and grad_c_n are undefined for the GRU. want = (input, h0, c0,
 // weights). Returns (grad_input, grad_h0, grad_c0, grad_weight_ih,
 // grad_weight_hh, grad_bias_ih, grad_bias_hh); the LSTM's two bias gradients
-// are one tensor.
-std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const Tensor& grad_output,
+// are one tensor. Then grad_weight_hr (projections; else undefined).
+std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const Tensor& grad_output,
                                      const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
                                      const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
                                      const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
-                                     const Tensor& cells, bool reverse, std::array<bool, 4> output_mask) {
+                                     const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
+                                     const std::optional<Tensor>& weight_hr = std::nullopt) {
   const int64_t gates_per_unit = cell.gates();
-  const int64_t H = check_recurrent_weight(op, weight_hh, gates_per_unit);
-  const int64_t G = gates_per_unit * H;
+  const auto [H, P] = check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit);
+  const int64_t G = gates_per_unit * H, R = P > 0 ? P : H;
   TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D, got ", input.sizes());
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const Tensor& weight = weight_hh;
   const char* cells_name = cell.lstm() ? "cells" : "hidden_n";
-  const std::pair<const char*, const Tensor*> sequences[] = {
-      {"grad_output", &grad_output}, {"output", &output}, {cells_name, &cells}};
+  const char* h_width = P > 0 ? "proj_size" : "hidden_size";
+  const std::string sequence_meaning = std::string("(seq_len, batch, ") + h_width + ")";
+  const std::string state_meaning = std::string("(batch, ") + h_width + ")";
+  const std::pair<const char*, const Tensor*> sequences[] = {{"grad_output", &grad_output}, {"output", &output}};
   for (const auto& [name, t] : sequences) {
-    check_operand(op, name, *t, weight, {T, B, H}, "(seq_len, batch, hidden_size)");
+    check_operand(op, name, *t, weight, {T, B, R}, sequence_meaning.c_str());
   }
-  const std::pair<const char*, const Tensor*> states[] = {
-      {"grad_h_n", &grad_h_n}, {"grad_c_n", &grad_c_n}, {"h_0", &h0}, {"c_0", &c0}};
+  check_operand(op, cells_name, cells, weight, {T, B, H}, "(seq_len, batch, hidden_size)");
+  const std::pair<const char*, const Tensor*> states[] = {{"grad_h_n", &grad_h_n}, {"h_0", &h0}};
   for (const auto& [name, t] : states) {
+    if (t->defined()) check_operand(op, name, *t, weight, {B, R}, state_meaning.c_str());
+  }
+  const std::pair<const char*, const Tensor*> cell_states[] = {{"grad_c_n", &grad_c_n}, {"c_0", &c0}};
+  for (const auto& [name, t] : cell_states) {
     if (t->defined()) check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
   }
   check_like_weight(op, "input", input, weight);
@@ -547,7 +585,7 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
   const Tensor h0_c = h0.contiguous();
   // grad_h of each step: the output's gradient plus, accumulated below, the
   // gradient flowing back from the next step.
-  Tensor grad_h = pooled_empty({T, B, H}, grad_output.options());
+  Tensor grad_h = pooled_empty({T, B, R}, grad_output.options());
   grad_h.copy_(grad_output);
   // The running gradient of c, from c_n's back to c_0's (LSTM).
   Tensor grad_c;
@@ -558,11 +596,12 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
   const auto zeros_if = [](bool wanted, const Tensor& like) { return wanted ? at::zeros_like(like) : Tensor(); };
   if (T == 0 || B == 0) {
     const Tensor grad_h0 = T == 0 && grad_h_n.defined() ? grad_h_n.clone(at::MemoryFormat::Contiguous)
-                                                        : at::zeros({B, H}, h0.options());
+                                                        : at::zeros({B, R}, h0.options());
     const Tensor grad_bias = want_weights ? at::zeros({G}, weight_hh.options()) : Tensor();
     return {zeros_if(want_input, input), want_h0 ? grad_h0 : Tensor(), want_c0 ? grad_c : Tensor(),
             zeros_if(want_weights, weight_ih), zeros_if(want_weights, weight_hh), grad_bias,
-            cell.lstm() ? grad_bias : zeros_if(want_weights, grad_bias)};
+            cell.lstm() ? grad_bias : zeros_if(want_weights, grad_bias),
+            P > 0 ? zeros_if(want_weights, *weight_hr) : Tensor()};
   }
   Tensor grad_gates = pooled_empty({T, B, G}, gates.options());
   // GRU: the recurrent product's gradients, and the direct part of h_0's.
@@ -572,11 +611,14 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
     grad_h0_direct = at::zeros({B, H}, h0.options());
   }
   const int64_t t_first = reverse ? T - 1 : 0;
+  // Projections: the gradient of each step's o * tanh(c), step by step.
+  Tensor grad_hidden_state = P > 0 ? at::empty({B, H}, gates.options()) : Tensor();
+  const Tensor weight_hr_c = P > 0 ? weight_hr->contiguous() : Tensor();
   if (cpu_time_loop(input, T, H)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
     const Tensor output_c = cell.lstm() ? Tensor() : output.contiguous();  // the GRU's h_prev
-    cpu::RecurrenceBackwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind},
+    cpu::RecurrenceBackwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind, P},
                                      weight_hh_c.const_data_ptr(),
                                      cell.lstm() ? c0_c.const_data_ptr() : nullptr,
                                      gates_c.const_data_ptr(),
@@ -592,6 +634,10 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
       args.grad_hidden_gates = grad_hidden.data_ptr();
       args.grad_h0 = grad_h0_direct.data_ptr();
     }
+    if (P > 0) {
+      args.weight_hr = weight_hr_c.const_data_ptr();
+      args.grad_hidden = grad_hidden_state.data_ptr();
+    }
     cpu::recurrence_backward(args);
   } else {
     if (grad_h_n.defined()) grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
@@ -603,11 +649,14 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
       if (cell.lstm()) {
         const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
         void* gcp = grad_c.data_ptr();
+        // Projections: grad_h holds grad_r, which W_hr takes back to o * tanh(c).
+        const Tensor dh = P > 0 ? at::mm_out(grad_hidden_state, grad_h[t], weight_hr_c)
+                                : grad_h[t];
         const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
                                          /*gates=*/{gates_c[t].const_data_ptr(), G, H},
                                          /*c_prev=*/{c_prev.const_data_ptr(), H},
                                          /*c=*/{cells_c[t].const_data_ptr(), H},
-                                         /*grad_h=*/{grad_h[t].const_data_ptr(), H},
+                                         /*grad_h=*/{dh.const_data_ptr(), H},
                                          /*grad_c=*/{gcp, H},
                                          /*grad_gates=*/{ggp, G, H},
                                          /*grad_c_prev=*/{gcp, H}};  // in place: each element read, then written
@@ -634,7 +683,7 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
   // caller needs (a first layer's input is data; frozen weights need nothing).
   const Tensor gates2d = grad_gates.view({T * B, G});
   const Tensor recurrent2d = cell.lstm() ? gates2d : grad_hidden.view({T * B, G});
-  Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh;
+  Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr;
   if (want_h0) {
     grad_h0 = product(cell.lstm() ? grad_gates[t_first] : grad_hidden[t_first], weight_hh);
     if (!cell.lstm()) grad_h0.add_(grad_h0_direct);
@@ -650,14 +699,21 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
     } else {
       grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
     }
-    grad_weight_hh = long_k_weight_grads(recurrent2d, H)
+    grad_weight_hh = long_k_weight_grads(recurrent2d, R)
                          ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
-                         : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({T * B, H}));
+                         : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({T * B, R}));
     grad_bias_ih = bias_grad(gates2d);
     grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(recurrent2d);
+    if (P > 0) {
+      // grad_r^T @ (o * tanh(c)) over all steps, [P, H]; o * tanh(c) is
+      // formed again from the saved gates and cells rather than kept by the
+      // forward (one pass over [T, B, H] against a tensor more to save).
+      const Tensor hidden_states = (gates_c.narrow(2, 3 * H, H) * at::tanh(cells_c)).view({T * B, H});
+      grad_weight_hr = weight_grad(grad_h.view({T * B, P}), hidden_states);
+    }
   }
   return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias_ih,
-          grad_bias_hh};
+          grad_bias_hh, grad_weight_hr};
 }
 
 }  // namespace
@@ -665,29 +721,30 @@ std::array<Tensor, 7> backward_layer(const CellSpec& cell, const char* op, const
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
-  return run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+  return run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true,
+                   weight_hr);
 }
 
 std::tuple<Tensor, Tensor, Tensor> layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse) {
-  auto [output, h_n, c_n, gates, cells] =
-      run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/false);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+  auto [output, h_n, c_n, gates, cells] = run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                                    reverse, /*keep_cells=*/false, weight_hr);
   return {output, h_n, c_n};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
-    std::array<bool, 4> output_mask) {
+    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr) {
   // Undefined when absent, as autograd passes the gradients of unused outputs.
   const auto g = backward_layer(kLSTM, "lstm_ext.layer_backward", grad_output, grad_h_n.value_or(Tensor()),
                                 grad_c_n.value_or(Tensor()), input, h0, c0, weight_ih, weight_hh, output, gates,
-                                cells, reverse, output_mask);
-  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+                                cells, reverse, output_mask, weight_hr);
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[7]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward(

@@ -28,11 +28,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
 // One layer, one direction, the whole sequence: input [T, B, I], state [B, H],
 // weight_ih [4H, I], weight_hh [4H, H]. Returns (output [T, B, H], h_n, c_n,
 // gates [T, B, 4H] activated, cells [T, B, H]); the last two are saved for the
-// backward. reverse runs the time loop from T-1 down to 0.
+// backward. reverse runs the time loop from T-1 down to 0. With weight_hr
+// [P, H] (torch.nn.LSTM's proj_size P), h is projected, h_t = W_hr (o_t *
+// tanh(c_t)): weight_hh is [4H, P], and h0, h_n and output have P columns.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
 
 // layer_forward without what a backward needs: the same output, h_n and c_n
 // (bitwise), but no gates or cells returned, and only two steps' c kept while
@@ -42,7 +44,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 std::tuple<Tensor, Tensor, Tensor> layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
 
 // Backpropagation through time for layer_forward. Returns (grad_input,
 // grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias); grad_bias is
@@ -50,11 +52,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference(
 // (nothing used h_n or c_n, the usual case) counts as zeros. output_mask, as
 // in ATen's RNN backwards, says which gradients to form: (input, h0, c0,
 // weights); the others are returned undefined and their products skipped.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
+// With weight_hr, grad_weight_hr follows (undefined without it).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
-    std::array<bool, 4> output_mask);
+    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr);
 
 // The GRU's layer operators, over the same engine (gates r, z, n; no c):
 // input [T, B, I], h0 [B, H], weight_ih [3H, I], weight_hh [3H, H], biases
@@ -124,11 +127,11 @@ LSTM_EXT_OPERATOR_HANDLE(gru)
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
 std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);

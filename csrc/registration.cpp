@@ -25,17 +25,18 @@ TORCH_LIBRARY(lstm_ext, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "layer_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, bool reverse) "
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
   m.def(
       "layer_inference(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n)");
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse, "
-      "bool[4] output_mask) "
+      "bool[4] output_mask, Tensor? weight_hr=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
-      "Tensor grad_bias)");
+      "Tensor grad_bias, Tensor grad_weight_hr)");
   m.def(
       "lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n, Tensor c_n)");
@@ -302,26 +303,29 @@ PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih or None,
-// bias_hh or None, reverse) -> (output, (h_n, c_n)); layer_inference when
+// bias_hh or None, reverse, weight_hr or None) -> (output, (h_n, c_n)); layer_inference when
 // nothing needs a gradient, which keeps nothing for a backward.
 PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   constexpr const char* name = "lstm_ext.lstm_layer";
-  check_nargs(nargs, 8, "layer_forward");
+  check_nargs(nargs, 9, "layer_forward");
   const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
   const at::Tensor* t[5];
   for (int k = 0; k < 5; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
   const auto bias_ih = optional_tensor_arg(args[5], name, "bias_ih");
   const auto bias_hh = optional_tensor_arg(args[6], name, "bias_hh");
   const bool reverse = bool_arg(args[7]);
-  if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&bias_ih, &bias_hh})) {
+  const auto weight_hr = optional_tensor_arg(args[8], name, "weight_hr");
+  if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&bias_ih, &bias_hh, &weight_hr})) {
     auto [output, h_n, c_n] = without_gil([&] {
-      return lstm_ext::layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse);
+      return lstm_ext::layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse,
+                                                 weight_hr);
     });
     return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   }
   auto [output, h_n, c_n, gates, cells] = without_gil([&] {
-    return lstm_ext::layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse);
+    return lstm_ext::layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse,
+                                             weight_hr);
   });
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   END_HANDLE_TH_ERRORS

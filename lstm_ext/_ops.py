@@ -77,6 +77,23 @@ def _check_recurrent_weight(op: str, weight_hh: Tensor, gates: int = 4) -> int:
     return weight_hh.shape[1]
 
 
+def _check_recurrent_weights(op: str, weight_hh: Tensor, weight_hr: Optional[Tensor], gates: int = 4):
+    """(H, P): weight_hh [4H, P] and weight_hr [P, H] with projections (P = 0 without)."""
+    if weight_hr is None:
+        return _check_recurrent_weight(op, weight_hh, gates), 0
+    if gates != 4:
+        raise ValueError(f"{op}: weight_hr (projections) is for the LSTM only")
+    if not (weight_hr.dim() == 2 and weight_hr.shape[0] > 0 and weight_hr.shape[1] > 0):
+        raise ValueError(f"{op}: weight_hr must have shape [proj_size, hidden_size], got {_shape(weight_hr.shape)}")
+    P, H = weight_hr.shape
+    check_like(op, "weight_hr", weight_hr, "weight_hh", weight_hh)
+    if list(weight_hh.shape) != [4 * H, P]:
+        raise ValueError(f"{op}: with weight_hr of shape [proj_size, hidden_size] = {_shape(weight_hr.shape)}, "
+                         f"weight_hh must have shape [4*hidden_size, proj_size] = [{4 * H}, {P}], got "
+                         f"{_shape(weight_hh.shape)}")
+    return H, P
+
+
 @torch.library.register_fake("lstm_ext::cell_forward")
 def _cell_forward_fake(input, hx, cx, weight, bias):
     op = "lstm_ext.lstm_cell"
@@ -115,9 +132,12 @@ def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
             c.new_empty(weight.shape[0]))
 
 
-def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm_ext.LSTM", gates=4):
-    """The layer operators' checks (LSTM; the GRU's with c0 None and 3 gates); returns (T, B, H)."""
-    H = _check_recurrent_weight(op, weight_hh, gates)
+def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm_ext.LSTM", gates=4,
+                 weight_hr=None):
+    """The layer operators' checks (LSTM; the GRU's with c0 None and 3 gates); returns (T, B, H, R),
+    R the width of h (proj_size with projections, else H)."""
+    H, P = _check_recurrent_weights(op, weight_hh, weight_hr, gates)
+    R = P or H
     check_like(op, "weight_hh", weight_hh, "weight", weight_hh)
     if input.dim() != 3:
         raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
@@ -132,37 +152,43 @@ def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm
     for name, t in (("input", input), ("weight_ih", weight_ih)) + states:
         check_like(op, name, t, "weight", weight_hh)
     for name, t in states:
-        _check_shape(op, name, t, (B, H), "(batch, hidden_size)")
+        size, meaning = (R, "(batch, proj_size)") if name == "h_0" and P else (H, "(batch, hidden_size)")
+        _check_shape(op, name, t, (B, size), meaning)
     for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
         if bias is not None:
             _check_operand(op, name, bias, weight_hh, (gates * H,), f"({gates}*hidden_size,)")
-    return T, B, H
+    return T, B, H, R
 
 
 @torch.library.register_fake("lstm_ext::layer_forward")
-def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    T, B, H = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
-    return (input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H),
+def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None):
+    T, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr)
+    return (input.new_empty(T, B, R), input.new_empty(B, R), input.new_empty(B, H),
             input.new_empty(T, B, 4 * H), input.new_empty(T, B, H))
 
 
 @torch.library.register_fake("lstm_ext::layer_inference")
-def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    T, B, H = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
-    return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H)
+def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None):
+    T, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr)
+    return input.new_empty(T, B, R), input.new_empty(B, R), input.new_empty(B, H)
 
 
 def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, output,
-                          gates, cells, gates_per_unit=4, cells_name="cells"):
+                          gates, cells, gates_per_unit=4, cells_name="cells", weight_hr=None):
     """The layer backward operators' checks; returns (T, B, I, H)."""
-    H = _check_recurrent_weight(op, weight_hh, gates_per_unit)
+    H, P = _check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit)
+    R, width = (P, "proj_size") if P else (H, "hidden_size")
     if input.dim() != 3:
         raise ValueError(f"{op}: input must be 3-D, got {_shape(input.shape)}")
     T, B, I = input.shape
     G = gates_per_unit
-    for name, t in (("grad_output", grad_output), ("output", output), (cells_name, cells)):
-        _check_operand(op, name, t, weight_hh, (T, B, H), "(seq_len, batch, hidden_size)")
-    for name, t in (("grad_h_n", grad_h_n), ("grad_c_n", grad_c_n), ("h_0", h0), ("c_0", c0)):
+    for name, t in (("grad_output", grad_output), ("output", output)):
+        _check_operand(op, name, t, weight_hh, (T, B, R), f"(seq_len, batch, {width})")
+    _check_operand(op, cells_name, cells, weight_hh, (T, B, H), "(seq_len, batch, hidden_size)")
+    for name, t in (("grad_h_n", grad_h_n), ("h_0", h0)):
+        if t is not None:
+            _check_operand(op, name, t, weight_hh, (B, R), f"(batch, {width})")
+    for name, t in (("grad_c_n", grad_c_n), ("c_0", c0)):
         if t is not None:
             _check_operand(op, name, t, weight_hh, (B, H), "(batch, hidden_size)")
     check_like(op, "input", input, "weight", weight_hh)
@@ -178,13 +204,14 @@ def _like(wanted: bool, tensor: Tensor, shape) -> Optional[Tensor]:
 
 @torch.library.register_fake("lstm_ext::layer_backward")
 def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
-                         output, gates, cells, reverse, output_mask):
+                         output, gates, cells, reverse, output_mask, weight_hr=None):
     _check_layer_backward("lstm_ext.layer_backward", grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih,
-                          weight_hh, output, gates, cells)
+                          weight_hh, output, gates, cells, weight_hr=weight_hr)
     want_input, want_h0, want_c0, want_weights = output_mask
     return (_like(want_input, input, input.shape), _like(want_h0, h0, h0.shape), _like(want_c0, c0, c0.shape),
             _like(want_weights, weight_ih, weight_ih.shape), _like(want_weights, weight_hh, weight_hh.shape),
-            _like(want_weights, weight_hh, weight_hh.shape[0]))
+            _like(want_weights, weight_hh, weight_hh.shape[0]),
+            None if weight_hr is None else _like(want_weights, weight_hr, weight_hr.shape))
 
 
 _GRU = {"op": "lstm_ext.GRU", "gates": 3}
@@ -192,13 +219,13 @@ _GRU = {"op": "lstm_ext.GRU", "gates": 3}
 
 @torch.library.register_fake("lstm_ext::gru_layer_forward")
 def _gru_layer_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    T, B, H = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
+    T, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
     return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(T, B, 3 * H), input.new_empty(T, B, H)
 
 
 @torch.library.register_fake("lstm_ext::gru_layer_inference")
 def _gru_layer_inference_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    T, B, H = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
+    T, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
     return input.new_empty(T, B, H), input.new_empty(B, H)
 
 

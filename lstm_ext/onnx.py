@@ -50,13 +50,23 @@ def _onnx_lstm(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse: b
     return op.Squeeze(y, op.Constant(value_ints=[1])), op.Squeeze(y_h, axis0), op.Squeeze(y_c, axis0)
 
 
-def _layer_inference(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse: bool = False):
+def _no_projections(weight_hr) -> None:
+    if weight_hr is not None:  # ONNX's LSTM has no projection: never export without it
+        raise NotImplementedError("lstm_ext.onnx: an LSTM with projections (proj_size > 0) has no ONNX LSTM node; "
+                                  "its export is not implemented")
+
+
+def _layer_inference(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse: bool = False,
+                     weight_hr=None):
+    _no_projections(weight_hr)
     return _onnx_lstm(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
 
 
-def _layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse: bool = False):
+def _layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse: bool = False,
+                   weight_hr=None):
     # A program exported with grad on holds layer_forward; its gates and
     # cells (saved for a backward) have no use in an ONNX inference graph.
+    _no_projections(weight_hr)
     output, h_n, c_n = _onnx_lstm(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     gates = op.Concat(output, output, output, output, axis=2)  # placeholders of the schema's shapes, unused
     return output, h_n, c_n, gates, op.Identity(output)
@@ -84,6 +94,11 @@ TRANSLATIONS: Dict[Any, Any] = {
 def export(model: torch.nn.Module, args: tuple, kwargs: Optional[dict] = None, **options):
     """``torch.onnx.export(model, args, kwargs, dynamo=True, ...)`` with lstm_ext's translations;
     returns the ONNXProgram. ``options`` go to torch.onnx.export (``dynamic_shapes``, ``f``, ...)."""
+    for module in model.modules():
+        if getattr(module, "proj_size", 0):
+            raise NotImplementedError(f"lstm_ext.onnx.export: {type(module).__name__} with proj_size="
+                                      f"{module.proj_size}: an LSTM with projections has no ONNX LSTM node; its "
+                                      "export is not implemented")
     table = dict(TRANSLATIONS)
     table.update(options.pop("custom_translation_table", None) or {})
     with torch.no_grad():  # inference: layer_inference, which keeps nothing for a backward

@@ -30,12 +30,13 @@ LayerFn = Callable[[Tensor, States, List[Optional[Tensor]], bool], Tuple[Tensor,
 
 
 def _lstm_layer(x: Tensor, states: States, weights, reverse: bool) -> Tuple[Tensor, States]:
-    out, (h, c) = lstm_layer(x, states, *weights, reverse=reverse)
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights
+    out, (h, c) = lstm_layer(x, states, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr)
     return out, (h, c)
 
 
 def _gru_layer(x: Tensor, states: States, weights, reverse: bool) -> Tuple[Tensor, States]:
-    out, h = gru_layer(x, states[0], *weights, reverse=reverse)
+    out, h = gru_layer(x, states[0], *weights[:4], reverse=reverse)
     return out, (h,)
 
 
@@ -97,12 +98,13 @@ def rnn_packed(module: "_RNNBase", packed: PackedSequence,
                          f"(PackedSequence data shape {tuple(data.shape)})")
     directions = 2 if module.bidirectional else 1
     batch, hidden = int(batch_sizes[0]), module.hidden_size
-    expected = (module.num_layers * directions, batch, hidden)
+    # h is proj_size wide with projections, c always hidden_size.
+    widths = (module.proj_size or hidden, hidden)[:len(names)]
+    shapes = [(module.num_layers * directions, batch, width) for width in widths]
     if hx is None:
-        zeros = data.new_zeros(expected)
-        initial = (zeros,) * len(names)
+        initial = tuple(data.new_zeros(shape) for shape in shapes)
     else:
-        for name, state in zip(names, hx):
+        for name, state, expected in zip(names, hx, shapes):
             if tuple(state.shape) != expected:
                 raise ValueError(f"{where}: expected {name} of shape {expected}, got a tensor of shape "
                                  f"{tuple(state.shape)}")
@@ -116,15 +118,19 @@ def rnn_packed(module: "_RNNBase", packed: PackedSequence,
     layer_input, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
     runs = _stretches(batch_sizes)
     # The module's parameters per layer and direction, in the order its
-    # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih, bias_hh].
+    # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih,
+    # bias_hh][, weight_hr], as [weight_ih, weight_hh, bias_ih, bias_hh,
+    # weight_hr] with None for those it lacks.
     params = module._flat_weights
-    per_direction = 4 if module.bias else 2
+    projections = module.proj_size > 0
+    per_direction = (4 if module.bias else 2) + projections
     finals: List[States] = []
     for layer_index in range(module.num_layers):
         outputs = []
         for direction in range(directions):
             k = layer_index * directions + direction
-            weights = params[k * per_direction:(k + 1) * per_direction] + [None] * (4 - per_direction)
+            own = params[k * per_direction:(k + 1) * per_direction]
+            weights = own[:2] + (own[2:4] if module.bias else [None, None]) + [own[-1] if projections else None]
             out, states = _direction(layer, layer_input, runs, tuple(s[k] for s in initial), weights,
                                      reverse=bool(direction))
             outputs.append(out)

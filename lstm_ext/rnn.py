@@ -29,28 +29,34 @@ def _needs_grad(tensors) -> bool:
 
 def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
                bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
-               reverse: bool = False) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+               reverse: bool = False, weight_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """One layer and direction over a whole sequence. Differentiable.
 
     Args:
         input: (T, B, I).
-        hx: the pair (h_0, c_0), each (B, H).
-        weight_ih: [4H, I]; weight_hh: [4H, H]; bias_ih, bias_hh: [4H] or None.
-            Gate blocks in torch.nn.LSTM's order i, f, g, o.
+        hx: the pair (h_0, c_0), each (B, H); h_0 (B, P) with projections.
+        weight_ih: [4H, I]; weight_hh: [4H, H] ([4H, P] with projections);
+            bias_ih, bias_hh: [4H] or None. Gate blocks in torch.nn.LSTM's
+            order i, f, g, o.
         reverse: run the time loop from step T-1 down to 0.
+        weight_hr: [P, H] or None: torch.nn.LSTM's projections (proj_size P),
+            h_t = weight_hr @ (o_t * tanh(c_t)).
 
     Returns:
-        (output (T, B, H), (h_n, c_n)), each state (B, H), in the input's dtype.
+        (output (T, B, H), (h_n, c_n)), each state (B, H), in the input's
+        dtype; output and h_n have P features with projections.
     """
     _require_pair(hx, "lstm_ext.lstm_layer", "(h_0, c_0)")
-    tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     if _direct(tensors):
-        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr)
     if not _needs_grad(tensors):
         # Nothing to differentiate: the operator that keeps nothing for a backward.
-        output, h_n, c_n = _layer_inference(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+        output, h_n, c_n = _layer_inference(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse,
+                                            weight_hr)
         return output, (h_n, c_n)
-    output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+    output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse,
+                                            weight_hr)
     return output, (h_n, c_n)
 
 
@@ -104,9 +110,6 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
         raise ValueError("proj_size should be a positive integer or zero to disable projections")
     if proj_size >= hidden_size:
         raise ValueError("proj_size has to be smaller than hidden_size")
-    if proj_size > 0:
-        raise NotImplementedError("lstm_ext.LSTM: proj_size > 0 (LSTM with projections) is not supported yet; "
-                                  "use torch.nn.LSTM for it")
     if dropout > 0 and num_layers == 1:
         warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                       f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
@@ -136,18 +139,21 @@ class _RNNBase(nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
-        self.proj_size = 0
+        self.proj_size = proj_size
         directions = 2 if bidirectional else 1
         gate_rows = self._gates * hidden_size
+        state_size = proj_size or hidden_size  # the width of h
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
+            layer_input = input_size if layer == 0 else state_size * directions
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_ih": (gate_rows, layer_input), "weight_hh": (gate_rows, hidden_size)}
+                shapes = {"weight_ih": (gate_rows, layer_input), "weight_hh": (gate_rows, state_size)}
                 if bias:
                     shapes.update({"bias_ih": (gate_rows,), "bias_hh": (gate_rows,)})
+                if proj_size > 0:  # torch.nn.LSTM's order: the projection last
+                    shapes["weight_hr"] = (proj_size, hidden_size)
                 for name, shape in shapes.items():
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append([name + suffix for name in shapes])
@@ -193,7 +199,7 @@ class _RNNBase(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False)):
+                              ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
@@ -220,9 +226,10 @@ class _RNNBase(nn.Module):
     def to_torch(self) -> nn.Module:
         """The torch.nn module with these parameters (copied), on their device and dtype."""
         first = next(self.parameters())
+        extra = {"proj_size": self.proj_size} if self._torch_module is nn.LSTM else {}
         module = self._torch_module(self.input_size, self.hidden_size, self.num_layers, self.bias,
                                     self.batch_first, self.dropout, self.bidirectional, device=first.device,
-                                    dtype=first.dtype)
+                                    dtype=first.dtype, **extra)
         module.load_state_dict(self.state_dict())
         return module.train(self.training)
 
@@ -235,7 +242,7 @@ class LSTM(_RNNBase):
 
         i, f, g, o = split(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh, 4)
         c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-        h_t = sigmoid(o) * tanh(c_t)
+        h_t = sigmoid(o) * tanh(c_t)          # proj_size > 0: h_t = W_hr (sigmoid(o) * tanh(c_t))
 
     Args:
         input_size: features of the input x (I).
@@ -246,24 +253,30 @@ class LSTM(_RNNBase):
         dropout: dropout on each layer's output but the last one's, in training.
         bidirectional: a second direction per layer, run from the last step to the
             first; outputs of the two directions are concatenated.
-        proj_size: must be 0 (projections are not supported yet).
+        proj_size: if > 0, an LSTM with projections (LSTMP): h is projected to
+            proj_size (P < H) features by weight_hr, as in torch.nn.LSTM.
         device, dtype: of the parameters (float32, float64, bfloat16, float16).
 
     Inputs: ``input, (h_0, c_0)``
         * input: (T, B, I), (B, T, I) when batch_first, or (T, I) unbatched; or a
           ``torch.nn.utils.rnn.PackedSequence``.
         * h_0, c_0: (D * num_layers, B, H), or (D * num_layers, H) unbatched, D = 2
-          if bidirectional else 1. Zeros when hx is omitted.
+          if bidirectional else 1; h_0 has P features with projections. Zeros
+          when hx is omitted.
 
     Outputs: ``output, (h_n, c_n)``
         * output: (T, B, D * H) (batch_first: (B, T, D * H)), each step's h of the
-          last layer; a PackedSequence for a PackedSequence input.
-        * h_n, c_n: (D * num_layers, B, H), each layer's and direction's last state.
+          last layer (D * P features with projections); a PackedSequence for a
+          PackedSequence input.
+        * h_n, c_n: (D * num_layers, B, H), each layer's and direction's last
+          state; h_n has P features with projections.
 
     Attributes:
-        weight_ih_l{k}[_reverse]: [4H, I] for k = 0, [4H, D * H] for k > 0.
-        weight_hh_l{k}[_reverse]: [4H, H].
+        weight_ih_l{k}[_reverse]: [4H, I] for k = 0, [4H, D * H] for k > 0
+            ([4H, D * P] with projections).
+        weight_hh_l{k}[_reverse]: [4H, H] ([4H, P] with projections).
         bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: [4H].
+        weight_hr_l{k}[_reverse]: [P, H], with projections only.
         All initialised uniform in (-1/sqrt(H), 1/sqrt(H)), as torch.nn.LSTM; the
         state_dict is interchangeable with torch.nn.LSTM's.
 

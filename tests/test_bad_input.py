@@ -29,12 +29,14 @@ def cell_case(change):
     return build
 
 
-def lstm_case(change, **config):
-    """LSTM(4, 3, num_layers=2) on x (5, 2, 4) with (h_0, c_0) (2, 2, 3); change(device, rnn, x, h, c)."""
+def lstm_case(change, hidden_size=3, proj_size=0, **config):
+    """LSTM(4, 3, num_layers=2) on x (5, 2, 4) with (h_0, c_0) (2, 2, 3); change(device, rnn, x, h, c).
+    With proj_size, h_0 is (2, 2, proj_size)."""
     def build(device):
-        rnn = lstm_ext.LSTM(4, 3, num_layers=2, dtype=F64, device=device, **config)
-        x, h, c = change(device, rnn, randn(5, 2, 4, device=device), randn(2, 2, 3, device=device),
-                         randn(2, 2, 3, device=device))
+        rnn = lstm_ext.LSTM(4, hidden_size, num_layers=2, proj_size=proj_size, dtype=F64, device=device, **config)
+        x, h, c = change(device, rnn, randn(5, 2, 4, device=device),
+                         randn(2, 2, proj_size or hidden_size, device=device),
+                         randn(2, 2, hidden_size, device=device))
         return (lambda x, h, c: rnn(x, (h, c))), (x, h, c)
     return build
 
@@ -325,6 +327,49 @@ CASES.update({
 })
 
 
+
+def lstmp_case(change):
+    """LSTM(4, 5, num_layers=2, proj_size=3) on x (5, 2, 4), h_0 (2, 2, 3), c_0 (2, 2, 5)."""
+    return lstm_case(change, hidden_size=5, proj_size=3)
+
+
+def projected_layer_case(change):
+    """lstm_layer on x (3, 2, 3), h_0 (2, 2), c_0 (2, 4), weights for H=4, P=2 (weight_hr last); change(device, args)."""
+    def build(device):
+        args = [randn(3, 2, 3, device=device), randn(2, 2, device=device), randn(2, 4, device=device),
+                randn(16, 3, device=device), randn(16, 2, device=device), None, None, randn(2, 4, device=device)]
+        args = change(device, args)
+        return (lambda x, h, c, w_ih, w_hh, w_hr: lstm_ext.lstm_layer(x, (h, c), w_ih, w_hh, weight_hr=w_hr)), \
+            tuple(a for a in args if a is not None)
+    return build
+
+
+CASES.update({
+    # --- projections (proj_size) ------------------------------------------------
+    "lstmp: h_0 of hidden_size": (lstmp_case(lambda d, r, x, h, c: (x, c, c)), ValueError,
+                                  r"lstm_ext.LSTM: expected h_0 of shape \(2, 2, 3\), got a tensor of shape "
+                                  r"\(2, 2, 5\)", ALL_PATHS),
+    "lstmp: wrong weight_hr_l1": (lstmp_case(set_param("weight_hr_l1", lambda d, w: randn(3, 4, device=d))),
+                                  ValueError, r"weight_hr_l1 must have shape \(3, 5\) \(proj_size, hidden_size\), "
+                                  r"got \(3, 4\)", ALL_PATHS),
+    "lstmp: weight_hh_l1 of hidden_size": (
+        lstmp_case(set_param("weight_hh_l1", lambda d, w: randn(20, 5, device=d))), ValueError,
+        r"weight_hh_l1 must have shape \(20, 3\) \(4\*hidden_size, proj_size\), got \(20, 5\)", ALL_PATHS),
+    "lstmp: weight_hr_l0 on meta": (lstmp_case(set_param("weight_hr_l0", lambda d, w: on_meta(w))), ValueError,
+                                    r"device mismatch: weight_hr_l0 is on meta but input is on cpu", MIXED),
+    "layer: wrong weight_hr": (projected_layer_case(replaced(7, lambda d, t: randn(2, 3, device=d))), ValueError,
+                               r"with weight_hr of shape \[proj_size, hidden_size\] = \[2, 3\], weight_hh must "
+                               r"have shape \[4\*hidden_size, proj_size\] = \[12, 2\], got \[16, 2\]", ALL_PATHS),
+    "layer: h_0 of hidden_size with weight_hr": (
+        projected_layer_case(replaced(1, lambda d, t: randn(2, 4, device=d))), ValueError,
+        r"h_0 must have shape \[2, 2\] \(batch, proj_size\), got \[2, 4\]", ALL_PATHS),
+    "layer: weight_hr 1-D": (projected_layer_case(replaced(7, lambda d, t: randn(8, device=d))), ValueError,
+                             r"weight_hr must have shape \[proj_size, hidden_size\], got \[8\]", ALL_PATHS),
+    "layer: weight_hr dtype": (projected_layer_case(replaced(7, lambda d, t: t.float())), TypeError,
+                               r"dtype mismatch: weight_hr is torch.float32 but weight_hh is torch.float64",
+                               ALL_PATHS),
+})
+
 def call_on_path(path, build):
     if path == "meta":
         fn, args = build("meta")
@@ -393,7 +438,7 @@ def test_quantized_and_sparse_input(op):
 
 @pytest.mark.parametrize("kwargs, error, pattern", [
     (dict(proj_size=-1), ValueError, r"proj_size should be a positive integer or zero to disable projections"),
-    (dict(proj_size=2), NotImplementedError, r"proj_size > 0 \(LSTM with projections\) is not supported"),
+    (dict(proj_size=3), ValueError, r"proj_size has to be smaller than hidden_size"),
     (dict(hidden_size=2.5), TypeError, r"hidden_size should be of type int, got: float"),
     (dict(hidden_size="3"), TypeError, r"hidden_size should be of type int, got: str"),
     (dict(input_size=0), ValueError, r"input_size must be greater than zero"),

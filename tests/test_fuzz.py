@@ -1,10 +1,10 @@
-"""Differential fuzz test: seeded random configurations of lstm_ext.LSTM,
-LSTMCell, GRU and GRUCell against torch.nn's modules with the same
-parameters, outputs and every gradient.
+"""Differential fuzz test: seeded random configurations of lstm_ext.LSTM
+(with and without projections), LSTMCell, GRU and GRUCell against
+torch.nn's modules with the same parameters, outputs and every gradient.
 
 Each seed is one case, so a failure names the seed that reproduces it. The
-suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800, 400, 400
-and 200);
+suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800, 300, 400,
+400 and 200);
 set it higher to run thousands locally:
 
     LSTM_EXT_FUZZ_CASES=5000 pytest tests/test_fuzz.py -q
@@ -21,6 +21,7 @@ import lstm_ext
 
 CASES = int(os.environ.get("LSTM_EXT_FUZZ_CASES", "0"))
 LSTM_CASES = CASES or 800
+PROJ_CASES = CASES or 300
 CELL_CASES = CASES or 400
 GRU_CASES = CASES or 400
 GRU_CELL_CASES = CASES or 200
@@ -69,19 +70,29 @@ def test_lstm_against_torch(seed):
     sequence_case(seed, nn.LSTM, lstm_ext.LSTM, seed)
 
 
+@pytest.mark.parametrize("seed", range(PROJ_CASES))
+def test_lstm_with_projections_against_torch(seed):
+    sequence_case(seed, nn.LSTM, lstm_ext.LSTM, 40_000 + seed, projections=True)
+
+
 @pytest.mark.parametrize("seed", range(GRU_CASES))
 def test_gru_against_torch(seed):
     sequence_case(seed, nn.GRU, lstm_ext.GRU, 20_000 + seed)
 
 
-def sequence_case(seed, torch_module, fused_module, rng_seed):
-    """One random configuration of a sequence module against torch.nn's."""
+def sequence_case(seed, torch_module, fused_module, rng_seed, projections=False):
+    """One random configuration of a sequence module against torch.nn's
+    (projections: an LSTM with a random proj_size below hidden_size)."""
     rng = random.Random(rng_seed)
     torch.manual_seed(seed)
     dtype = torch.float64 if rng.random() < 0.8 else torch.float32
     config = dict(num_layers=rng.randint(1, 3), bidirectional=rng.random() < 0.5,
                   batch_first=rng.random() < 0.5, bias=rng.random() < 0.8)
     T, B, I, H = rng.randint(1, 6), rng.choice([0, 1, 1, 2, 3, 5]), rng.randint(1, 7), rng.randint(1, 8)
+    if projections:
+        H = max(H, 2)
+        config["proj_size"] = rng.randint(1, H - 1)
+    width = config.get("proj_size") or H  # of h
     unbatched = rng.random() < 0.15
     ref = torch_module(I, H, dtype=dtype, **config)
     fused = fused_module.from_torch(ref)
@@ -93,10 +104,11 @@ def sequence_case(seed, torch_module, fused_module, rng_seed):
     layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
     state = None
     if rng.random() < 0.6:
-        state_shape = (layers, H) if unbatched else (layers, B, H)
-        state = tuple(maybe_non_contiguous(rng, torch.randn(*state_shape, dtype=dtype)).requires_grad_(
-            rng.random() < 0.5) for _ in range(2 if torch_module is nn.LSTM else 1))
-    out_shape = (*shape[:-1], H * (2 if config["bidirectional"] else 1))
+        widths = (width, H) if torch_module is nn.LSTM else (H,)
+        state = tuple(maybe_non_contiguous(rng, torch.randn(*((layers, n) if unbatched else (layers, B, n)),
+                                                            dtype=dtype)).requires_grad_(rng.random() < 0.5)
+                      for n in widths)
+    out_shape = (*shape[:-1], width * (2 if config["bidirectional"] else 1))
     weights = torch.randn(*out_shape, dtype=dtype)
     wrt_ref = [x, *(state or ()), *ref.parameters()]
     wrt_fused = [x, *(state or ()), *fused.parameters()]

@@ -77,3 +77,12 @@ def test_cell_exports_as_its_onnx_graph(tmp_path):
         expected = model(*args)
     for got, want in zip(run_onnx(program, tmp_path, args), expected):
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_projections_are_an_error_not_a_wrong_graph():
+    model = Sequence(proj_size=2)
+    x, h, c = torch.randn(5, 2, 4), torch.randn(1, 2, 2), torch.randn(1, 2, 3)
+    with pytest.raises(NotImplementedError, match=r"LSTM with proj_size=2: an LSTM with projections has no ONNX"):
+        lstm_ext.onnx.export(model, (x, h, c))
+    with pytest.raises(Exception, match=r"an LSTM with projections \(proj_size > 0\) has no ONNX LSTM node"):
+        torch.onnx.export(model, (x, h, c), dynamo=True, custom_translation_table=lstm_ext.onnx.TRANSLATIONS)

@@ -260,7 +260,8 @@ def test_bad_input_lstm_op():
     _, fused = pair(3, 4)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     args = list(lstm_op_args(fused, x))
-    with pytest.raises(ValueError, match=r"expected 4 parameters \(1 layers, 1 directions, 4 each\), got 3"):
+    with pytest.raises(ValueError, match=r"expected 4 parameters \(1 layers, 1 directions, 4 each, one more each "
+                                         r"with projections\), got 3"):
         torch.ops.lstm_ext.lstm(*args[:2], args[2][:3], *args[3:])
     with pytest.raises(TypeError, match=r"hx must be a pair \(h_0, c_0\), got 1 tensors"):
         torch.ops.lstm_ext.lstm(x, [torch.zeros(1, 2, 4, dtype=torch.float64)], *args[2:])
@@ -274,7 +275,7 @@ def test_bad_input_lstm_op():
     with pytest.raises(ValueError, match=r"expected h_0 to be a tensor, got a list of length 1"):
         fused(x, ([0], torch.zeros(1, 2, 4)))
     with pytest.raises(TypeError, match=r"lstm_ext.lstm_layer: bias_hh must be a Tensor, got str"):
-        native.layer_forward(x, *args[2][:2], *args[2][:3], "b", False)
+        native.layer_forward(x, *args[2][:2], *args[2][:3], "b", False, None)
 
 
 def test_lstm_layer_direct_binding_and_torch_ops_agree(device):

@@ -124,7 +124,9 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     add_gflops(bench, len(impls), training_flops)
     # A padded batch of varying lengths (T/2 to T, the longest T), packed in
     # each call (x needs its gradient): lstm_ext runs one operator call per
-    # distinct length, torch.nn.LSTM its packed-sequence path.
+    # layer and direction over each step's own sequences, torch.nn.LSTM its
+    # packed-sequence path; "lstm_ext_padded" is lstm_ext on the padded batch
+    # (all B sequences T steps): what the packed call saves.
     lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=torch.Generator().manual_seed(0))
     lengths[0] = T
     grad_data = torch.randn(int(lengths.sum()), H, device=device, dtype=dtype)
@@ -133,7 +135,9 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         torch.autograd.backward(module(packed)[0].data, grad_data)
 
-    bench.compare({"lstm_ext": lambda: packed_step(fused), "torch": lambda: packed_step(torch_lstm)},
+    extras["lstm_ext_padded"] = dict(extra)
+    bench.compare({"lstm_ext": lambda: packed_step(fused), "torch": lambda: packed_step(torch_lstm),
+                   "lstm_ext_padded": lambda: torch.autograd.backward(fused(x)[0], grad)},
                   pass_="fwd+bwd, packed", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
 
 
@@ -226,6 +230,7 @@ def ratios(cell: str) -> list:
             ("lstm_ext_cell_loop", "lstm_ext", f"vs {name}Cell loop"), ("compile", "lstm_ext", "vs compile(reference)")]
     if cell == "gru":
         rows.append(("lstm_ext", "lstm_ext_lstm", "GRU time / lstm_ext.LSTM's"))
+    rows.append(("lstm_ext", "lstm_ext_padded", "packed time / padded (packed rows)"))
     return rows
 
 

@@ -61,6 +61,15 @@ std::pair<Tensor, Tensor> composite_step_backward(const CompositeStep& s, const 
   return {grad_preact, grad_c_total * s.f};
 }
 
+// The differentiable backward recomputes padded sequences only: a
+// PackedSequence's layer says so rather than give a wrong second order.
+void check_differentiable_packed(const std::optional<Tensor>& batch_sizes) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!batch_sizes.has_value(),
+                              "lstm_ext: a differentiable backward (create_graph=True, double backward, torch.func) "
+                              "through a PackedSequence is not supported; pad the batch "
+                              "(torch.nn.utils.rnn.pad_packed_sequence) for it");
+}
+
 // The graph nodes are written out rather than made by torch::autograd::Function,
 // whose node costs ~10 us more per call at the course's size (boxed saved
 // data, a list of every argument, checks of every output). A node holds the
@@ -126,6 +135,7 @@ struct CellBackward final : SavingNode<8> {  // cx, c, gates, input_hidden, weig
 struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells,
                                                // bias_ih, bias_hh, weight_hr (projections)
   bool reverse = false, has_bias_ih = false, has_bias_hh = false;
+  std::optional<Tensor> batch_sizes;  // a PackedSequence's (int64, never differentiated)
 
   std::string name() const override { return "LSTMLayerBackward"; }
 
@@ -133,6 +143,7 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
     const std::lock_guard<std::mutex> lock(mutex_);
     const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells, bias_ih, bias_hh, weight_hr] = unpack();
     if (at::GradMode::is_enabled()) {
+      check_differentiable_packed(batch_sizes);
       return differentiable(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
     }
     const at::AutoDispatchBelowADInplaceOrView below;
@@ -143,7 +154,7 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
     // grads[1] / grads[2] are undefined for an unused h_n / c_n: the operator takes them as zeros.
     auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr] =
         layer_backward_op().call(grad_output, grads[1], grads[2], input, h0, c0, weight_ih, weight_hh, output,
-                                 gates, cells, reverse, output_mask, projection);
+                                 gates, cells, reverse, output_mask, projection, batch_sizes);
     return {grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, has_bias_ih ? grad_bias : Tensor(),
             has_bias_hh ? grad_bias : Tensor(), grad_weight_hr};
   }
@@ -197,20 +208,24 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
 struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight_hh, output, gates, hidden_n,
                                                  // bias_ih, bias_hh
   bool reverse = false, has_bias_ih = false, has_bias_hh = false;
+  std::optional<Tensor> batch_sizes;
 
   std::string name() const override { return "GRULayerBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     const std::lock_guard<std::mutex> lock(mutex_);
     const auto [input, h0, weight_ih, weight_hh, output, gates, hidden_n, bias_ih, bias_hh] = unpack();
-    if (at::GradMode::is_enabled()) return differentiable(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
+    if (at::GradMode::is_enabled()) {
+      check_differentiable_packed(batch_sizes);
+      return differentiable(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
+    }
     const at::AutoDispatchBelowADInplaceOrView below;
     const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     const std::array<bool, 3> output_mask{task_should_compute_output(0), task_should_compute_output(1),
                                           task_should_compute_output({{2, 6}})};  // [2, 6): the weights and biases
     auto [grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh] =
         gru_layer_backward_op().call(grad_output, grads[1], input, h0, weight_ih, weight_hh, output, gates,
-                                     hidden_n, reverse, output_mask);
+                                     hidden_n, reverse, output_mask, batch_sizes);
     return {grad_input, grad_h0, grad_weight_ih, grad_weight_hh, has_bias_ih ? grad_bias_ih : Tensor(),
             has_bias_hh ? grad_bias_hh : Tensor()};
   }
@@ -307,7 +322,8 @@ bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,
 std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes) {
   // It saves nothing for a backward. Called where one is needed (a graph
   // traced without grad and run again with it: torch.export's decompositions,
   // an exported module called in training), it runs as layer_forward, so no
@@ -315,24 +331,26 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
   if (needs_graph("lstm_ext.layer_inference", {&input, &h0, &c0, &weight_ih, &weight_hh},
                   {&bias_ih, &bias_hh, &weight_hr})) {
     auto [output, h_n, c_n, gates, cells] =
-        layer_forward_autograd(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr);
+        layer_forward_autograd(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr, batch_sizes);
     return {output, h_n, c_n};
   }
   at::AutoDispatchBelowADInplaceOrView guard;
-  return layer_inference_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr);
+  return layer_inference_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr,
+                                   batch_sizes);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes) {
   const bool graph = needs_graph("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
                                  {&bias_ih, &bias_hh, &weight_hr});
   Tensor output, h_n, c_n, gates, cells;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, c_n, gates, cells) =
-        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr);
+        layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr, batch_sizes);
   }
   if (graph) {
     auto node = make_node<LayerBackward>();
@@ -346,19 +364,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     node->reverse = reverse;
     node->has_bias_ih = present(bias_ih);
     node->has_bias_hh = present(bias_hh);
+    node->batch_sizes = batch_sizes;
   }
   return {output, h_n, c_n, gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes) {
   const bool graph = needs_graph("lstm_ext.GRU", {&input, &h0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
   Tensor output, h_n, gates, hidden_n;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, gates, hidden_n) =
-        gru_layer_forward_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+        gru_layer_forward_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes);
   }
   if (graph) {
     auto node = make_node<GruLayerBackward>();
@@ -371,22 +391,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
     node->reverse = reverse;
     node->has_bias_ih = present(bias_ih);
     node->has_bias_hh = present(bias_hh);
+    node->batch_sizes = batch_sizes;
   }
   return {output, h_n, gates, hidden_n};
 }
 
 std::tuple<Tensor, Tensor> gru_layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes) {
   // As layer_inference_autograd: where a graph is needed it runs as the
   // forward that keeps what the backward reads.
   if (needs_graph("lstm_ext.gru_layer_inference", {&input, &h0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh})) {
     auto [output, h_n, gates, hidden_n] =
-        gru_layer_forward_autograd(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+        gru_layer_forward_autograd(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes);
     return {output, h_n};
   }
   at::AutoDispatchBelowADInplaceOrView guard;
-  return gru_layer_inference_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse);
+  return gru_layer_inference_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(

@@ -212,6 +212,8 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   auto* hidden = static_cast<scalar_t*>(a.hidden);
   const auto* bias_hn = static_cast<const scalar_t*>(a.bias_hn);
   const Tiling tiling(B, H, gates_per_unit, R, /*max_block_rows=*/B, /*rows_outer_order=*/false);
+  const StepLayout layout(shape);
+  const bool variable = shape.batch_sizes != nullptr;
 
   // Forward panels: each panel's [R, gates * w] block of W_hh^T, cut into
   // its ProductBlocks, each [R, columns] row-major.
@@ -243,18 +245,25 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
-    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * R;
+    // The rows of step t are its first rows_t sequences, which all ran the step before.
+    const int64_t row0 = layout.offset[t];
+    const scalar_t* h_prev =
+        s == 0 ? static_cast<const scalar_t*>(a.h0) : output + layout.offset[t_prev] * R;
     // Every step's c (LSTM) or hidden n (GRU), or (inference) only what the
     // next step reads: the last two steps' c, the step's own hidden n.
-    const auto cells_of = [&](int64_t step, int64_t time) { return cells + (a.keep_cells ? time : step % 2) * B * H; };
+    const auto cells_of = [&](int64_t step, int64_t time) {
+      return cells + (a.keep_cells ? layout.offset[time] : step % 2 * B) * H;
+    };
     const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
     scalar_t* c_t = gru ? nullptr : cells_of(s, t);
-    scalar_t* hidden_n_t = gru ? hidden_n + (a.keep_cells ? t : 0) * B * H : nullptr;
-    scalar_t* gates_t = gates + t * B * G;
+    scalar_t* hidden_n_t = gru ? hidden_n + (a.keep_cells ? row0 : 0) * H : nullptr;
+    scalar_t* gates_t = gates + row0 * G;
     // Where the pointwise pass writes o * tanh(c): the step's output, or
     // (projections) the scratch that the projection reads.
-    scalar_t* h_t = P > 0 ? hidden : output + t * B * H;
-    for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+    scalar_t* h_t = P > 0 ? hidden : output + row0 * H;
+    const Tiling step_tiling =
+        variable ? Tiling(layout.rows[t], H, gates_per_unit, R, layout.rows[t], false) : tiling;
+    for_each_task(step_tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       // The recurrent product accumulates into the step's input projection
       // in place (the GRU's n part into hidden_n); the pointwise pass then
       // reads those pre-activations while they are in L1 and overwrites them
@@ -281,7 +290,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
                                            /*h_prev=*/{h_prev + r0 * H + j0, H},
                                            /*gates=*/{block, G, gate_stride},
                                            /*hidden_n=*/{hn, H},
-                                           /*h=*/{output + t * B * H + r0 * H + j0, H}};
+                                           /*h=*/{output + row0 * H + r0 * H + j0, H}};
         pointwise(args);
         return;
       }
@@ -295,8 +304,9 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       pointwise(args);
     });
     if (P > 0) {  // r_t = hidden @ W_hr^T, once every unit of the step is done
-      scalar_t* r_t = output + t * B * P;
-      for_each_task(projection, [&](int64_t p0, int64_t width, int64_t r0, int64_t rows) {
+      scalar_t* r_t = output + row0 * P;
+      const Tiling step_projection = variable ? Tiling(layout.rows[t], P, 1, H, layout.rows[t], false) : projection;
+      for_each_task(step_projection, [&](int64_t p0, int64_t width, int64_t r0, int64_t rows) {
         tile_gemm<scalar_t>(rows, width, H, hidden + r0 * H, H, false, packed_hr.data() + H * p0, width,
                             r_t + r0 * P + p0, P, /*accumulate=*/false);
       });
@@ -329,6 +339,8 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   // product completes grad_r over panels of P first.
   const Tiling tiling(B, H, gates_per_unit, P > 0 ? P : H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
   const Tiling recurrent_tiling(B, R, 1, G, /*max_block_rows=*/16, /*rows_outer_order=*/true);
+  const StepLayout layout(shape);
+  const bool variable = shape.batch_sizes != nullptr;
 
   // Backward panels over the R columns of W_hh: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * R));
@@ -353,43 +365,51 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
     const int64_t t = shape.reverse ? T - 1 - s : s;
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
     const int64_t t_next = shape.reverse ? t - 1 : t + 1;
-    const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
-    const scalar_t* grad_next = s == T - 1 ? nullptr : recurrent_grads + t_next * B * G;
+    const int64_t row0 = layout.offset[t], prev0 = s == 0 ? 0 : layout.offset[t_prev];
+    const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + prev0 * H;
+    const scalar_t* grad_next = s == T - 1 ? nullptr : recurrent_grads + layout.offset[t_next] * G;
+    // The rows that ran the next step; the others (all at the last step) end here.
+    const int64_t rows_next = s == T - 1 ? 0 : layout.rows[t_next];
     // grad_h (grad_r with projections) of the step, panel [j0, j0 + width)
-    // of rows [r0, r0 + rows): the output's gradient plus h_n's at the last
-    // step and the next step's recurrent product.
+    // of rows [r0, r0 + rows): the output's gradient plus h_n's for the rows
+    // that end at this step and the next step's recurrent product for the others.
     const auto complete_grad_h = [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
-      scalar_t* dh = grad_h + t * B * R + r0 * R + j0;
-      if (grad_next == nullptr && grad_h_n != nullptr) {  // the last step: h_n's gradient joins
-        for (int64_t r = 0; r < rows; ++r)
+      scalar_t* dh = grad_h + row0 * R + r0 * R + j0;
+      const int64_t continuing = std::clamp<int64_t>(rows_next - r0, 0, rows);
+      if (grad_h_n != nullptr) {  // h_n's gradient joins where the sequence ends
+        for (int64_t r = continuing; r < rows; ++r)
           for (int64_t jj = 0; jj < width; ++jj) dh[r * R + jj] += grad_h_n[(r0 + r) * R + j0 + jj];
       }
-      if (grad_next != nullptr) {
+      if (continuing > 0) {
         // The gradient reaching h_t through the next step's recurrent product.
-        tile_gemm<scalar_t>(rows, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, R,
+        tile_gemm<scalar_t>(continuing, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, R,
                             /*accumulate=*/true);
       }
       return dh;
     };
-    if (P > 0) for_each_task(recurrent_tiling, complete_grad_h);
-    for_each_task(tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+    const int64_t step_rows = layout.rows[t];
+    if (P > 0) {
+      for_each_task(variable ? Tiling(step_rows, R, 1, G, 16, true) : recurrent_tiling, complete_grad_h);
+    }
+    const Tiling step_tiling = variable ? Tiling(step_rows, H, gates_per_unit, P > 0 ? P : H, 16, true) : tiling;
+    for_each_task(step_tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* dh;
       if (P > 0) {  // the gradient of o * tanh(c): grad_r @ W_hr
         dh = grad_hidden_state + r0 * H + j0;
-        tile_gemm<scalar_t>(rows, width, P, grad_h + t * B * P + r0 * P, P, false, packed_hr.data() + P * j0, width,
+        tile_gemm<scalar_t>(rows, width, P, grad_h + row0 * P + r0 * P, P, false, packed_hr.data() + P * j0, width,
                             dh, H, /*accumulate=*/false);
       } else {
         dh = complete_grad_h(j0, width, r0, rows);
       }
-      const int64_t gate_offset = t * B * G + r0 * G + j0, row_offset = r0 * H + j0;
+      const int64_t gate_offset = row0 * G + r0 * G + j0, row_offset = r0 * H + j0;
       if (gru) {
         // The direct part of h_prev's gradient goes to the previous step's
         // grad_h (or grad_h0): only this task touches those elements.
-        const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
-        scalar_t* grad_h_prev = s == 0 ? static_cast<scalar_t*>(a.grad_h0) : grad_h + t_prev * B * H;
+        const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + prev0 * H;
+        scalar_t* grad_h_prev = s == 0 ? static_cast<scalar_t*>(a.grad_h0) : grad_h + prev0 * H;
         const GruPointwiseBackwardArgs args{shape.dtype, rows, width,
                                             /*gates=*/{gates + gate_offset, G, H},
-                                            /*hidden_n=*/{hidden_n + t * B * H + row_offset, H},
+                                            /*hidden_n=*/{hidden_n + row0 * H + row_offset, H},
                                             /*h_prev=*/{h_prev + row_offset, H},
                                             /*grad_h=*/{dh, H},
                                             /*grad_input_gates=*/{grad_gates + gate_offset, G, H},
@@ -402,7 +422,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
       const PointwiseBackwardArgs args{shape.dtype, rows, width,
                                        /*gates=*/{gates + gate_offset, G, H},
                                        /*c_prev=*/{c_prev + row_offset, H},
-                                       /*c=*/{cells + t * B * H + row_offset, H},
+                                       /*c=*/{cells + row0 * H + row_offset, H},
                                        /*grad_h=*/{dh, H},
                                        /*grad_c=*/{dc, H},
                                        /*grad_gates=*/{grad_gates + gate_offset, G, H},

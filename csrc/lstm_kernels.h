@@ -8,6 +8,7 @@
 
 #include <c10/core/ScalarType.h>
 #include <cstdint>
+#include <vector>
 
 namespace lstm_ext {
 
@@ -152,8 +153,29 @@ struct RecurrenceShape {
   bool reverse;  // steps run from T - 1 down to 0
   CellKind cell = CellKind::LSTM;
   int64_t proj = 0;
+  // Variable lengths (a PackedSequence's layout): steps entries, non-increasing,
+  // the first equal to batch; step t runs over the first batch_sizes[t]
+  // sequences, whose rows follow those of the steps before it in every
+  // [rows, ...] buffer (gates, output, cells, hidden_n, grad_h, grad_gates).
+  // reverse must be false (the caller reverses each sequence instead).
+  const int64_t* batch_sizes = nullptr;
   // The width of the state that recurs: P with projections, else H.
   int64_t recurrent() const { return proj > 0 ? proj : hidden; }
+};
+
+// Where each step's rows are: step t's B rows at row t * B, or (variable
+// lengths, packed layout) its batch_sizes[t] rows after those of the steps
+// before it.
+struct StepLayout {
+  std::vector<int64_t> offset, rows;
+  explicit StepLayout(const RecurrenceShape& shape) : offset(shape.steps), rows(shape.steps) {
+    int64_t next = 0;
+    for (int64_t t = 0; t < shape.steps; ++t) {
+      rows[t] = shape.batch_sizes != nullptr ? shape.batch_sizes[t] : shape.batch;
+      offset[t] = next;
+      next += rows[t];
+    }
+  }
 };
 
 struct RecurrenceForwardArgs {

@@ -211,10 +211,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
         Tensor output, h, c;
         if (needs_grad) {
           std::tie(output, h, c, std::ignore, std::ignore) =
-              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr);
+              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, std::nullopt);
         } else {
           std::tie(output, h, c) =
-              layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr);
+              layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, std::nullopt);
         }
         return std::pair{output, std::vector<Tensor>{h, c}};
       });
@@ -231,9 +231,10 @@ std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::Tenso
         Tensor output, h;
         if (needs_grad) {
           std::tie(output, h, std::ignore, std::ignore) =
-              gru_layer_forward_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse);
+              gru_layer_forward_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, std::nullopt);
         } else {
-          std::tie(output, h) = gru_layer_inference_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse);
+          std::tie(output, h) =
+              gru_layer_inference_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, std::nullopt);
         }
         return std::pair{output, std::vector<Tensor>{h}};
       });

@@ -8,6 +8,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
+#include <functional>
+#include <optional>
+#include <vector>
+#include <algorithm>
 #include <string>
 
 #include "buffer_pool.h"
@@ -396,27 +400,103 @@ GruBiases gru_biases(const std::optional<Tensor>& bias_ih, const std::optional<T
   return out;
 }
 
+// A PackedSequence's batch_sizes, checked against the layer's rows (input
+// [N, I], h0 [B, ...]), and the row indices the layer needs from them.
+struct PackedRows {
+  std::vector<int64_t> sizes;  // per step, non-increasing, the first B
+  cpu::StepLayout layout;
+  int64_t batch;
+
+  PackedRows(const char* op, const Tensor& batch_sizes, int64_t rows, int64_t batch_rows)
+      : sizes(checked(op, batch_sizes, rows, batch_rows)), layout(shape(sizes, batch_rows)), batch(batch_rows) {}
+
+  static std::vector<int64_t> checked(const char* op, const Tensor& batch_sizes, int64_t rows, int64_t batch) {
+    TORCH_CHECK_TYPE(batch_sizes.scalar_type() == at::kLong && batch_sizes.dim() == 1 && batch_sizes.is_cpu(), op,
+                     ": batch_sizes must be a 1-D int64 CPU tensor (a PackedSequence's), got a ",
+                     batch_sizes.dim(), "-D ", batch_sizes.scalar_type(), " tensor on ", batch_sizes.device());
+    const Tensor c = batch_sizes.contiguous();
+    const int64_t* p = c.const_data_ptr<int64_t>();
+    std::vector<int64_t> sizes(p, p + c.numel());
+    TORCH_CHECK_VALUE(!sizes.empty() && sizes[0] == batch, op, ": batch_sizes must start with the batch size ",
+                      batch, " (h_0's rows), got ", c.numel() == 0 ? std::string("no steps") : std::to_string(sizes[0]));
+    int64_t sum = 0;
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      TORCH_CHECK_VALUE(sizes[t] > 0 && (t == 0 || sizes[t] <= sizes[t - 1]), op,
+                        ": batch_sizes must be positive and non-increasing (sequences sorted by length, longest "
+                        "first), got ", sizes[t], " at step ", t, t > 0 ? " after " + std::to_string(sizes[t - 1]) : "");
+      sum += sizes[t];
+    }
+    TORCH_CHECK_VALUE(sum == rows, op, ": batch_sizes sum to ", sum, " but input has ", rows,
+                      " rows (a PackedSequence's data)");
+    return sizes;
+  }
+  static cpu::RecurrenceShape shape(const std::vector<int64_t>& sizes, int64_t batch) {
+    cpu::RecurrenceShape s{at::kFloat, static_cast<int64_t>(sizes.size()), batch, 0, false};
+    s.batch_sizes = sizes.data();
+    return s;
+  }
+  int64_t steps() const { return static_cast<int64_t>(sizes.size()); }
+  // Steps of sequence b: how many batch sizes exceed b.
+  int64_t length(int64_t b) const {
+    return std::partition_point(sizes.begin(), sizes.end(), [b](int64_t n) { return n > b; }) - sizes.begin();
+  }
+  Tensor indices(int64_t n, const std::function<int64_t(int64_t t, int64_t b)>& row, const Tensor& like,
+                 bool per_sequence = false) const {
+    Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kLong));
+    int64_t* o = out.mutable_data_ptr<int64_t>();
+    if (per_sequence) {
+      for (int64_t b = 0; b < batch; ++b) o[b] = row(length(b) - 1, b);
+    } else {
+      for (int64_t t = 0; t < steps(); ++t)
+        for (int64_t b = 0; b < sizes[t]; ++b) o[layout.offset[t] + b] = row(t, b);
+    }
+    return out.to(like.device());
+  }
+  // Row of (t, b) after each sequence is reversed within its length: the
+  // reverse direction runs as a forward one over those rows (its own inverse).
+  Tensor reversal(const Tensor& like) const {
+    return indices(layout.offset.back() + sizes.back(),
+                   [&](int64_t t, int64_t b) { return layout.offset[length(b) - 1 - t] + b; }, like);
+  }
+  // Row of each sequence's last step, [B].
+  Tensor last_rows(const Tensor& like) const {
+    return indices(batch, [&](int64_t t, int64_t b) { return layout.offset[t] + b; }, like, true);
+  }
+};
+
 // layer_forward and layer_inference of either cell: the same checks and the
 // same time loop; keep_cells says whether every step's c (LSTM) or hidden n
 // (GRU) is kept for a backward (returned as cells [T, B, H]) or only what the
 // loop needs (inference: [2, B, H] or [1, B, H] working memory). c0 is
 // undefined for the GRU, and so is the c_n it returns. Returns (output, h_n,
-// c_n, gates, cells).
+// c_n, gates, cells). With batch_sizes the sequences are a PackedSequence's:
+// input [N, I], output [N, R], gates and cells [N, ...] (N the sum of the
+// batch sizes), each step over its own rows; h_n and c_n are each sequence's
+// state at its own last step; the reverse direction reverses each sequence
+// within its length and runs forward (gates and cells stay in that order).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const CellSpec& cell, const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
-    bool reverse, bool keep_cells, const std::optional<Tensor>& weight_hr = std::nullopt) {
+    bool reverse, bool keep_cells, const std::optional<Tensor>& weight_hr = std::nullopt,
+    const std::optional<Tensor>& batch_sizes = std::nullopt) {
   const char* op = cell.op;
   const int64_t gates_per_unit = cell.gates();
   const auto [H, P] = check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit);
   const int64_t G = gates_per_unit * H, R = P > 0 ? P : H;  // R: the width of h
   check_like_weight(op, "weight_hh", weight_hh, weight_hh);
-  TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
-                    input.sizes());
+  const bool packed = batch_sizes.has_value();
+  if (packed) {
+    TORCH_CHECK_VALUE(input.dim() == 2, op, ": with batch_sizes, input must be 2-D (sum of lengths, input_size): "
+                      "a PackedSequence's data, got ", input.sizes());
+  } else {
+    TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
+                      input.sizes());
+  }
   TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == G, op, ": weight_ih must have shape [",
                     gates_per_unit, "*hidden_size, input_size] = [", G, ", input_size], got ", weight_ih.sizes());
-  const int64_t T = input.size(0), B = input.size(1), I = weight_ih.size(1);
-  TORCH_CHECK_VALUE(input.size(2) == I, op, ": input has ", input.size(2), " features but input_size is ", I,
+  const int64_t I = weight_ih.size(1);
+  const int64_t B = packed ? (h0.dim() > 0 ? h0.size(0) : 0) : input.size(1);
+  TORCH_CHECK_VALUE(input.size(-1) == I, op, ": input has ", input.size(-1), " features but input_size is ", I,
                     " (input shape ", input.sizes(), ")");
   const Tensor& weight = weight_hh;  // the reference for dtype and device checks
   check_like_weight(op, "input", input, weight);
@@ -431,10 +511,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
       check_operand(op, name, **bias, weight, {G}, bias_meaning.c_str());
     }
   }
+  const std::optional<PackedRows> rows =
+      packed ? std::optional<PackedRows>(std::in_place, op, *batch_sizes, input.size(0), B) : std::nullopt;
+  const int64_t T = packed ? rows->steps() : input.size(0);
+  const int64_t N = packed ? input.size(0) : T * B;
+  // Each step's rows in the [N, ...] buffers; reverse runs backwards in time
+  // over padded rows, forwards over reversed packed ones.
+  const bool backwards = reverse && !packed;
+  cpu::RecurrenceShape shape{input.scalar_type(), T, B, H, backwards, cell.kind, P};
+  if (packed) shape.batch_sizes = rows->sizes.data();
+  const cpu::StepLayout layout(shape);
+  // The [..., X] shape of a sequence buffer: [N, X] packed, [T, B, X] padded.
+  const auto sequence_shape = [&](int64_t x) {
+    return packed ? std::vector<int64_t>{N, x} : std::vector<int64_t>{T, B, x};
+  };
 
   const c10::DeviceGuard guard(input.device());
+  const Tensor reversal = packed && reverse ? rows->reversal(input) : Tensor();
   // All time steps' input projections in one matrix product, biases folded in.
-  const Tensor x2d = input.reshape({T * B, I});
+  const Tensor x2d = packed ? (reverse ? input.index_select(0, reversal) : input) : input.reshape({N, I});
   Tensor w_ih = weight_ih;
   Tensor bias, bias2, bias_hn;
   if (cell.lstm()) {
@@ -459,25 +554,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     if (bias.defined()) bias = bias.index_select(0, order);
     if (bias2.defined()) bias2 = bias2.index_select(0, order);
   }
-  Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({T * B, G}, input.options()), bias2);
-  gates = gates.view({T, B, G});
-  Tensor output = pooled_empty({T, B, R}, input.options());
+  Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({N, G}, input.options()), bias2);
+  gates = gates.view(sequence_shape(G));
+  Tensor output = pooled_empty(sequence_shape(R), input.options());
   // The LSTM's c of every step (or of the last two); the GRU's hidden n of
   // every step (or of the step running).
-  Tensor cells = pooled_empty({keep_cells ? T : cell.lstm() ? 2 : 1, B, H}, input.options());
+  const int64_t slots = cell.lstm() ? 2 : 1;
+  Tensor cells = pooled_empty(keep_cells ? sequence_shape(H) : std::vector<int64_t>{slots, B, H}, input.options());
   const Tensor h0_c = h0.contiguous();
   const Tensor c0_c = cell.lstm() ? c0.contiguous() : Tensor();
   if (T == 0 || B == 0) {
     return {output, h0_c.clone(), cell.lstm() ? c0_c.clone() : Tensor(), gates, cells};
   }
-  // Step s's c or hidden n: every step's kept, or (inference) the ones in turn.
-  const auto cell_of = [&](int64_t s, int64_t t) { return cells[keep_cells ? t : s % cells.size(0)]; };
+  // Rows of step t of a [N, ...] buffer (flat views of the padded ones).
+  const auto step_rows = [&](const Tensor& t2d, int64_t t, int64_t count) {
+    return t2d.narrow(0, layout.offset[t], count);
+  };
+  const Tensor gates2d = gates.view({N, G}), output2d = output.view({N, R}), cells2d = cells.view({-1, H});
+  // Step s's c or hidden n, its first `count` rows: every step's kept, or
+  // (inference) the ones in turn.
+  const auto cell_of = [&](int64_t s, int64_t t, int64_t count) {
+    return keep_cells ? step_rows(cells2d, t, count) : cells[s % slots].narrow(0, 0, count);
+  };
   // Projections: each step's o * tanh(c) before W_hr takes it to r_t.
   const Tensor hidden = P > 0 ? at::empty({B, H}, input.options()) : Tensor();
   const Tensor weight_hr_c = P > 0 ? weight_hr->contiguous() : Tensor();
   if (time_loop) {
     const Tensor weight_hh_c = weight_hh.contiguous();
-    cpu::RecurrenceForwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind, P},
+    cpu::RecurrenceForwardArgs args{shape,
                                     weight_hh_c.const_data_ptr(),
                                     h0_c.const_data_ptr(), cell.lstm() ? c0_c.const_data_ptr() : nullptr,
                                     gates.data_ptr(), output.data_ptr(), cell.lstm() ? cells.data_ptr() : nullptr,
@@ -495,43 +599,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     // Per step the recurrent products (cuBLAS) and one pointwise kernel.
     const Tensor weight_hh_t = weight_hh.t();
     for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = reverse ? T - 1 - s : s;
-      const int64_t t_prev = reverse ? t + 1 : t - 1;
-      const Tensor h_prev = s == 0 ? h0_c : output[t_prev];
-      Tensor g = gates[t];
+      const int64_t t = backwards ? T - 1 - s : s;
+      const int64_t t_prev = backwards ? t + 1 : t - 1;
+      const int64_t n = layout.rows[t];  // the step's sequences: all, or (packed) those still running
+      const Tensor h_prev = s == 0 ? h0_c : step_rows(output2d, t_prev, n);
+      Tensor g = step_rows(gates2d, t, n);
+      Tensor out_t = step_rows(output2d, t, n);
       void* gp = g.data_ptr();
       if (cell.lstm()) {
-        const Tensor c_prev = s == 0 ? c0_c : cell_of(s - 1, t_prev);
+        const Tensor c_prev = s == 0 ? c0_c : cell_of(s - 1, t_prev, n);
         g.addmm_(h_prev, weight_hh_t);  // in place into the step's gates
-        const PointwiseForwardArgs args{input.scalar_type(), B, H,
+        const PointwiseForwardArgs args{input.scalar_type(), n, H,
                                         /*preact=*/{gp, G, H},
                                         /*addend=*/{nullptr, 0, 0},
                                         /*c_prev=*/{c_prev.const_data_ptr(), H},
                                         /*gates=*/{gp, G, H},
-                                        /*h=*/{P > 0 ? hidden.data_ptr() : output[t].data_ptr(), H},
-                                        /*c=*/{cell_of(s, t).data_ptr(), H}};
+                                        /*h=*/{P > 0 ? hidden.data_ptr() : out_t.data_ptr(), H},
+                                        /*c=*/{cell_of(s, t, n).data_ptr(), H}};
         launch(input, args);
-        if (P > 0) {
-          Tensor r_t = output[t];
-          at::mm_out(r_t, hidden, weight_hr_c.t());
-        }
+        if (P > 0) at::mm_out(out_t, hidden.narrow(0, 0, n), weight_hr_c.t());
         continue;
       }
       // GRU: r and z in place into the gates, n into the step's hidden n.
-      Tensor hidden_n = cell_of(s, t);
+      Tensor hidden_n = cell_of(s, t, n);
       g.narrow(1, 0, 2 * H).addmm_(h_prev, weight_hh_t.narrow(1, 0, 2 * H));
       at::mm_out(hidden_n, h_prev, weight_hh_t.narrow(1, 2 * H, H));
       void* hp = hidden_n.data_ptr();
-      const GruPointwiseForwardArgs args{input.scalar_type(), B, H,
+      const GruPointwiseForwardArgs args{input.scalar_type(), n, H,
                                          /*preact=*/{gp, G, H},
                                          /*hidden_n_raw=*/{hp, H},
                                          /*bias_hn=*/bias_hn.const_data_ptr(),
                                          /*h_prev=*/{h_prev.const_data_ptr(), H},
                                          /*gates=*/{gp, G, H},
                                          /*hidden_n=*/{hp, H},
-                                         /*h=*/{output[t].data_ptr(), H}};
+                                         /*h=*/{out_t.data_ptr(), H}};
       launch(input, args);
     }
+  }
+  if (packed) {
+    // Each sequence's state at its own last step; the output back in the
+    // caller's order. (index_select makes copies: outputs may not alias.)
+    const Tensor last = rows->last_rows(input);
+    Tensor h_n = output2d.index_select(0, last);
+    Tensor c_n;
+    if (cell.lstm()) {
+      if (keep_cells) {
+        c_n = cells2d.index_select(0, last);
+      } else {  // the slot of each sequence's last step
+        Tensor slot_rows = rows->indices(B, [&](int64_t t, int64_t b) { return t % 2 * B + b; }, input, true);
+        c_n = cells2d.index_select(0, slot_rows);
+      }
+    }
+    if (reverse) output = output.index_select(0, reversal);
+    return {output, h_n, c_n, gates, cells};
   }
   // Outputs of an operator may not alias each other: h_n and c_n are copies.
   const int64_t t_last = reverse ? 0 : T - 1;
@@ -544,28 +664,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
 // c0 and grad_c_n are undefined for the GRU. want = (input, h0, c0,
 // weights). Returns (grad_input, grad_h0, grad_c0, grad_weight_ih,
 // grad_weight_hh, grad_bias_ih, grad_bias_hh); the LSTM's two bias gradients
-// are one tensor. Then grad_weight_hr (projections; else undefined).
+// are one tensor. Then grad_weight_hr (projections; else undefined). With
+// batch_sizes, the packed layout of run_layer (gates and cells as it saved
+// them: reversed sequences for the reverse direction).
 std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const Tensor& grad_output,
                                      const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
                                      const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
                                      const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
                                      const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
-                                     const std::optional<Tensor>& weight_hr = std::nullopt) {
+                                     const std::optional<Tensor>& weight_hr = std::nullopt,
+                                     const std::optional<Tensor>& batch_sizes = std::nullopt) {
   const int64_t gates_per_unit = cell.gates();
   const auto [H, P] = check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit);
   const int64_t G = gates_per_unit * H, R = P > 0 ? P : H;
-  TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D, got ", input.sizes());
-  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const bool packed = batch_sizes.has_value();
+  TORCH_CHECK_VALUE(input.dim() == (packed ? 2 : 3), op, ": input must be ", packed ? "2-D (with batch_sizes)" : "3-D",
+                    ", got ", input.sizes());
+  const int64_t I = input.size(-1);
+  const int64_t B = packed ? (h0.dim() > 0 ? h0.size(0) : 0) : input.size(1);
+  const std::optional<PackedRows> rows =
+      packed ? std::optional<PackedRows>(std::in_place, op, *batch_sizes, input.size(0), B) : std::nullopt;
+  const int64_t T = packed ? rows->steps() : input.size(0);
+  const int64_t N = packed ? input.size(0) : T * B;
+  const auto sequence_shape = [&](int64_t x) {
+    return packed ? std::vector<int64_t>{N, x} : std::vector<int64_t>{T, B, x};
+  };
+  const std::string sequence_prefix = packed ? "(rows, " : "(seq_len, batch, ";
   const Tensor& weight = weight_hh;
   const char* cells_name = cell.lstm() ? "cells" : "hidden_n";
   const char* h_width = P > 0 ? "proj_size" : "hidden_size";
-  const std::string sequence_meaning = std::string("(seq_len, batch, ") + h_width + ")";
+  const std::string sequence_meaning = sequence_prefix + h_width + ")";
   const std::string state_meaning = std::string("(batch, ") + h_width + ")";
   const std::pair<const char*, const Tensor*> sequences[] = {{"grad_output", &grad_output}, {"output", &output}};
   for (const auto& [name, t] : sequences) {
-    check_operand(op, name, *t, weight, {T, B, R}, sequence_meaning.c_str());
+    check_operand(op, name, *t, weight, sequence_shape(R), sequence_meaning.c_str());
   }
-  check_operand(op, cells_name, cells, weight, {T, B, H}, "(seq_len, batch, hidden_size)");
+  check_operand(op, cells_name, cells, weight, sequence_shape(H), (sequence_prefix + "hidden_size)").c_str());
   const std::pair<const char*, const Tensor*> states[] = {{"grad_h_n", &grad_h_n}, {"h_0", &h0}};
   for (const auto& [name, t] : states) {
     if (t->defined()) check_operand(op, name, *t, weight, {B, R}, state_meaning.c_str());
@@ -576,17 +710,27 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   }
   check_like_weight(op, "input", input, weight);
   check_operand(op, "weight_ih", weight_ih, weight, {G, I}, gates_shape(gates_per_unit, "(", ", input_size)").c_str());
-  check_operand(op, "gates", gates, weight, {T, B, G}, gates_shape(gates_per_unit, "(seq_len, batch, ", ")").c_str());
+  check_operand(op, "gates", gates, weight, sequence_shape(G),
+                gates_shape(gates_per_unit, sequence_prefix.c_str(), ")").c_str());
+  const bool backwards = reverse && !packed;
+  cpu::RecurrenceShape shape{input.scalar_type(), T, B, H, backwards, cell.kind, P};
+  if (packed) shape.batch_sizes = rows->sizes.data();
+  const cpu::StepLayout layout(shape);
 
   const c10::DeviceGuard guard(input.device());
+  // The reverse direction of packed sequences ran forwards over each
+  // sequence reversed: its input, output and output gradient in that order.
+  const Tensor reversal = packed && reverse ? rows->reversal(input) : Tensor();
+  const auto run_order = [&](const Tensor& t) { return reversal.defined() ? t.index_select(0, reversal) : t; };
+  const Tensor input_run = run_order(input), output_run = run_order(output);
   const Tensor gates_c = gates.contiguous();
   const Tensor cells_c = cells.contiguous();
   const Tensor c0_c = c0.defined() ? c0.contiguous() : c0;
   const Tensor h0_c = h0.contiguous();
   // grad_h of each step: the output's gradient plus, accumulated below, the
   // gradient flowing back from the next step.
-  Tensor grad_h = pooled_empty({T, B, R}, grad_output.options());
-  grad_h.copy_(grad_output);
+  Tensor grad_h = pooled_empty(sequence_shape(R), grad_output.options());
+  grad_h.copy_(run_order(grad_output));
   // The running gradient of c, from c_n's back to c_0's (LSTM).
   Tensor grad_c;
   if (cell.lstm()) {
@@ -603,22 +747,30 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
             cell.lstm() ? grad_bias : zeros_if(want_weights, grad_bias),
             P > 0 ? zeros_if(want_weights, *weight_hr) : Tensor()};
   }
-  Tensor grad_gates = pooled_empty({T, B, G}, gates.options());
+  Tensor grad_gates = pooled_empty(sequence_shape(G), gates.options());
   // GRU: the recurrent product's gradients, and the direct part of h_0's.
   Tensor grad_hidden, grad_h0_direct;
   if (!cell.lstm()) {
-    grad_hidden = pooled_empty({T, B, G}, gates.options());
+    grad_hidden = pooled_empty(sequence_shape(G), gates.options());
     grad_h0_direct = at::zeros({B, H}, h0.options());
   }
-  const int64_t t_first = reverse ? T - 1 : 0;
+  const int64_t t_first = backwards ? T - 1 : 0;
   // Projections: the gradient of each step's o * tanh(c), step by step.
   Tensor grad_hidden_state = P > 0 ? at::empty({B, H}, gates.options()) : Tensor();
   const Tensor weight_hr_c = P > 0 ? weight_hr->contiguous() : Tensor();
+  // Flat [N, ...] views, and the rows of step t in them.
+  const Tensor grad_h2d = grad_h.view({N, R}), gates_c2d = gates_c.view({N, G}), cells_c2d = cells_c.view({N, H});
+  const Tensor grad_gates2d = grad_gates.view({N, G});
+  const Tensor grad_hidden2d = cell.lstm() ? Tensor() : grad_hidden.view({N, G});
+  const Tensor output_run2d = output_run.reshape({N, R});
+  const auto step_rows = [&](const Tensor& t2d, int64_t t, int64_t count) {
+    return t2d.narrow(0, layout.offset[t], count);
+  };
   if (cpu_time_loop(input, T, H)) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
-    const Tensor output_c = cell.lstm() ? Tensor() : output.contiguous();  // the GRU's h_prev
-    cpu::RecurrenceBackwardArgs args{{input.scalar_type(), T, B, H, reverse, cell.kind, P},
+    const Tensor output_c = cell.lstm() ? Tensor() : output_run.contiguous();  // the GRU's h_prev
+    cpu::RecurrenceBackwardArgs args{shape,
                                      weight_hh_c.const_data_ptr(),
                                      cell.lstm() ? c0_c.const_data_ptr() : nullptr,
                                      gates_c.const_data_ptr(),
@@ -640,76 +792,93 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
     }
     cpu::recurrence_backward(args);
   } else {
-    if (grad_h_n.defined()) grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
     for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = reverse ? T - 1 - s : s;
-      const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran before t
-      Tensor gg = grad_gates[t];
+      const int64_t t = backwards ? T - 1 - s : s;
+      const int64_t t_prev = backwards ? t + 1 : t - 1;  // the step that ran before t
+      const int64_t n = layout.rows[t];
+      const int64_t n_next = s == T - 1 ? 0 : layout.rows[backwards ? t - 1 : t + 1];
+      Tensor dh_t = step_rows(grad_h2d, t, n);
+      // h_n's gradient joins where each sequence ends (all at the last step, padded).
+      if (grad_h_n.defined() && n > n_next) dh_t.narrow(0, n_next, n - n_next).add_(grad_h_n.narrow(0, n_next, n - n_next));
+      Tensor gg = step_rows(grad_gates2d, t, n);
       void* ggp = gg.data_ptr();
       if (cell.lstm()) {
-        const Tensor c_prev = s == 0 ? c0_c : cells_c[t_prev];
+        const Tensor c_prev = s == 0 ? c0_c : step_rows(cells_c2d, t_prev, n);
         void* gcp = grad_c.data_ptr();
         // Projections: grad_h holds grad_r, which W_hr takes back to o * tanh(c).
-        const Tensor dh = P > 0 ? at::mm_out(grad_hidden_state, grad_h[t], weight_hr_c)
-                                : grad_h[t];
-        const PointwiseBackwardArgs args{gates.scalar_type(), B, H,
-                                         /*gates=*/{gates_c[t].const_data_ptr(), G, H},
+        Tensor grad_hidden_rows = P > 0 ? grad_hidden_state.narrow(0, 0, n) : Tensor();
+        const Tensor dh = P > 0 ? at::mm_out(grad_hidden_rows, dh_t, weight_hr_c) : dh_t;
+        const PointwiseBackwardArgs args{gates.scalar_type(), n, H,
+                                         /*gates=*/{step_rows(gates_c2d, t, n).const_data_ptr(), G, H},
                                          /*c_prev=*/{c_prev.const_data_ptr(), H},
-                                         /*c=*/{cells_c[t].const_data_ptr(), H},
+                                         /*c=*/{step_rows(cells_c2d, t, n).const_data_ptr(), H},
                                          /*grad_h=*/{dh.const_data_ptr(), H},
                                          /*grad_c=*/{gcp, H},
                                          /*grad_gates=*/{ggp, G, H},
                                          /*grad_c_prev=*/{gcp, H}};  // in place: each element read, then written
         launch(gates, args);
-        if (s > 0) grad_h[t_prev].addmm_(gg, weight_hh);  // the one recurrent product of the step
+        if (s > 0) step_rows(grad_h2d, t_prev, n).addmm_(gg, weight_hh);  // the one recurrent product of the step
         continue;
       }
-      const Tensor h_prev = s == 0 ? h0_c : output[t_prev];
-      Tensor grad_h_prev = s == 0 ? grad_h0_direct : grad_h[t_prev];
-      Tensor gh = grad_hidden[t];
-      const GruPointwiseBackwardArgs args{gates.scalar_type(), B, H,
-                                          /*gates=*/{gates_c[t].const_data_ptr(), G, H},
-                                          /*hidden_n=*/{cells_c[t].const_data_ptr(), H},
-                                          /*h_prev=*/{h_prev.const_data_ptr(), H},
-                                          /*grad_h=*/{grad_h[t].const_data_ptr(), H},
+      const Tensor h_prev = s == 0 ? h0_c : step_rows(output_run2d, t_prev, n);
+      Tensor grad_h_prev = s == 0 ? grad_h0_direct : step_rows(grad_h2d, t_prev, n);
+      Tensor gh = step_rows(grad_hidden2d, t, n);
+      const GruPointwiseBackwardArgs args{gates.scalar_type(), n, H,
+                                          /*gates=*/{step_rows(gates_c2d, t, n).const_data_ptr(), G, H},
+                                          /*hidden_n=*/{step_rows(cells_c2d, t, n).const_data_ptr(), H},
+                                          /*h_prev=*/{h_prev.contiguous().const_data_ptr(), H},
+                                          /*grad_h=*/{dh_t.const_data_ptr(), H},
                                           /*grad_input_gates=*/{ggp, G, H},
                                           /*grad_hidden_gates=*/{gh.data_ptr(), G, H},
                                           /*grad_h_prev=*/{grad_h_prev.data_ptr(), H}};
       launch(gates, args);
-      if (s > 0) grad_h[t_prev].addmm_(gh, weight_hh);
+      if (s > 0) grad_h_prev.addmm_(gh, weight_hh);
     }
   }
   // Everything that does not recur, over all steps at once; only what the
   // caller needs (a first layer's input is data; frozen weights need nothing).
-  const Tensor gates2d = grad_gates.view({T * B, G});
-  const Tensor recurrent2d = cell.lstm() ? gates2d : grad_hidden.view({T * B, G});
+  const Tensor& gates2d = grad_gates2d;
+  const Tensor recurrent2d = cell.lstm() ? gates2d : grad_hidden2d;
   Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr;
   if (want_h0) {
-    grad_h0 = product(cell.lstm() ? grad_gates[t_first] : grad_hidden[t_first], weight_hh);
+    grad_h0 = product(step_rows(recurrent2d, t_first, B), weight_hh);
     if (!cell.lstm()) grad_h0.add_(grad_h0_direct);
   }
   if (want_input) {
-    grad_input = product(gates2d, weight_ih, Tensor(), pooled_empty({T * B, I}, input.options())).view({T, B, I});
+    grad_input = product(gates2d, weight_ih, Tensor(), pooled_empty({N, I}, input.options()));
+    grad_input = packed ? run_order(grad_input) : grad_input.view({T, B, I});
   }
   if (want_weights) {
     if (long_k_weight_grads(gates2d, I)) {
-      const Tensor input_c = input.contiguous();
-      grad_weight_ih = long_k_weight_grad(
-          gates2d, transposed(input_c.const_data_ptr<float>(), T * B, I, I, input.options()));
+      const Tensor input_c = input_run.contiguous();
+      grad_weight_ih = long_k_weight_grad(gates2d, transposed(input_c.const_data_ptr<float>(), N, I, I, input.options()));
     } else {
-      grad_weight_ih = weight_grad(gates2d, input.reshape({T * B, I}));
+      grad_weight_ih = weight_grad(gates2d, input_run.reshape({N, I}));
     }
-    grad_weight_hh = long_k_weight_grads(recurrent2d, R)
-                         ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
-                         : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({T * B, R}));
+    if (packed) {
+      // The h each row's step started from: h_0 for the first step, else the
+      // same sequence's output one step earlier (row offset[t - 1] + b).
+      const Tensor from = rows->indices(N, [&](int64_t t, int64_t b) {
+        return t == 0 ? b : B + layout.offset[t - 1] + b;
+      }, input);
+      const Tensor previous = at::cat({h0_c, output_run2d}).index_select(0, from);
+      grad_weight_hh = long_k_weight_grads(recurrent2d, R)
+                           ? long_k_weight_grad(recurrent2d, transposed(previous.const_data_ptr<float>(), N, R, R,
+                                                                        input.options()))
+                           : weight_grad(recurrent2d, previous);
+    } else {
+      grad_weight_hh = long_k_weight_grads(recurrent2d, R)
+                           ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
+                           : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({N, R}));
+    }
     grad_bias_ih = bias_grad(gates2d);
     grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(recurrent2d);
     if (P > 0) {
       // grad_r^T @ (o * tanh(c)) over all steps, [P, H]; o * tanh(c) is
       // formed again from the saved gates and cells rather than kept by the
       // forward (one pass over [T, B, H] against a tensor more to save).
-      const Tensor hidden_states = (gates_c.narrow(2, 3 * H, H) * at::tanh(cells_c)).view({T * B, H});
-      grad_weight_hr = weight_grad(grad_h.view({T * B, P}), hidden_states);
+      const Tensor hidden_states = gates_c2d.narrow(1, 3 * H, H) * at::tanh(cells_c2d);
+      grad_weight_hr = weight_grad(grad_h2d, hidden_states);
     }
   }
   return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias_ih,
@@ -721,17 +890,19 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes) {
   return run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true,
-                   weight_hr);
+                   weight_hr, batch_sizes);
 }
 
 std::tuple<Tensor, Tensor, Tensor> layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr) {
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes) {
   auto [output, h_n, c_n, gates, cells] = run_layer(kLSTM, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                                    reverse, /*keep_cells=*/false, weight_hr);
+                                                    reverse, /*keep_cells=*/false, weight_hr, batch_sizes);
   return {output, h_n, c_n};
 }
 
@@ -739,37 +910,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backwar
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
-    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr) {
+    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes) {
   // Undefined when absent, as autograd passes the gradients of unused outputs.
   const auto g = backward_layer(kLSTM, "lstm_ext.layer_backward", grad_output, grad_h_n.value_or(Tensor()),
                                 grad_c_n.value_or(Tensor()), input, h0, c0, weight_ih, weight_hh, output, gates,
-                                cells, reverse, output_mask, weight_hr);
+                                cells, reverse, output_mask, weight_hr, batch_sizes);
   return {g[0], g[1], g[2], g[3], g[4], g[5], g[7]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
-  auto [output, h_n, c_n, gates, hidden_n] =
-      run_layer(kGRU, input, h0, Tensor(), weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/true);
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes) {
+  auto [output, h_n, c_n, gates, hidden_n] = run_layer(kGRU, input, h0, Tensor(), weight_ih, weight_hh, bias_ih,
+                                                       bias_hh, reverse, /*keep_cells=*/true, std::nullopt, batch_sizes);
   return {output, h_n, gates, hidden_n};
 }
 
 std::tuple<Tensor, Tensor> gru_layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse) {
-  auto [output, h_n, c_n, gates, hidden_n] =
-      run_layer(kGRU, input, h0, Tensor(), weight_ih, weight_hh, bias_ih, bias_hh, reverse, /*keep_cells=*/false);
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes) {
+  auto [output, h_n, c_n, gates, hidden_n] = run_layer(kGRU, input, h0, Tensor(), weight_ih, weight_hh, bias_ih,
+                                                       bias_hh, reverse, /*keep_cells=*/false, std::nullopt, batch_sizes);
   return {output, h_n};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
     const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
-    const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask) {
+    const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask, const std::optional<Tensor>& batch_sizes) {
   const auto g = backward_layer(kGRU, "lstm_ext.gru_layer_backward", grad_output, grad_h_n.value_or(Tensor()),
                                 Tensor(), input, h0, Tensor(), weight_ih, weight_hh, output, gates, hidden_n,
-                                reverse, {output_mask[0], output_mask[1], false, output_mask[2]});
+                                reverse, {output_mask[0], output_mask[1], false, output_mask[2]}, std::nullopt,
+                                batch_sizes);
   return {g[0], g[1], g[3], g[4], g[5], g[6]};
 }
 

@@ -34,7 +34,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes);
 
 // layer_forward without what a backward needs: the same output, h_n and c_n
 // (bitwise), but no gates or cells returned, and only two steps' c kept while
@@ -44,7 +45,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward(
 std::tuple<Tensor, Tensor, Tensor> layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes);
 
 // Backpropagation through time for layer_forward. Returns (grad_input,
 // grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias); grad_bias is
@@ -53,11 +55,20 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference(
 // in ATen's RNN backwards, says which gradients to form: (input, h0, c0,
 // weights); the others are returned undefined and their products skipped.
 // With weight_hr, grad_weight_hr follows (undefined without it).
+//
+// batch_sizes (the LSTM's and the GRU's layer operators): the sequences of
+// a PackedSequence, sorted by length (batch_sizes its int64 CPU tensor, one
+// non-increasing entry per step, the first B): input [N, I] its data (N the
+// sum of batch_sizes), output [N, H] packed alike, gates and cells [N, ...],
+// each step over its own sequences only; h_n and c_n are each sequence's
+// state at its own last step, and the reverse direction starts each
+// sequence at its own last step.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
-    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr);
+    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes);
 
 // The GRU's layer operators, over the same engine (gates r, z, n; no c):
 // input [T, B, I], h0 [B, H], weight_ih [3H, I], weight_hh [3H, H], biases
@@ -68,14 +79,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backwar
 // grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes);
 std::tuple<Tensor, Tensor> gru_layer_inference(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
     const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
     const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
-    const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask);
+    const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask, const std::optional<Tensor>& batch_sizes);
 
 // torch.nn.LSTM's forward (lstm_layers.cpp): input (T, B, I), (B, T, I) when
 // batch_first, or (T, I) unbatched; hx empty (zero states) or (h_0, c_0),
@@ -127,17 +140,21 @@ LSTM_EXT_OPERATOR_HANDLE(gru)
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes);
 std::tuple<Tensor, Tensor, Tensor> layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr);
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes);
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes);
 std::tuple<Tensor, Tensor> gru_layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse);
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes);
 // Whether a call with these tensors needs a graph node: grad mode on and one
 // of them requiring grad (forward-mode AD is an error).
 bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,

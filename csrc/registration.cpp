@@ -25,16 +25,16 @@ TORCH_LIBRARY(lstm_ext, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "layer_forward(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None) "
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None, Tensor? batch_sizes=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
   m.def(
       "layer_inference(Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None) "
+      "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None, Tensor? batch_sizes=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse, "
-      "bool[4] output_mask, Tensor? weight_hr=None) "
+      "bool[4] output_mask, Tensor? weight_hr=None, Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias, Tensor grad_weight_hr)");
   m.def(
@@ -42,13 +42,15 @@ TORCH_LIBRARY(lstm_ext, m) {
       "bool train, bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "gru_layer_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor gates, Tensor hidden_n)");
+      "Tensor? bias_hh, bool reverse, Tensor? batch_sizes=None) "
+      "-> (Tensor output, Tensor h_n, Tensor gates, Tensor hidden_n)");
   m.def(
       "gru_layer_inference(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
-      "Tensor? bias_hh, bool reverse) -> (Tensor output, Tensor h_n)");
+      "Tensor? bias_hh, bool reverse, Tensor? batch_sizes=None) -> (Tensor output, Tensor h_n)");
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, "
-      "Tensor weight_hh, Tensor output, Tensor gates, Tensor hidden_n, bool reverse, bool[3] output_mask) "
+      "Tensor weight_hh, Tensor output, Tensor gates, Tensor hidden_n, bool reverse, bool[3] output_mask, "
+      "Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias_ih, Tensor grad_bias_hh)");
   m.def(
@@ -113,7 +115,9 @@ void unsupported_tensor_kernel(const c10::OperatorHandle& op, torch::jit::Stack*
   const auto first = stack->end() - static_cast<std::ptrdiff_t>(arguments.size());
   for (size_t k = 0; k < arguments.size(); ++k) {
     const c10::IValue& arg = *(first + static_cast<std::ptrdiff_t>(k));
-    if (arg.isTensor()) lstm_ext::check_floating(op.schema().name().c_str(), arguments[k].name().c_str(), arg.toTensor());
+    if (arg.isTensor() && arguments[k].name() != "batch_sizes") {
+      lstm_ext::check_floating(op.schema().name().c_str(), arguments[k].name().c_str(), arg.toTensor());
+    }
   }
   TORCH_CHECK_TYPE(false, op.schema().name(), ": expected dense floating point tensors");
 }
@@ -319,13 +323,13 @@ PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
   if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&bias_ih, &bias_hh, &weight_hr})) {
     auto [output, h_n, c_n] = without_gil([&] {
       return lstm_ext::layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse,
-                                                 weight_hr);
+                                                 weight_hr, std::nullopt);
     });
     return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   }
   auto [output, h_n, c_n, gates, cells] = without_gil([&] {
     return lstm_ext::layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse,
-                                             weight_hr);
+                                             weight_hr, std::nullopt);
   });
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   END_HANDLE_TH_ERRORS
@@ -361,11 +365,13 @@ PyObject* gru_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t
   at::Tensor output, h_n;
   if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3]}, {&bias_ih, &bias_hh})) {
     std::tie(output, h_n) = without_gil([&] {
-      return lstm_ext::gru_layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse);
+      return lstm_ext::gru_layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse,
+                                                     std::nullopt);
     });
   } else {
     std::tie(output, h_n, std::ignore, std::ignore) = without_gil([&] {
-      return lstm_ext::gru_layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse);
+      return lstm_ext::gru_layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse,
+                                                   std::nullopt);
     });
   }
   return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)));

@@ -132,21 +132,41 @@ def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
             c.new_empty(weight.shape[0]))
 
 
+def _check_batch_sizes(op, batch_sizes) -> None:
+    """A PackedSequence's batch_sizes: its type here; its values (which a fake tensor does not have) in the kernel."""
+    if batch_sizes is not None and not (batch_sizes.dtype == torch.int64 and batch_sizes.dim() == 1
+                                        and batch_sizes.device.type == "cpu"):
+        raise TypeError(f"{op}: batch_sizes must be a 1-D int64 CPU tensor (a PackedSequence's), got a "
+                        f"{batch_sizes.dim()}-D {_SCALAR_NAMES.get(batch_sizes.dtype, batch_sizes.dtype)} tensor on "
+                        f"{batch_sizes.device}")
+
+
+# c10's names of the dtypes, as the C++ checks print them.
+_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.int32: "Int", torch.int64: "Long",
+                 torch.float16: "Half", torch.bfloat16: "BFloat16", torch.bool: "Bool"}
+
+
 def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm_ext.LSTM", gates=4,
-                 weight_hr=None):
-    """The layer operators' checks (LSTM; the GRU's with c0 None and 3 gates); returns (T, B, H, R),
-    R the width of h (proj_size with projections, else H)."""
+                 weight_hr=None, batch_sizes=None):
+    """The layer operators' checks (LSTM; the GRU's with c0 None and 3 gates); returns (lead, B, H, R):
+    lead the sequence buffers' leading shape, (T, B), or (N,) for packed sequences (batch_sizes), and R
+    the width of h (proj_size with projections, else H)."""
     H, P = _check_recurrent_weights(op, weight_hh, weight_hr, gates)
     R = P or H
     check_like(op, "weight_hh", weight_hh, "weight", weight_hh)
-    if input.dim() != 3:
+    packed = batch_sizes is not None
+    if packed and input.dim() != 2:
+        raise ValueError(f"{op}: with batch_sizes, input must be 2-D (sum of lengths, input_size): a "
+                         f"PackedSequence's data, got {_shape(input.shape)}")
+    if not packed and input.dim() != 3:
         raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
     if not (weight_ih.dim() == 2 and weight_ih.shape[0] == gates * H):
         raise ValueError(f"{op}: weight_ih must have shape [{gates}*hidden_size, input_size] = [{gates * H}, "
                          f"input_size], got {_shape(weight_ih.shape)}")
-    T, B, I = input.shape[0], input.shape[1], weight_ih.shape[1]
-    if input.shape[2] != I:
-        raise ValueError(f"{op}: input has {input.shape[2]} features but input_size is {I} (input shape "
+    I = weight_ih.shape[1]
+    B = (h0.shape[0] if h0.dim() > 0 else 0) if packed else input.shape[1]
+    if input.shape[-1] != I:
+        raise ValueError(f"{op}: input has {input.shape[-1]} features but input_size is {I} (input shape "
                          f"{_shape(input.shape)})")
     states = (("h_0", h0),) if c0 is None else (("h_0", h0), ("c_0", c0))
     for name, t in (("input", input), ("weight_ih", weight_ih)) + states:
@@ -157,34 +177,44 @@ def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm
     for name, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
         if bias is not None:
             _check_operand(op, name, bias, weight_hh, (gates * H,), f"({gates}*hidden_size,)")
-    return T, B, H, R
+    _check_batch_sizes(op, batch_sizes)
+    return (input.shape[0],) if packed else (input.shape[0], B), B, H, R
 
 
 @torch.library.register_fake("lstm_ext::layer_forward")
-def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None):
-    T, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr)
-    return (input.new_empty(T, B, R), input.new_empty(B, R), input.new_empty(B, H),
-            input.new_empty(T, B, 4 * H), input.new_empty(T, B, H))
+def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None,
+                        batch_sizes=None):
+    lead, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr,
+                                 batch_sizes=batch_sizes)
+    return (input.new_empty(*lead, R), input.new_empty(B, R), input.new_empty(B, H),
+            input.new_empty(*lead, 4 * H), input.new_empty(*lead, H))
 
 
 @torch.library.register_fake("lstm_ext::layer_inference")
-def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None):
-    T, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr)
-    return input.new_empty(T, B, R), input.new_empty(B, R), input.new_empty(B, H)
+def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None,
+                          batch_sizes=None):
+    lead, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr,
+                                 batch_sizes=batch_sizes)
+    return input.new_empty(*lead, R), input.new_empty(B, R), input.new_empty(B, H)
 
 
 def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, output,
-                          gates, cells, gates_per_unit=4, cells_name="cells", weight_hr=None):
-    """The layer backward operators' checks; returns (T, B, I, H)."""
+                          gates, cells, gates_per_unit=4, cells_name="cells", weight_hr=None, batch_sizes=None):
+    """The layer backward operators' checks; returns H."""
     H, P = _check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit)
     R, width = (P, "proj_size") if P else (H, "hidden_size")
-    if input.dim() != 3:
-        raise ValueError(f"{op}: input must be 3-D, got {_shape(input.shape)}")
-    T, B, I = input.shape
+    packed = batch_sizes is not None
+    if input.dim() != (2 if packed else 3):
+        raise ValueError(f"{op}: input must be {'2-D (with batch_sizes)' if packed else '3-D'}, got "
+                         f"{_shape(input.shape)}")
+    I = input.shape[-1]
+    B = (h0.shape[0] if h0.dim() > 0 else 0) if packed else input.shape[1]
+    _check_batch_sizes(op, batch_sizes)
+    lead, prefix = ((input.shape[0],), "(rows, ") if packed else ((input.shape[0], B), "(seq_len, batch, ")
     G = gates_per_unit
     for name, t in (("grad_output", grad_output), ("output", output)):
-        _check_operand(op, name, t, weight_hh, (T, B, R), f"(seq_len, batch, {width})")
-    _check_operand(op, cells_name, cells, weight_hh, (T, B, H), "(seq_len, batch, hidden_size)")
+        _check_operand(op, name, t, weight_hh, (*lead, R), f"{prefix}{width})")
+    _check_operand(op, cells_name, cells, weight_hh, (*lead, H), f"{prefix}hidden_size)")
     for name, t in (("grad_h_n", grad_h_n), ("h_0", h0)):
         if t is not None:
             _check_operand(op, name, t, weight_hh, (B, R), f"(batch, {width})")
@@ -193,8 +223,8 @@ def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, we
             _check_operand(op, name, t, weight_hh, (B, H), "(batch, hidden_size)")
     check_like(op, "input", input, "weight", weight_hh)
     _check_operand(op, "weight_ih", weight_ih, weight_hh, (G * H, I), f"({G}*hidden_size, input_size)")
-    _check_operand(op, "gates", gates, weight_hh, (T, B, G * H), f"(seq_len, batch, {G}*hidden_size)")
-    return T, B, I, H
+    _check_operand(op, "gates", gates, weight_hh, (*lead, G * H), f"{prefix}{G}*hidden_size)")
+    return H
 
 
 def _like(wanted: bool, tensor: Tensor, shape) -> Optional[Tensor]:
@@ -204,9 +234,9 @@ def _like(wanted: bool, tensor: Tensor, shape) -> Optional[Tensor]:
 
 @torch.library.register_fake("lstm_ext::layer_backward")
 def _layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh,
-                         output, gates, cells, reverse, output_mask, weight_hr=None):
+                         output, gates, cells, reverse, output_mask, weight_hr=None, batch_sizes=None):
     _check_layer_backward("lstm_ext.layer_backward", grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih,
-                          weight_hh, output, gates, cells, weight_hr=weight_hr)
+                          weight_hh, output, gates, cells, weight_hr=weight_hr, batch_sizes=batch_sizes)
     want_input, want_h0, want_c0, want_weights = output_mask
     return (_like(want_input, input, input.shape), _like(want_h0, h0, h0.shape), _like(want_c0, c0, c0.shape),
             _like(want_weights, weight_ih, weight_ih.shape), _like(want_weights, weight_hh, weight_hh.shape),
@@ -218,22 +248,25 @@ _GRU = {"op": "lstm_ext.GRU", "gates": 3}
 
 
 @torch.library.register_fake("lstm_ext::gru_layer_forward")
-def _gru_layer_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    T, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
-    return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(T, B, 3 * H), input.new_empty(T, B, H)
+def _gru_layer_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes=None):
+    lead, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU,
+                                 batch_sizes=batch_sizes)
+    return (input.new_empty(*lead, H), input.new_empty(B, H), input.new_empty(*lead, 3 * H),
+            input.new_empty(*lead, H))
 
 
 @torch.library.register_fake("lstm_ext::gru_layer_inference")
-def _gru_layer_inference_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse):
-    T, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU)
-    return input.new_empty(T, B, H), input.new_empty(B, H)
+def _gru_layer_inference_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes=None):
+    lead, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU,
+                                 batch_sizes=batch_sizes)
+    return input.new_empty(*lead, H), input.new_empty(B, H)
 
 
 @torch.library.register_fake("lstm_ext::gru_layer_backward")
 def _gru_layer_backward_fake(grad_output, grad_h_n, input, h0, weight_ih, weight_hh, output, gates, hidden_n,
-                             reverse, output_mask):
-    T, B, I, H = _check_layer_backward("lstm_ext.gru_layer_backward", grad_output, grad_h_n, None, input, h0, None,
-                                       weight_ih, weight_hh, output, gates, hidden_n, 3, "hidden_n")
+                             reverse, output_mask, batch_sizes=None):
+    H = _check_layer_backward("lstm_ext.gru_layer_backward", grad_output, grad_h_n, None, input, h0, None,
+                              weight_ih, weight_hh, output, gates, hidden_n, 3, "hidden_n", batch_sizes=batch_sizes)
     want_input, want_h0, want_weights = output_mask
     return (_like(want_input, input, input.shape), _like(want_h0, h0, h0.shape),
             _like(want_weights, weight_ih, weight_ih.shape), _like(want_weights, weight_hh, weight_hh.shape),

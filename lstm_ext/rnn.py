@@ -29,7 +29,8 @@ def _needs_grad(tensors) -> bool:
 
 def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
                bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
-               reverse: bool = False, weight_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+               reverse: bool = False, weight_hr: Optional[Tensor] = None,
+               batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """One layer and direction over a whole sequence. Differentiable.
 
     Args:
@@ -41,13 +42,24 @@ def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weig
         reverse: run the time loop from step T-1 down to 0.
         weight_hr: [P, H] or None: torch.nn.LSTM's projections (proj_size P),
             h_t = weight_hr @ (o_t * tanh(c_t)).
+        batch_sizes: a PackedSequence's batch_sizes (int64 CPU, one entry per
+            step, non-increasing), with input its data (N, I) of sequences
+            sorted by length: each step runs over its own sequences, and h_n,
+            c_n are each sequence's state at its own end; the reverse
+            direction starts each sequence at its own last step.
 
     Returns:
         (output (T, B, H), (h_n, c_n)), each state (B, H), in the input's
-        dtype; output and h_n have P features with projections.
+        dtype; output and h_n have P features with projections; output is
+        (N, H) packed as the input with batch_sizes.
     """
     _require_pair(hx, "lstm_ext.lstm_layer", "(h_0, c_0)")
     tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    if batch_sizes is not None:
+        layer = _layer_forward if _needs_grad(tensors) else _layer_inference
+        output, h_n, c_n, *_ = layer(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse,
+                                     weight_hr, batch_sizes)
+        return output, (h_n, c_n)
     if _direct(tensors):
         return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr)
     if not _needs_grad(tensors):
@@ -62,7 +74,7 @@ def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weig
 
 def gru_layer(input: Tensor, h_0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
-              reverse: bool = False) -> Tuple[Tensor, Tensor]:
+              reverse: bool = False, batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One GRU layer and direction over a whole sequence. Differentiable.
 
     Args:
@@ -71,6 +83,8 @@ def gru_layer(input: Tensor, h_0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         weight_ih: [3H, I]; weight_hh: [3H, H]; bias_ih, bias_hh: [3H] or None.
             Gate blocks in torch.nn.GRU's order r, z, n.
         reverse: run the time loop from step T-1 down to 0.
+        batch_sizes: a PackedSequence's, as for lstm_layer: input (N, I) its
+            data, output (N, H).
 
     Returns:
         (output (T, B, H), h_n (B, H)), in the input's dtype.
@@ -79,6 +93,10 @@ def gru_layer(input: Tensor, h_0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         raise TypeError(f"lstm_ext.gru_layer: h_0 must be a Tensor of shape (batch, hidden_size), got "
                         f"{_describe(h_0)}")
     tensors = (input, h_0, weight_ih, weight_hh, bias_ih, bias_hh)
+    if batch_sizes is not None:
+        layer = _gru_layer_forward if _needs_grad(tensors) else _gru_layer_inference
+        output, h_n, *_ = layer(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
+        return output, h_n
     if _direct(tensors):
         return native.gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
     if not _needs_grad(tensors):
@@ -284,8 +302,8 @@ class LSTM(_RNNBase):
     product for all steps' input projections, then per step one recurrent
     product and one fused pointwise pass; the backward runs through time in the
     same way and forms only the gradients autograd asks for. A PackedSequence
-    runs one operator call per stretch of steps over which the batch does not
-    shrink. Works with torch.compile(fullgraph=True), torch.jit.trace,
+    runs the same one operator call per layer and direction, each step over
+    the sequences it still has. Works with torch.compile(fullgraph=True), torch.jit.trace,
     torch.export, autocast, DDP, parametrizations and meta-device init.
 
     Example::

@@ -370,6 +370,34 @@ CASES.update({
                                ALL_PATHS),
 })
 
+
+def packed_layer_case(change):
+    """torch.ops.lstm_ext.layer_forward on packed sequences of lengths (3, 2, 1): data (6, 3), h_0 and c_0 (3, 4),
+    batch_sizes [3, 2, 1]; change(device, args) -> args."""
+    def build(device):
+        args = [randn(6, 3, device=device), randn(3, 4, device=device), randn(3, 4, device=device),
+                randn(16, 3, device=device), randn(16, 4, device=device), None, None, False, None,
+                torch.tensor([3, 2, 1])]
+        return torch.ops.lstm_ext.layer_forward, tuple(change(device, args))
+    return build
+
+
+CASES.update({
+    # --- variable lengths (batch_sizes) -------------------------------------------
+    "packed layer: float batch_sizes": (packed_layer_case(replaced(9, lambda d, t: t.float())), TypeError,
+                                        r"batch_sizes must be a 1-D int64 CPU tensor \(a PackedSequence's\), got a "
+                                        r"1-D Float tensor on cpu", ALL_PATHS),
+    "packed layer: 3-D input": (packed_layer_case(replaced(0, lambda d, t: t[None])), ValueError,
+                                r"with batch_sizes, input must be 2-D \(sum of lengths, input_size\)", ALL_PATHS),
+    "packed layer: h_0 of another batch": (packed_layer_case(replaced(1, lambda d, t: t[:2])), ValueError,
+                                           r"c_0 must have shape \[2, 4\] \(batch, hidden_size\), got \[3, 4\]",
+                                           ALL_PATHS),
+    # Values: only a real kernel reads them.
+    "packed layer: increasing batch_sizes": (packed_layer_case(replaced(9, lambda d, t: torch.tensor([3, 1, 2]))),
+                                             ValueError, r"batch_sizes must be positive and non-increasing",
+                                             ("direct", "torch.ops")),
+})
+
 def call_on_path(path, build):
     if path == "meta":
         fn, args = build("meta")

@@ -4,7 +4,7 @@ torch.nn's modules with the same parameters, outputs and every gradient.
 
 Each seed is one case, so a failure names the seed that reproduces it. The
 suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800, 300, 400,
-400 and 200);
+400 and 200, and 300 of PackedSequence input);
 set it higher to run thousands locally:
 
     LSTM_EXT_FUZZ_CASES=5000 pytest tests/test_fuzz.py -q
@@ -22,6 +22,7 @@ import lstm_ext
 CASES = int(os.environ.get("LSTM_EXT_FUZZ_CASES", "0"))
 LSTM_CASES = CASES or 800
 PROJ_CASES = CASES or 300
+PACKED_CASES = CASES or 300
 CELL_CASES = CASES or 400
 GRU_CASES = CASES or 400
 GRU_CELL_CASES = CASES or 200
@@ -187,4 +188,45 @@ def test_gru_cell_against_torch(seed):
         loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)).sum()
         wrt = [t for t in (x, h, *module.parameters()) if t is not None and t.requires_grad]
         results.append([out, *(torch.autograd.grad(loss, wrt) if wrt else ())])
+    compare(results[1], results[0], TOLERANCES[dtype], what)
+
+
+@pytest.mark.parametrize("seed", range(PACKED_CASES))
+def test_packed_sequence_against_torch(seed):
+    """A PackedSequence of random lengths (sorted or not) through an LSTM, an
+    LSTM with projections or a GRU, against torch.nn's packed path."""
+    rng = random.Random(50_000 + seed)
+    torch.manual_seed(seed)
+    kind = rng.choice(["lstm", "lstmp", "gru"])
+    dtype = torch.float64 if rng.random() < 0.8 else torch.float32
+    config = dict(num_layers=rng.randint(1, 3), bidirectional=rng.random() < 0.5, bias=rng.random() < 0.8)
+    B, I, H = rng.randint(1, 6), rng.randint(1, 7), rng.randint(2, 8)
+    if kind == "lstmp":
+        config["proj_size"] = rng.randint(1, H - 1)
+    lengths = [rng.randint(1, 6) for _ in range(B)]
+    enforce_sorted = rng.random() < 0.3
+    if enforce_sorted:
+        lengths.sort(reverse=True)
+    torch_module = nn.GRU if kind == "gru" else nn.LSTM
+    ref = torch_module(I, H, dtype=dtype, **config)
+    fused = (lstm_ext.GRU if kind == "gru" else lstm_ext.LSTM).from_torch(ref)
+    freeze_some(rng, ref, fused)
+    x = torch.randn(max(lengths), B, I, dtype=dtype).requires_grad_(rng.random() < 0.7)
+    layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
+    widths = (H,) if kind == "gru" else (config.get("proj_size") or H, H)
+    state = None
+    if rng.random() < 0.6:
+        state = tuple(torch.randn(layers, B, n, dtype=dtype).requires_grad_(rng.random() < 0.5) for n in widths)
+    what = f"seed {seed}: {kind} {config}, lengths={lengths}, (I, H)={(I, H)}, {dtype}"
+    results = []
+    for module in (ref, fused):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+        out, states = module(packed, (state[0] if kind == "gru" else state) if state is not None else None)
+        states = states if isinstance(states, tuple) else (states,)
+        w = torch.linspace(-1, 1, out.data.numel(), dtype=dtype).reshape(out.data.shape)
+        loss = (out.data * w).sum() + sum((2 - 5 * k) * s.sum() for k, s in enumerate(states))
+        wrt = [x, *(state or ()), *module.parameters()]
+        needed = [t for t in wrt if t.requires_grad]
+        grads = iter(torch.autograd.grad(loss, needed, allow_unused=True) if needed else ())
+        results.append([out.data, *states, *[next(grads) if t.requires_grad else None for t in wrt]])
     compare(results[1], results[0], TOLERANCES[dtype], what)

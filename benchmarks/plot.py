@@ -7,6 +7,8 @@ Without a path, the results file of this machine. Writes:
   cell_speedup.png      lstm_ext.LSTMCell's speed-up over torch.nn.LSTMCell and the reference
   sequence_time.png     forward+backward time per shape: lstm_ext, torch.nn.LSTM, the Python loops
   gru_speedup.png       lstm_ext.GRU's speed-up over torch.nn.GRU per shape and pass (--cell gru rows)
+  proj_speedup.png      lstm_ext.LSTM(proj_size=H/2)'s over torch.nn.LSTM(proj_size=H/2) (--cell lstmp rows)
+  packed_speedup.png    a PackedSequence through lstm_ext: over torch.nn's packed path, and over our padded batch
 Speed-up is the other implementation's median time / lstm_ext's: above 1, lstm_ext is faster.
 matplotlib is needed here only (the package never imports it).
 """
@@ -122,6 +124,32 @@ def sequence_time(machine, times, out):
     return save(fig, out, "sequence_time.png")
 
 
+def packed_speedup(machine, times_by_cell, out):
+    """Per cell, per shape and layer count: torch.nn's packed time / ours, and our padded batch's / our packed."""
+    cells = [(name, times) for name, times in times_by_cell.items()
+             if any(k[1] == "fwd+bwd, packed" for k in times)]
+    if not cells:
+        return None
+    fig, axes = plt.subplots(len(cells), 1, figsize=(9, 3.6 * len(cells)), squeeze=False)
+    for ax, (name, times) in zip(axes[:, 0], cells):
+        groups, values, series = [], {}, []
+        for (bench, pass_, B, T, I, H, lay), impls in times.items():
+            if bench != "sequence" or pass_ != "fwd+bwd, packed":
+                continue
+            group = (B, T, I, H)
+            if group not in groups:
+                groups.append(group)
+            for other, label in (("torch", f"vs torch.nn.{name}, packed"), ("lstm_ext_padded", "vs our padded batch")):
+                if other in impls:
+                    key = f"{label}, L={lay}"
+                    values[(group, key)] = impls[other] / impls["lstm_ext"]
+                    if key not in series:
+                        series.append(key)
+        bars(ax, groups, series, values, f"lstm_ext.{name}, PackedSequence of lengths T/2..T, fwd+bwd, float32")
+    fig.suptitle(machine_caption(machine), fontsize=8)
+    return save(fig, out, "packed_speedup.png")
+
+
 def save(fig, out, name):
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name)
@@ -148,9 +176,12 @@ def main() -> None:
     results = args.results or default_results()
     machine, times = load(results)
     _, gru_times = load(results, cell="gru")
+    _, proj_times = load(results, cell="lstmp")
     for path in (sequence_speedup(machine, times, args.out), cell_speedup(machine, times, args.out),
                  sequence_time(machine, times, args.out),
-                 sequence_speedup(machine, gru_times, args.out, "GRU", "gru_speedup.png")):
+                 sequence_speedup(machine, gru_times, args.out, "GRU", "gru_speedup.png"),
+                 sequence_speedup(machine, proj_times, args.out, "LSTM(proj_size=H/2)", "proj_speedup.png"),
+                 packed_speedup(machine, {"LSTM": times, "GRU": gru_times}, args.out)):
         if path:
             print("wrote", path)
 

@@ -440,29 +440,52 @@ struct PackedRows {
   int64_t length(int64_t b) const {
     return std::partition_point(sizes.begin(), sizes.end(), [b](int64_t n) { return n > b; }) - sizes.begin();
   }
-  Tensor indices(int64_t n, const std::function<int64_t(int64_t t, int64_t b)>& row, const Tensor& like,
-                 bool per_sequence = false) const {
-    Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kLong));
-    int64_t* o = out.mutable_data_ptr<int64_t>();
+  // row(t, b) for every row (t, b) in packed order, or (per_sequence) for
+  // each sequence's last step.
+  std::vector<int64_t> indices(const std::function<int64_t(int64_t t, int64_t b)>& row,
+                               bool per_sequence = false) const {
+    std::vector<int64_t> out(per_sequence ? batch : layout.offset.back() + sizes.back());
     if (per_sequence) {
-      for (int64_t b = 0; b < batch; ++b) o[b] = row(length(b) - 1, b);
+      for (int64_t b = 0; b < batch; ++b) out[b] = row(length(b) - 1, b);
     } else {
       for (int64_t t = 0; t < steps(); ++t)
-        for (int64_t b = 0; b < sizes[t]; ++b) o[layout.offset[t] + b] = row(t, b);
+        for (int64_t b = 0; b < sizes[t]; ++b) out[layout.offset[t] + b] = row(t, b);
     }
-    return out.to(like.device());
+    return out;
   }
   // Row of (t, b) after each sequence is reversed within its length: the
   // reverse direction runs as a forward one over those rows (its own inverse).
-  Tensor reversal(const Tensor& like) const {
-    return indices(layout.offset.back() + sizes.back(),
-                   [&](int64_t t, int64_t b) { return layout.offset[length(b) - 1 - t] + b; }, like);
+  std::vector<int64_t> reversal() const {
+    return indices([&](int64_t t, int64_t b) { return layout.offset[length(b) - 1 - t] + b; });
   }
   // Row of each sequence's last step, [B].
-  Tensor last_rows(const Tensor& like) const {
-    return indices(batch, [&](int64_t t, int64_t b) { return layout.offset[t] + b; }, like, true);
+  std::vector<int64_t> last_rows() const {
+    return indices([&](int64_t t, int64_t b) { return layout.offset[t] + b; }, true);
   }
 };
+
+// Rows of first [M, C] (indices below M) and then of second, as a new
+// [rows, C] tensor: on the CPU one memcpy per row (at small sizes an
+// index_select and its index tensor cost more than the copies), else cat and
+// index_select.
+Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Tensor& second = Tensor()) {
+  const int64_t M = first.size(0);
+  if (!cpu_specialized(first)) {
+    const Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(first.device());
+    return (second.defined() ? at::cat({first, second}) : first).index_select(0, index);
+  }
+  const Tensor a = first.contiguous(), b = second.defined() ? second.contiguous() : Tensor();
+  Tensor out = pooled_empty({static_cast<int64_t>(rows.size()), first.size(1)}, first.options());
+  const size_t row_bytes = static_cast<size_t>(first.size(1)) * first.element_size();
+  auto* dst = static_cast<char*>(out.data_ptr());
+  const auto* src_a = static_cast<const char*>(a.const_data_ptr());
+  const auto* src_b = b.defined() ? static_cast<const char*>(b.const_data_ptr()) : nullptr;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const char* src = rows[r] < M ? src_a + rows[r] * row_bytes : src_b + (rows[r] - M) * row_bytes;
+    std::memcpy(dst + r * row_bytes, src, row_bytes);
+  }
+  return out;
+}
 
 // layer_forward and layer_inference of either cell: the same checks and the
 // same time loop; keep_cells says whether every step's c (LSTM) or hidden n
@@ -527,9 +550,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   };
 
   const c10::DeviceGuard guard(input.device());
-  const Tensor reversal = packed && reverse ? rows->reversal(input) : Tensor();
+  const std::vector<int64_t> reversal = packed && reverse ? rows->reversal() : std::vector<int64_t>();
   // All time steps' input projections in one matrix product, biases folded in.
-  const Tensor x2d = packed ? (reverse ? input.index_select(0, reversal) : input) : input.reshape({N, I});
+  const Tensor x2d = packed ? (reverse ? take_rows(input, reversal) : input) : input.reshape({N, I});
   Tensor w_ih = weight_ih;
   Tensor bias, bias2, bias_hn;
   if (cell.lstm()) {
@@ -638,19 +661,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   }
   if (packed) {
     // Each sequence's state at its own last step; the output back in the
-    // caller's order. (index_select makes copies: outputs may not alias.)
-    const Tensor last = rows->last_rows(input);
-    Tensor h_n = output2d.index_select(0, last);
+    // caller's order (copies: outputs may not alias).
+    const std::vector<int64_t> last = rows->last_rows();
+    Tensor h_n = take_rows(output2d, last);
     Tensor c_n;
     if (cell.lstm()) {
       if (keep_cells) {
-        c_n = cells2d.index_select(0, last);
+        c_n = take_rows(cells2d, last);
       } else {  // the slot of each sequence's last step
-        Tensor slot_rows = rows->indices(B, [&](int64_t t, int64_t b) { return t % 2 * B + b; }, input, true);
-        c_n = cells2d.index_select(0, slot_rows);
+        c_n = take_rows(cells2d, rows->indices([&](int64_t t, int64_t b) { return t % 2 * B + b; }, true));
       }
     }
-    if (reverse) output = output.index_select(0, reversal);
+    if (reverse) output = take_rows(output, reversal);
     return {output, h_n, c_n, gates, cells};
   }
   // Outputs of an operator may not alias each other: h_n and c_n are copies.
@@ -720,8 +742,8 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   const c10::DeviceGuard guard(input.device());
   // The reverse direction of packed sequences ran forwards over each
   // sequence reversed: its input, output and output gradient in that order.
-  const Tensor reversal = packed && reverse ? rows->reversal(input) : Tensor();
-  const auto run_order = [&](const Tensor& t) { return reversal.defined() ? t.index_select(0, reversal) : t; };
+  const std::vector<int64_t> reversal = packed && reverse ? rows->reversal() : std::vector<int64_t>();
+  const auto run_order = [&](const Tensor& t) { return reversal.empty() ? t : take_rows(t, reversal); };
   const Tensor input_run = run_order(input), output_run = run_order(output);
   const Tensor gates_c = gates.contiguous();
   const Tensor cells_c = cells.contiguous();
@@ -858,10 +880,9 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
     if (packed) {
       // The h each row's step started from: h_0 for the first step, else the
       // same sequence's output one step earlier (row offset[t - 1] + b).
-      const Tensor from = rows->indices(N, [&](int64_t t, int64_t b) {
-        return t == 0 ? b : B + layout.offset[t - 1] + b;
-      }, input);
-      const Tensor previous = at::cat({h0_c, output_run2d}).index_select(0, from);
+      const Tensor previous =
+          take_rows(h0_c, rows->indices([&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }),
+                    output_run2d);
       grad_weight_hh = long_k_weight_grads(recurrent2d, R)
                            ? long_k_weight_grad(recurrent2d, transposed(previous.const_data_ptr<float>(), N, R, R,
                                                                         input.options()))

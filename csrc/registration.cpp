@@ -307,12 +307,12 @@ PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih or None,
-// bias_hh or None, reverse, weight_hr or None) -> (output, (h_n, c_n)); layer_inference when
+// bias_hh or None, reverse, weight_hr or None, batch_sizes or None) -> (output, (h_n, c_n)); layer_inference when
 // nothing needs a gradient, which keeps nothing for a backward.
 PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   constexpr const char* name = "lstm_ext.lstm_layer";
-  check_nargs(nargs, 9, "layer_forward");
+  check_nargs(nargs, 10, "layer_forward");
   const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
   const at::Tensor* t[5];
   for (int k = 0; k < 5; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
@@ -320,16 +320,17 @@ PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
   const auto bias_hh = optional_tensor_arg(args[6], name, "bias_hh");
   const bool reverse = bool_arg(args[7]);
   const auto weight_hr = optional_tensor_arg(args[8], name, "weight_hr");
+  const auto batch_sizes = optional_tensor_arg(args[9], name, "batch_sizes");
   if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&bias_ih, &bias_hh, &weight_hr})) {
     auto [output, h_n, c_n] = without_gil([&] {
       return lstm_ext::layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse,
-                                                 weight_hr, std::nullopt);
+                                                 weight_hr, batch_sizes);
     });
     return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   }
   auto [output, h_n, c_n, gates, cells] = without_gil([&] {
     return lstm_ext::layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], bias_ih, bias_hh, reverse,
-                                             weight_hr, std::nullopt);
+                                             weight_hr, batch_sizes);
   });
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   END_HANDLE_TH_ERRORS
@@ -350,28 +351,29 @@ PyObject* gru_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // gru_layer_forward(input, h0, weight_ih, weight_hh, bias_ih or None, bias_hh
-// or None, reverse) -> (output, h_n); gru_layer_inference when nothing needs
+// or None, reverse, batch_sizes or None) -> (output, h_n); gru_layer_inference when nothing needs
 // a gradient.
 PyObject* gru_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   constexpr const char* name = "lstm_ext.gru_layer";
-  check_nargs(nargs, 7, "gru_layer_forward");
+  check_nargs(nargs, 8, "gru_layer_forward");
   const char* names[] = {"input", "h_0", "weight_ih", "weight_hh"};
   const at::Tensor* t[4];
   for (int k = 0; k < 4; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
   const auto bias_ih = optional_tensor_arg(args[4], name, "bias_ih");
   const auto bias_hh = optional_tensor_arg(args[5], name, "bias_hh");
   const bool reverse = bool_arg(args[6]);
+  const auto batch_sizes = optional_tensor_arg(args[7], name, "batch_sizes");
   at::Tensor output, h_n;
   if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3]}, {&bias_ih, &bias_hh})) {
     std::tie(output, h_n) = without_gil([&] {
       return lstm_ext::gru_layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse,
-                                                     std::nullopt);
+                                                     batch_sizes);
     });
   } else {
     std::tie(output, h_n, std::ignore, std::ignore) = without_gil([&] {
       return lstm_ext::gru_layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], bias_ih, bias_hh, reverse,
-                                                   std::nullopt);
+                                                   batch_sizes);
     });
   }
   return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)));

@@ -22,7 +22,7 @@ from lstm_ext.model import GRUModel, LSTMModel
 from lstm_ext.rnn import GRU, LSTM, gru_layer, lstm_layer
 from lstm_ext import reference
 
-__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.4.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "GRU", "GRUCell", "GRUModel", "lstm_cell",
            "lstm_layer", "gru_layer", "reference",

@@ -345,7 +345,7 @@ class GRUCell(nn.Module):
         # The layer operator over one step: (1, B, I) in, h_n out.
         x = input.unsqueeze(0)
         if _direct((x, hx, *weights)):
-            _, h = native.gru_layer_forward(x, hx, *weights, False)
+            _, h = native.gru_layer_forward(x, hx, *weights, False, None)
         else:
             _, h = gru_layer(x, hx, *weights)
         return h if batched else h.squeeze(0)

@@ -54,21 +54,17 @@ def lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weig
         (N, H) packed as the input with batch_sizes.
     """
     _require_pair(hx, "lstm_ext.lstm_layer", "(h_0, c_0)")
-    tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    if batch_sizes is not None:
-        layer = _layer_forward if _needs_grad(tensors) else _layer_inference
-        output, h_n, c_n, *_ = layer(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse,
-                                     weight_hr, batch_sizes)
-        return output, (h_n, c_n)
+    tensors = (input, *hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes)
     if _direct(tensors):
-        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr)
+        return native.layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr,
+                                    batch_sizes)
     if not _needs_grad(tensors):
         # Nothing to differentiate: the operator that keeps nothing for a backward.
         output, h_n, c_n = _layer_inference(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse,
-                                            weight_hr)
+                                            weight_hr, batch_sizes)
         return output, (h_n, c_n)
     output, h_n, c_n, _, _ = _layer_forward(input, hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh, reverse,
-                                            weight_hr)
+                                            weight_hr, batch_sizes)
     return output, (h_n, c_n)
 
 
@@ -92,16 +88,12 @@ def gru_layer(input: Tensor, h_0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     if not isinstance(h_0, Tensor):
         raise TypeError(f"lstm_ext.gru_layer: h_0 must be a Tensor of shape (batch, hidden_size), got "
                         f"{_describe(h_0)}")
-    tensors = (input, h_0, weight_ih, weight_hh, bias_ih, bias_hh)
-    if batch_sizes is not None:
-        layer = _gru_layer_forward if _needs_grad(tensors) else _gru_layer_inference
-        output, h_n, *_ = layer(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
-        return output, h_n
+    tensors = (input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes)
     if _direct(tensors):
-        return native.gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+        return native.gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
     if not _needs_grad(tensors):
-        return _gru_layer_inference(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
-    output, h_n, _, _ = _gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse)
+        return _gru_layer_inference(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
+    output, h_n, _, _ = _gru_layer_forward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
     return output, h_n
 
 

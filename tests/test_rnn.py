@@ -275,7 +275,7 @@ def test_bad_input_lstm_op():
     with pytest.raises(ValueError, match=r"expected h_0 to be a tensor, got a list of length 1"):
         fused(x, ([0], torch.zeros(1, 2, 4)))
     with pytest.raises(TypeError, match=r"lstm_ext.lstm_layer: bias_hh must be a Tensor, got str"):
-        native.layer_forward(x, *args[2][:2], *args[2][:3], "b", False, None)
+        native.layer_forward(x, *args[2][:2], *args[2][:3], "b", False, None, None)
 
 
 def test_lstm_layer_direct_binding_and_torch_ops_agree(device):

@@ -61,13 +61,34 @@ std::pair<Tensor, Tensor> composite_step_backward(const CompositeStep& s, const 
   return {grad_preact, grad_c_total * s.f};
 }
 
-// The differentiable backward recomputes padded sequences only: a
-// PackedSequence's layer says so rather than give a wrong second order.
-void check_differentiable_packed(const std::optional<Tensor>& batch_sizes) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!batch_sizes.has_value(),
-                              "lstm_ext: a differentiable backward (create_graph=True, double backward, torch.func) "
-                              "through a PackedSequence is not supported; pad the batch "
-                              "(torch.nn.utils.rnn.pad_packed_sequence) for it");
+// A PackedSequence's steps for the differentiable backward: step t's
+// sizes[t] rows at offset[t] of the [N, ...] buffers, the reverse direction
+// over each sequence reversed (run_order, its own inverse), as the kernels
+// run them (csrc/lstm_ops.cpp).
+struct PackedSteps {
+  std::vector<int64_t> sizes, offset;
+  Tensor reversal;
+
+  PackedSteps(const Tensor& batch_sizes, bool reverse, const at::Device& device) {
+    const Tensor c = batch_sizes.contiguous();
+    const int64_t* p = c.const_data_ptr<int64_t>();
+    sizes.assign(p, p + c.numel());
+    int64_t next = 0;
+    for (const int64_t n : sizes) {
+      offset.push_back(next);
+      next += n;
+    }
+    if (reverse) reversal = at::tensor(packed_reversal(batch_sizes), at::TensorOptions().dtype(at::kLong)).to(device);
+  }
+  int64_t steps() const { return static_cast<int64_t>(sizes.size()); }
+  Tensor run_order(const Tensor& t) const { return reversal.defined() ? t.index_select(0, reversal) : t; }
+};
+
+// state with its first head.size(0) rows replaced by head (the sequences that
+// ran the step; the others keep their final state), differentiably.
+Tensor with_head(const Tensor& head, const Tensor& state) {
+  const int64_t n = head.size(0), rows = state.size(0);
+  return n == rows ? head : at::cat({head, state.narrow(0, n, rows - n)});
 }
 
 // The graph nodes are written out rather than made by torch::autograd::Function,
@@ -143,7 +164,9 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
     const std::lock_guard<std::mutex> lock(mutex_);
     const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells, bias_ih, bias_hh, weight_hr] = unpack();
     if (at::GradMode::is_enabled()) {
-      check_differentiable_packed(batch_sizes);
+      if (batch_sizes.has_value()) {
+        return differentiable_packed(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
+      }
       return differentiable(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
     }
     const at::AutoDispatchBelowADInplaceOrView below;
@@ -202,6 +225,55 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
             T == 0 ? at::zeros_like(weight_hh) : at::mm(flat.t(), at::stack(h_prev).reshape({T * B, R})),
             has_bias_ih ? grad_bias : Tensor(), has_bias_hh ? grad_bias : Tensor(), grad_weight_hr};
   }
+
+  // The same over a PackedSequence's rows (input, output and its gradient [N, ...]).
+  variable_list differentiable_packed(const variable_list& grads, const Tensor& input, const Tensor& h0,
+                                      const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+                                      const Tensor& bias_ih, const Tensor& bias_hh, const Tensor& weight_hr) const {
+    const PackedSteps rows(*batch_sizes, reverse, input.device());
+    const int64_t T = rows.steps();
+    const bool projected_h = weight_hr.defined();
+    const Tensor x = rows.run_order(input);
+    Tensor projected = at::matmul(x, weight_ih.t());
+    if (bias_ih.defined()) projected = projected + bias_ih;
+    if (bias_hh.defined()) projected = projected + bias_hh;
+    std::vector<CompositeStep> steps;
+    std::vector<Tensor> h_prev(T);
+    Tensor h = h0, c = c0;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = rows.sizes[t];
+      h_prev[t] = h.narrow(0, 0, n);
+      steps.push_back(composite_step(at::addmm(projected.narrow(0, rows.offset[t], n), h_prev[t], weight_hh.t()),
+                                     c.narrow(0, 0, n)));
+      h = with_head(projected_h ? at::mm(steps.back().h, weight_hr.t()) : steps.back().h, h);
+      c = with_head(steps.back().c, c);
+    }
+    // Each sequence's h_n and c_n are its state after its own last step.
+    Tensor grad_h = grads[1].defined() ? grads[1] : at::zeros_like(h0);
+    Tensor grad_c = grads[2].defined() ? grads[2] : at::zeros_like(c0);
+    const Tensor grad_output = grads[0].defined() ? rows.run_order(grads[0]) : Tensor();
+    Tensor grad_weight_hr = projected_h ? at::zeros_like(weight_hr) : Tensor();
+    std::vector<Tensor> grad_preacts(T);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t n = rows.sizes[t];
+      Tensor grad_step = grad_h.narrow(0, 0, n);
+      if (grad_output.defined()) grad_step = grad_step + grad_output.narrow(0, rows.offset[t], n);
+      Tensor grad_hidden = grad_step;
+      if (projected_h) {
+        grad_weight_hr = grad_weight_hr + at::mm(grad_step.t(), steps[t].h);
+        grad_hidden = at::mm(grad_step, weight_hr);
+      }
+      Tensor grad_c_prev;
+      std::tie(grad_preacts[t], grad_c_prev) = composite_step_backward(steps[t], grad_hidden, grad_c.narrow(0, 0, n));
+      grad_h = with_head(at::mm(grad_preacts[t], weight_hh), grad_h);
+      grad_c = with_head(grad_c_prev, grad_c);
+    }
+    const Tensor grad_preact = at::cat(grad_preacts);  // packed order
+    const Tensor grad_bias = grad_preact.sum(0);
+    return {rows.run_order(at::mm(grad_preact, weight_ih)), grad_h, grad_c, at::mm(grad_preact.t(), x),
+            at::mm(grad_preact.t(), at::cat(h_prev)), has_bias_ih ? grad_bias : Tensor(),
+            has_bias_hh ? grad_bias : Tensor(), grad_weight_hr};
+  }
 };
 
 // The GRU's: edges to input, h0, weight_ih, weight_hh, bias_ih, bias_hh.
@@ -216,7 +288,7 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
     const std::lock_guard<std::mutex> lock(mutex_);
     const auto [input, h0, weight_ih, weight_hh, output, gates, hidden_n, bias_ih, bias_hh] = unpack();
     if (at::GradMode::is_enabled()) {
-      check_differentiable_packed(batch_sizes);
+      if (batch_sizes.has_value()) return differentiable_packed(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
       return differentiable(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
     }
     const at::AutoDispatchBelowADInplaceOrView below;
@@ -279,6 +351,54 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
     return {at::matmul(grad_input_gates, weight_ih), grad_h, at::mm(flat_input.t(), input.reshape({T * B, I})),
             at::mm(flat_hidden.t(), at::stack(h_prev).reshape({T * B, H})),
             has_bias_ih ? flat_input.sum(0) : Tensor(), has_bias_hh ? flat_hidden.sum(0) : Tensor()};
+  }
+
+  // The same over a PackedSequence's rows.
+  variable_list differentiable_packed(const variable_list& grads, const Tensor& input, const Tensor& h0,
+                                      const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& bias_ih,
+                                      const Tensor& bias_hh) const {
+    const PackedSteps rows(*batch_sizes, reverse, input.device());
+    const int64_t T = rows.steps();
+    const Tensor x = rows.run_order(input);
+    Tensor projected = at::matmul(x, weight_ih.t());
+    if (bias_ih.defined()) projected = projected + bias_ih;
+    struct Step {
+      Tensor r, z, n, hidden_n, h_prev;
+    };
+    std::vector<Step> steps;
+    Tensor h = h0;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t rows_t = rows.sizes[t];
+      const Tensor h_prev = h.narrow(0, 0, rows_t);
+      Tensor recurrent = at::mm(h_prev, weight_hh.t());
+      if (bias_hh.defined()) recurrent = recurrent + bias_hh;
+      const auto gi = projected.narrow(0, rows.offset[t], rows_t).chunk(3, 1);
+      const auto gh = recurrent.chunk(3, 1);
+      Step step{at::sigmoid(gi[0] + gh[0]), at::sigmoid(gi[1] + gh[1]), Tensor(), gh[2], h_prev};
+      step.n = at::tanh(gi[2] + step.r * gh[2]);
+      h = with_head(step.n + step.z * (h_prev - step.n), h);
+      steps.push_back(std::move(step));
+    }
+    Tensor grad_h = grads[1].defined() ? grads[1] : at::zeros_like(h0);
+    const Tensor grad_output = grads[0].defined() ? rows.run_order(grads[0]) : Tensor();
+    std::vector<Tensor> grad_inputs(T), grad_hiddens(T), h_prev(T);  // packed order
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const Step& st = steps[t];
+      const int64_t rows_t = rows.sizes[t];
+      Tensor grad_step = grad_h.narrow(0, 0, rows_t);
+      if (grad_output.defined()) grad_step = grad_step + grad_output.narrow(0, rows.offset[t], rows_t);
+      const Tensor grad_n = grad_step * (1 - st.z) * (1 - st.n * st.n);
+      const Tensor grad_z = grad_step * (st.h_prev - st.n) * st.z * (1 - st.z);
+      const Tensor grad_r = grad_n * st.hidden_n * st.r * (1 - st.r);
+      grad_inputs[t] = at::cat({grad_r, grad_z, grad_n}, 1);
+      grad_hiddens[t] = at::cat({grad_r, grad_z, grad_n * st.r}, 1);
+      grad_h = with_head(grad_step * st.z + at::mm(grad_hiddens[t], weight_hh), grad_h);
+      h_prev[t] = st.h_prev;
+    }
+    const Tensor flat_input = at::cat(grad_inputs), flat_hidden = at::cat(grad_hiddens);
+    return {rows.run_order(at::mm(flat_input, weight_ih)), grad_h, at::mm(flat_input.t(), x),
+            at::mm(flat_hidden.t(), at::cat(h_prev)), has_bias_ih ? flat_input.sum(0) : Tensor(),
+            has_bias_hh ? flat_hidden.sum(0) : Tensor()};
   }
 };
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstring>
 #include <functional>
+#include <numeric>
 #include <optional>
 #include <vector>
 #include <algorithm>
@@ -967,6 +968,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
                                 reverse, {output_mask[0], output_mask[1], false, output_mask[2]}, std::nullopt,
                                 batch_sizes);
   return {g[0], g[1], g[3], g[4], g[5], g[6]};
+}
+
+std::vector<int64_t> packed_reversal(const Tensor& batch_sizes) {
+  const Tensor sizes = batch_sizes.contiguous();
+  const int64_t* p = sizes.const_data_ptr<int64_t>();
+  const int64_t rows = std::accumulate(p, p + sizes.numel(), int64_t(0));
+  return PackedRows("lstm_ext", sizes, rows, sizes.numel() > 0 ? p[0] : 0).reversal();
 }
 
 }  // namespace lstm_ext

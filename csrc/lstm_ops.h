@@ -9,6 +9,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace lstm_ext {
 
@@ -110,6 +111,11 @@ std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::Tenso
 // product and one pointwise launch per step), so that the tests check that
 // path's logic on a machine without a GPU. Returns the previous setting.
 bool set_cpu_specialized(bool enabled);
+
+// For a PackedSequence's batch_sizes: the row of (t, b) once each sequence is
+// reversed within its length (what the reverse direction runs over; its own
+// inverse).
+std::vector<int64_t> packed_reversal(const Tensor& batch_sizes);
 
 // An operator's handle through the dispatcher (all its keys, autograd
 // included: a caller below them holds an AutoDispatchBelowADInplaceOrView).

@@ -124,10 +124,8 @@ def layer_args(kind, lengths, reverse, device="cpu", requires_grad=True):
     return torch.ops.lstm_ext.layer_forward.default, torch.ops.lstm_ext.layer_inference.default, args
 
 
-@pytest.mark.parametrize("kind", list(MODULES))
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_gradcheck_layer(kind, reverse, device):
-    forward, _, args = layer_args(kind, [3, 3, 2, 1], reverse, device)
+def differentiable_outputs(kind, forward, inference, args):
+    """(f, inputs) for gradcheck: f of the tensors requiring grad, returning the operator's (output, h_n[, c_n])."""
     tensors = [k for k, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
 
     def f(*inputs):
@@ -137,7 +135,13 @@ def test_gradcheck_layer(kind, reverse, device):
         out = forward(*full)
         return out[:2] if kind == "gru" else out[:3]
 
-    assert torch.autograd.gradcheck(f, tuple(args[k] for k in tensors))
+    return f, tuple(args[k] for k in tensors)
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gradcheck_layer(kind, reverse, device):
+    assert torch.autograd.gradcheck(*differentiable_outputs(kind, *layer_args(kind, [3, 3, 2, 1], reverse, device)))
 
 
 @pytest.mark.parametrize("kind", list(MODULES))
@@ -171,15 +175,25 @@ def test_compile_with_batch_sizes():
     assert_close(g1, g2, **EXACT)
 
 
-def test_double_backward_through_packed_is_an_error():
-    """create_graph=True needs the differentiable backward, which recomputes padded sequences only."""
-    ref, fused = packed_pair("lstm", 3, 4)
-    x = torch.randn(3, 4, 3, dtype=F64, requires_grad=True)
-    out, _ = run_packed(fused, x, [4, 2, 1], None, False)
-    with pytest.raises(NotImplementedError, match=r"differentiable backward .* through a PackedSequence"):
-        torch.autograd.grad(out.data.sum(), x, create_graph=True)
-    out, _ = run_packed(fused, x, [4, 2, 1], None, False)
-    assert torch.autograd.grad(out.data.sum(), x)[0].shape == x.shape  # first order is fine
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_gradient_penalty_matches_torch(kind):
+    """create_graph=True through packed sequences: the differentiable backward recomputes them step by step."""
+    ref, fused = packed_pair(kind, 3, 4, num_layers=2, bidirectional=True)
+    lengths = [5, 2, 4, 1]
+    x = torch.randn(4, 5, 3, dtype=F64, requires_grad=True)
+    results = []
+    for module in (ref, fused):
+        out, states = run_packed(module, x, lengths, None, False)
+        (grad_x,) = torch.autograd.grad(out.data.sum() + states[0].sum(), x, create_graph=True)
+        results.append(torch.autograd.grad((grad_x ** 2).sum(), list(module.parameters())))
+    for a, b in zip(results[1], results[0]):
+        assert_close(a, b, **EXACT)
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gradgradcheck_layer(kind, reverse):
+    assert torch.autograd.gradgradcheck(*differentiable_outputs(kind, *layer_args(kind, [3, 2, 2, 1], reverse)))
 
 
 @pytest.mark.parametrize("change, error, pattern", [

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "lstm_kernels.h"
 #include "lstm_ops.h"
 
 namespace lstm_ext {
@@ -66,21 +67,17 @@ std::pair<Tensor, Tensor> composite_step_backward(const CompositeStep& s, const 
 // over each sequence reversed (run_order, its own inverse), as the kernels
 // run them (csrc/lstm_ops.cpp).
 struct PackedSteps {
-  std::vector<int64_t> sizes, offset;
+  cpu::StepLayout layout;  // rows[t] and offset[t] of each step
   Tensor reversal;
 
-  PackedSteps(const Tensor& batch_sizes, bool reverse, const at::Device& device) {
-    const Tensor c = batch_sizes.contiguous();
-    const int64_t* p = c.const_data_ptr<int64_t>();
-    sizes.assign(p, p + c.numel());
-    int64_t next = 0;
-    for (const int64_t n : sizes) {
-      offset.push_back(next);
-      next += n;
-    }
+  PackedSteps(const Tensor& batch_sizes, bool reverse, const at::Device& device) : layout(layout_of(batch_sizes)) {
     if (reverse) reversal = at::tensor(packed_reversal(batch_sizes), at::TensorOptions().dtype(at::kLong)).to(device);
   }
-  int64_t steps() const { return static_cast<int64_t>(sizes.size()); }
+  static cpu::StepLayout layout_of(const Tensor& batch_sizes) {
+    const Tensor sizes = batch_sizes.contiguous();
+    return cpu::StepLayout(sizes.numel(), 0, sizes.const_data_ptr<int64_t>());
+  }
+  int64_t steps() const { return static_cast<int64_t>(layout.rows.size()); }
   Tensor run_order(const Tensor& t) const { return reversal.defined() ? t.index_select(0, reversal) : t; }
 };
 
@@ -241,9 +238,9 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
     std::vector<Tensor> h_prev(T);
     Tensor h = h0, c = c0;
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t n = rows.sizes[t];
+      const int64_t n = rows.layout.rows[t];
       h_prev[t] = h.narrow(0, 0, n);
-      steps.push_back(composite_step(at::addmm(projected.narrow(0, rows.offset[t], n), h_prev[t], weight_hh.t()),
+      steps.push_back(composite_step(at::addmm(projected.narrow(0, rows.layout.offset[t], n), h_prev[t], weight_hh.t()),
                                      c.narrow(0, 0, n)));
       h = with_head(projected_h ? at::mm(steps.back().h, weight_hr.t()) : steps.back().h, h);
       c = with_head(steps.back().c, c);
@@ -255,9 +252,9 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
     Tensor grad_weight_hr = projected_h ? at::zeros_like(weight_hr) : Tensor();
     std::vector<Tensor> grad_preacts(T);
     for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t n = rows.sizes[t];
+      const int64_t n = rows.layout.rows[t];
       Tensor grad_step = grad_h.narrow(0, 0, n);
-      if (grad_output.defined()) grad_step = grad_step + grad_output.narrow(0, rows.offset[t], n);
+      if (grad_output.defined()) grad_step = grad_step + grad_output.narrow(0, rows.layout.offset[t], n);
       Tensor grad_hidden = grad_step;
       if (projected_h) {
         grad_weight_hr = grad_weight_hr + at::mm(grad_step.t(), steps[t].h);
@@ -368,11 +365,11 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
     std::vector<Step> steps;
     Tensor h = h0;
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t rows_t = rows.sizes[t];
+      const int64_t rows_t = rows.layout.rows[t];
       const Tensor h_prev = h.narrow(0, 0, rows_t);
       Tensor recurrent = at::mm(h_prev, weight_hh.t());
       if (bias_hh.defined()) recurrent = recurrent + bias_hh;
-      const auto gi = projected.narrow(0, rows.offset[t], rows_t).chunk(3, 1);
+      const auto gi = projected.narrow(0, rows.layout.offset[t], rows_t).chunk(3, 1);
       const auto gh = recurrent.chunk(3, 1);
       Step step{at::sigmoid(gi[0] + gh[0]), at::sigmoid(gi[1] + gh[1]), Tensor(), gh[2], h_prev};
       step.n = at::tanh(gi[2] + step.r * gh[2]);
@@ -384,9 +381,9 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
     std::vector<Tensor> grad_inputs(T), grad_hiddens(T), h_prev(T);  // packed order
     for (int64_t t = T - 1; t >= 0; --t) {
       const Step& st = steps[t];
-      const int64_t rows_t = rows.sizes[t];
+      const int64_t rows_t = rows.layout.rows[t];
       Tensor grad_step = grad_h.narrow(0, 0, rows_t);
-      if (grad_output.defined()) grad_step = grad_step + grad_output.narrow(0, rows.offset[t], rows_t);
+      if (grad_output.defined()) grad_step = grad_step + grad_output.narrow(0, rows.layout.offset[t], rows_t);
       const Tensor grad_n = grad_step * (1 - st.z) * (1 - st.n * st.n);
       const Tensor grad_z = grad_step * (st.h_prev - st.n) * st.z * (1 - st.z);
       const Tensor grad_r = grad_n * st.hidden_n * st.r * (1 - st.r);

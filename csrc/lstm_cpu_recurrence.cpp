@@ -104,7 +104,7 @@ void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 
 // How one step's work is cut: panels of hidden units times blocks of rows.
 struct Tiling {
-  int64_t hidden, batch;
+  int64_t hidden, batch, gates, depth, max_block_rows;
   int64_t panels, row_blocks, block_rows, grain;
   bool rows_outer;  // consecutive tasks share rows (else panels)
 
@@ -114,8 +114,10 @@ struct Tiling {
   // (B=64, H=512: backward 6-13% faster than with whole-batch tasks).
   // H columns of gates blocks each (a panel holds all of its units' gates),
   // each a product of depth multiply-adds per row.
-  Tiling(int64_t B, int64_t H, int64_t gates, int64_t depth, int64_t max_block_rows, bool rows_outer_order)
-      : hidden(H), batch(B), rows_outer(rows_outer_order) {
+  Tiling(int64_t B, int64_t H, int64_t gates_per_unit, int64_t product_depth, int64_t max_rows,
+         bool rows_outer_order)
+      : hidden(H), batch(B), gates(gates_per_unit), depth(product_depth), max_block_rows(max_rows),
+        rows_outer(rows_outer_order) {
     panels = (H + kPanel - 1) / kPanel;
     // Enough tasks for every thread twice over, by splitting rows when there
     // are too few panels; one block when the step is too small to share.
@@ -129,6 +131,11 @@ struct Tiling {
     row_blocks = (B + block_rows - 1) / block_rows;
     const int64_t task_fmas = block_rows * gates * std::min(H, kPanel) * depth;
     grain = std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, task_fmas));
+  }
+  // The same cut of a step with fewer rows (variable lengths: the sequences
+  // still running).
+  Tiling for_rows(int64_t rows) const {
+    return rows == batch ? *this : Tiling(rows, hidden, gates, depth, max_block_rows, rows_outer);
   }
   int64_t tasks() const { return panels * row_blocks; }
   // Task u covers hidden units [j0, j0 + width) and rows [r0, r0 + rows).
@@ -213,7 +220,6 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   const auto* bias_hn = static_cast<const scalar_t*>(a.bias_hn);
   const Tiling tiling(B, H, gates_per_unit, R, /*max_block_rows=*/B, /*rows_outer_order=*/false);
   const StepLayout layout(shape);
-  const bool variable = shape.batch_sizes != nullptr;
 
   // Forward panels: each panel's [R, gates * w] block of W_hh^T, cut into
   // its ProductBlocks, each [R, columns] row-major.
@@ -261,9 +267,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     // Where the pointwise pass writes o * tanh(c): the step's output, or
     // (projections) the scratch that the projection reads.
     scalar_t* h_t = P > 0 ? hidden : output + row0 * H;
-    const Tiling step_tiling =
-        variable ? Tiling(layout.rows[t], H, gates_per_unit, R, layout.rows[t], false) : tiling;
-    for_each_task(step_tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+    for_each_task(tiling.for_rows(layout.rows[t]), [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       // The recurrent product accumulates into the step's input projection
       // in place (the GRU's n part into hidden_n); the pointwise pass then
       // reads those pre-activations while they are in L1 and overwrites them
@@ -305,8 +309,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     });
     if (P > 0) {  // r_t = hidden @ W_hr^T, once every unit of the step is done
       scalar_t* r_t = output + row0 * P;
-      const Tiling step_projection = variable ? Tiling(layout.rows[t], P, 1, H, layout.rows[t], false) : projection;
-      for_each_task(step_projection, [&](int64_t p0, int64_t width, int64_t r0, int64_t rows) {
+      for_each_task(projection.for_rows(layout.rows[t]), [&](int64_t p0, int64_t width, int64_t r0, int64_t rows) {
         tile_gemm<scalar_t>(rows, width, H, hidden + r0 * H, H, false, packed_hr.data() + H * p0, width,
                             r_t + r0 * P + p0, P, /*accumulate=*/false);
       });
@@ -340,7 +343,6 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const Tiling tiling(B, H, gates_per_unit, P > 0 ? P : H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
   const Tiling recurrent_tiling(B, R, 1, G, /*max_block_rows=*/16, /*rows_outer_order=*/true);
   const StepLayout layout(shape);
-  const bool variable = shape.batch_sizes != nullptr;
 
   // Backward panels over the R columns of W_hh: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * R));
@@ -387,12 +389,8 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
       }
       return dh;
     };
-    const int64_t step_rows = layout.rows[t];
-    if (P > 0) {
-      for_each_task(variable ? Tiling(step_rows, R, 1, G, 16, true) : recurrent_tiling, complete_grad_h);
-    }
-    const Tiling step_tiling = variable ? Tiling(step_rows, H, gates_per_unit, P > 0 ? P : H, 16, true) : tiling;
-    for_each_task(step_tiling, [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
+    if (P > 0) for_each_task(recurrent_tiling.for_rows(layout.rows[t]), complete_grad_h);
+    for_each_task(tiling.for_rows(layout.rows[t]), [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       scalar_t* dh;
       if (P > 0) {  // the gradient of o * tanh(c): grad_r @ W_hr
         dh = grad_hidden_state + r0 * H + j0;

@@ -168,14 +168,15 @@ struct RecurrenceShape {
 // before it.
 struct StepLayout {
   std::vector<int64_t> offset, rows;
-  explicit StepLayout(const RecurrenceShape& shape) : offset(shape.steps), rows(shape.steps) {
+  StepLayout(int64_t steps, int64_t batch, const int64_t* batch_sizes) : offset(steps), rows(steps) {
     int64_t next = 0;
-    for (int64_t t = 0; t < shape.steps; ++t) {
-      rows[t] = shape.batch_sizes != nullptr ? shape.batch_sizes[t] : shape.batch;
+    for (int64_t t = 0; t < steps; ++t) {
+      rows[t] = batch_sizes != nullptr ? batch_sizes[t] : batch;
       offset[t] = next;
       next += rows[t];
     }
   }
+  explicit StepLayout(const RecurrenceShape& shape) : StepLayout(shape.steps, shape.batch, shape.batch_sizes) {}
 };
 
 struct RecurrenceForwardArgs {

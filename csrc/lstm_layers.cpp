@@ -30,38 +30,30 @@ void check_parameters(const char* op, const Tensor& input, at::TensorList params
                       int64_t num_layers, int64_t directions, int64_t input_size, int64_t hidden, int64_t gates,
                       int64_t proj) {
   const int64_t per_layer = (has_biases ? 4 : 2) + (proj > 0);
-  const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  // Each parameter kind's name, shape and meaning, in torch's flat order.
+  const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+  const int64_t dims[] = {2, 2, 1, 1, 2};
   const std::string g = "(" + std::to_string(gates) + "*hidden_size";
   const std::string h_width = proj > 0 ? "proj_size" : "hidden_size";
   const std::string input_meanings[] = {g + ", input_size)", g + ", 2*" + h_width + ")", g + ", " + h_width + ")"};
   const std::string hidden_meaning = g + ", " + h_width + ")", bias_meaning = g + ",)";
   const std::string projection_meaning = "(proj_size, hidden_size)";
-  const int64_t width = proj > 0 ? proj : hidden;
+  const int64_t width = proj > 0 ? proj : hidden, G = gates * hidden;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const int64_t layer_input = layer == 0 ? input_size : width * directions;
-    const int64_t G = gates * hidden;
-    std::vector<std::vector<int64_t>> shapes = {{G, layer_input}, {G, width}};
-    std::vector<const std::string*> meanings = {&input_meanings[layer == 0 ? 0 : directions == 2 ? 1 : 2],
-                                                &hidden_meaning};
-    std::vector<const char*> layer_kinds = {kinds[0], kinds[1]};
-    if (has_biases) {
-      shapes.insert(shapes.end(), {{G}, {G}});
-      meanings.insert(meanings.end(), {&bias_meaning, &bias_meaning});
-      layer_kinds.insert(layer_kinds.end(), {kinds[2], kinds[3]});
-    }
-    if (proj > 0) {
-      shapes.push_back({proj, hidden});
-      meanings.push_back(&projection_meaning);
-      layer_kinds.push_back("weight_hr");
-    }
+    const int64_t shapes[][2] = {{G, layer_input}, {G, width}, {G, 0}, {G, 0}, {proj, hidden}};
+    const std::string* meanings[] = {&input_meanings[layer == 0 ? 0 : directions == 2 ? 1 : 2], &hidden_meaning,
+                                     &bias_meaning, &bias_meaning, &projection_meaning};
     for (int64_t direction = 0; direction < directions; ++direction) {
       for (int64_t k = 0; k < per_layer; ++k) {
+        const int64_t kind = k >= 2 && !has_biases ? 4 : k;  // without biases weight_hr is third
+        const at::IntArrayRef expected(shapes[kind], dims[kind]);
         const Tensor& p = params[(layer * directions + direction) * per_layer + k];
-        if (is_like(p, input) && p.sizes() == at::IntArrayRef(shapes[k])) continue;
+        if (is_like(p, input) && p.sizes() == expected) continue;
         // The name is built only for the message: at the course's size every call counts.
-        const std::string name = parameter_name(layer_kinds[k], layer, direction);
+        const std::string name = parameter_name(kinds[kind], layer, direction);
         check_like(op, name.c_str(), p, "input", input);
-        TORCH_CHECK_VALUE(false, op, ": ", name, " must have shape ", python_shape(shapes[k]), " ", *meanings[k],
+        TORCH_CHECK_VALUE(false, op, ": ", name, " must have shape ", python_shape(expected), " ", *meanings[kind],
                           ", got ", python_shape(p.sizes()));
       }
     }

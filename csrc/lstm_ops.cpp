@@ -409,7 +409,9 @@ struct PackedRows {
   int64_t batch;
 
   PackedRows(const char* op, const Tensor& batch_sizes, int64_t rows, int64_t batch_rows)
-      : sizes(checked(op, batch_sizes, rows, batch_rows)), layout(shape(sizes, batch_rows)), batch(batch_rows) {}
+      : sizes(checked(op, batch_sizes, rows, batch_rows)),
+        layout(static_cast<int64_t>(sizes.size()), batch_rows, sizes.data()),
+        batch(batch_rows) {}
 
   static std::vector<int64_t> checked(const char* op, const Tensor& batch_sizes, int64_t rows, int64_t batch) {
     TORCH_CHECK_TYPE(batch_sizes.scalar_type() == at::kLong && batch_sizes.dim() == 1 && batch_sizes.is_cpu(), op,
@@ -430,11 +432,6 @@ struct PackedRows {
     TORCH_CHECK_VALUE(sum == rows, op, ": batch_sizes sum to ", sum, " but input has ", rows,
                       " rows (a PackedSequence's data)");
     return sizes;
-  }
-  static cpu::RecurrenceShape shape(const std::vector<int64_t>& sizes, int64_t batch) {
-    cpu::RecurrenceShape s{at::kFloat, static_cast<int64_t>(sizes.size()), batch, 0, false};
-    s.batch_sizes = sizes.data();
-    return s;
   }
   int64_t steps() const { return static_cast<int64_t>(sizes.size()); }
   // Steps of sequence b: how many batch sizes exceed b.

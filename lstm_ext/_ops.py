@@ -132,6 +132,11 @@ def _cell_backward_fake(grad_h, grad_c, cx, c, gates, input_hidden, weight):
             c.new_empty(weight.shape[0]))
 
 
+# c10's names of the dtypes, as the C++ checks print them.
+_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.int32: "Int", torch.int64: "Long",
+                 torch.float16: "Half", torch.bfloat16: "BFloat16", torch.bool: "Bool"}
+
+
 def _check_batch_sizes(op, batch_sizes) -> None:
     """A PackedSequence's batch_sizes: its type here; its values (which a fake tensor does not have) in the kernel."""
     if batch_sizes is not None and not (batch_sizes.dtype == torch.int64 and batch_sizes.dim() == 1
@@ -139,11 +144,6 @@ def _check_batch_sizes(op, batch_sizes) -> None:
         raise TypeError(f"{op}: batch_sizes must be a 1-D int64 CPU tensor (a PackedSequence's), got a "
                         f"{batch_sizes.dim()}-D {_SCALAR_NAMES.get(batch_sizes.dtype, batch_sizes.dtype)} tensor on "
                         f"{batch_sizes.device}")
-
-
-# c10's names of the dtypes, as the C++ checks print them.
-_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.int32: "Int", torch.int64: "Long",
-                 torch.float16: "Half", torch.bfloat16: "BFloat16", torch.bool: "Bool"}
 
 
 def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm_ext.LSTM", gates=4,

@@ -42,7 +42,7 @@ def check_packed(kind, lengths, config, device="cpu", dtype=F64, tol=EXACT, I=3,
     B, T = len(lengths), max(lengths)
     x = torch.randn(B, T, I, dtype=dtype, device=device, requires_grad=True)
     layers = config.get("num_layers", 1) * (2 if config.get("bidirectional") else 1)
-    widths = [ref.proj_size or H, H][:2 if kind != "gru" else 1] if kind != "gru" else [H]
+    widths = [H] if kind == "gru" else [ref.proj_size or H, H]
     state = None
     if with_state:
         state = tuple(torch.randn(layers, B, w, dtype=dtype, device=device, requires_grad=True) for w in widths)

@@ -9,10 +9,16 @@ lstm_ext.LSTM at the same size (impl "lstm_ext_lstm": what the GRU saves).
 With --cell lstmp, the LSTM with projections (proj_size = H/2) against
 torch.nn.LSTM(proj_size=H/2), which on the CPU leaves oneDNN for ATen's
 per-step loop, and lstm_ext.LSTM without projections (impl "lstm_ext_lstm").
+With --cell lnlstm, lstm_ext.LayerNormLSTM against its Python reference
+(lstm_ext.reference.LayerNormLSTM) and torch.compile of the reference's step,
+lstm_ext.LSTM at the same size (what the normalization costs), and zoneout
+(rates 0.1 for c, 0.05 for h, in training) on both against the same module
+without it.
 
     python benchmarks/bench_sequence.py                 # CPU grid
     python benchmarks/bench_sequence.py --cell gru      # the GRU
     python benchmarks/bench_sequence.py --cell lstmp    # projections
+    python benchmarks/bench_sequence.py --cell lnlstm   # LayerNorm LSTM, zoneout
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
 
 torch.compile unrolls the time loop, so at T=100 it compiles the reference
@@ -173,10 +179,58 @@ def bench_proj_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, 
     add_gflops(bench, len(impls), rnn_flops(B, T, I, H, layers, backward=True, proj=P))
 
 
+def bench_ln_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype, device: str) -> None:
+    """lstm_ext.LayerNormLSTM against its Python reference, torch.compile of the reference's step and
+    lstm_ext.LSTM; zoneout against the same modules without it (all in training mode)."""
+    from lstm_ext.reference import LayerNormLSTM as ReferenceLayerNormLSTM, layer_norm_lstm_step
+
+    torch.manual_seed(0)
+    shape = {"B": B, "I": I, "H": H, "T": T}
+    config = dict(num_layers=layers, device=device, dtype=dtype)
+    zoneout = dict(zoneout_cell=0.1, zoneout_hidden=0.05)
+    fused = lstm_ext.LayerNormLSTM(I, H, **config)
+    reference = ReferenceLayerNormLSTM(I, H, num_layers=layers).to(device=device, dtype=dtype)
+    reference.load_state_dict(fused.state_dict())
+    plain = lstm_ext.LSTM(I, H, **config)
+    fused_zoneout = lstm_ext.LayerNormLSTM(I, H, **config, **zoneout)
+    plain_zoneout = lstm_ext.LSTM(I, H, **config, **zoneout)
+    torch._dynamo.reset()
+    step = torch.compile(layer_norm_lstm_step)
+
+    def compiled(x):  # the reference's loop over a compiled step (compiling the loop unrolls it)
+        layer_input = x
+        for cell in reference.cells:
+            h = c = x.new_zeros(x.shape[1], H)
+            outputs = []
+            for t in range(x.shape[0]):
+                h, c = step(layer_input[t], h, c, cell.weight_ih, cell.weight_hh, cell.bias, cell.ln_ih_weight,
+                            cell.ln_hh_weight, cell.ln_c_weight, cell.ln_c_bias)
+                outputs.append(h)
+            layer_input = torch.stack(outputs)
+        return layer_input
+
+    impls = {"lstm_ext": lambda x: fused(x)[0], "reference": lambda x: reference(x)[0], "compile": compiled,
+             "lstm_ext_lstm": lambda x: plain(x)[0], "lstm_ext_zoneout": lambda x: fused_zoneout(x)[0],
+             "lstm_ext_lstm_zoneout": lambda x: plain_zoneout(x)[0]}
+    extras = {name: {"layers": layers} for name in impls}
+    extras["compile"]["compiled"] = "step"
+    rounds = 15 if T * B * H * max(I, H) < 2**20 else 5
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    with torch.no_grad():
+        bench.compare({k: (lambda f=impls[k]: f(x)) for k in ("lstm_ext", "reference", "compile", "lstm_ext_lstm")},
+                      pass_="fwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    add_gflops(bench, 4, rnn_flops(B, T, I, H, layers))
+    x.requires_grad_()
+    grad = torch.randn(T, B, H, device=device, dtype=dtype)
+    bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
+                  pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    add_gflops(bench, len(impls), rnn_flops(B, T, I, H, layers, backward=True))
+
+
 def add_gflops(bench: Bench, rows: int, flops: float) -> None:
     """GFLOP/s of the last `rows` rows, and their fraction of the run's sgemm floor."""
     for row in bench.rows[-rows:]:
-        if row["impl"] == "lstm_ext_lstm":  # another cell's work
+        if row["impl"] in ("lstm_ext_lstm", "lstm_ext_zoneout", "lstm_ext_lstm_zoneout"):  # other work
             continue
         row["gflops"] = round(flops / (row["median_us"] * 1e-6) / 1e9, 1)
         if bench.machine_extra.get("sgemm_gflops"):
@@ -223,6 +277,11 @@ def peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
 def ratios(cell: str) -> list:
     """(other, lstm_ext, caption): other's time / lstm_ext's."""
     name = "LSTM" if cell == "lstm" else "GRU"
+    if cell == "lnlstm":
+        return [("reference", "lstm_ext", "vs reference loop"), ("compile", "lstm_ext", "vs compile(reference step)"),
+                ("lstm_ext", "lstm_ext_lstm", "time / lstm_ext.LSTM's"),
+                ("lstm_ext_zoneout", "lstm_ext", "zoneout's cost (time with / without)"),
+                ("lstm_ext_lstm_zoneout", "lstm_ext_lstm", "LSTM zoneout's cost (time with / without)")]
     if cell == "lstmp":
         return [("torch", "lstm_ext", "vs torch.nn.LSTM(proj_size=H/2)"),
                 ("lstm_ext", "lstm_ext_lstm", "time / lstm_ext.LSTM's without projections")]
@@ -244,11 +303,11 @@ def main() -> None:
     bench.machine_extra["sgemm_shape"] = "torch.mm float32 4096x1024 @ 1024x4096"
     print(f"sgemm floor: {bench.machine_extra['sgemm_gflops']} GFLOP/s ({bench.machine_extra['sgemm_shape']})")
     for dtype in dtypes_of(args):
-        for layers in LAYERS:
+        for layers in ((1,) if args.cell == "lnlstm" else LAYERS):
             for B, T, I, H in grid:
-                (bench_proj_shape if args.cell == "lstmp" else bench_shape)(bench, B, T, I, H, layers, dtype,
-                                                                             args.device)
-        if not args.device.startswith("cuda") and args.cell != "lstmp":
+                run = {"lstmp": bench_proj_shape, "lnlstm": bench_ln_shape}.get(args.cell, bench_shape)
+                run(bench, B, T, I, H, layers, dtype, args.device)
+        if not args.device.startswith("cuda") and args.cell not in ("lstmp", "lnlstm"):
             for B, T, I, H in grid:
                 peak_memory(bench, B, T, I, H, dtype)
     bench.report(ratios(args.cell))

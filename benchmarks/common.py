@@ -181,8 +181,9 @@ def parse_common_args(description: str):
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="smallest shapes only (a smoke run)")
-    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "lstmp"],
-                        help="the recurrent cell to time (lstmp: the LSTM with projections, proj_size = H/2)")
+    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "lstmp", "lnlstm"],
+                        help="the recurrent cell to time (lstmp: the LSTM with projections, proj_size = H/2; "
+                             "lnlstm: the LayerNorm LSTM and zoneout)")
     parser.add_argument("--dtype", default=None,
                         help="comma-separated: float32, bfloat16, float16 (default: float32; on CUDA also bfloat16)")
     return parser

@@ -13,10 +13,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <type_traits>
 
 #include "lstm_kernels.h"
 #include "gru_pointwise.h"
+#include "layernorm_lstm_pointwise.h"
 #include "lstm_pointwise.h"
 
 namespace lstm_ext {
@@ -228,6 +230,235 @@ void gru_backward_typed(const GruPointwiseBackwardArgs& a) {
       y[6] = x[6] + direct;
     });
   });
+}
+
+// The LayerNorm LSTM's row passes. Each row is walked a SIMD vector at a
+// time; the last, partial vector is loaded and stored with a count (its
+// missing lanes read as zeros and are never stored or summed).
+template <typename scalar_t>
+struct RowIO {
+  using Vec = Vectorized<scalar_t>;
+  static constexpr int64_t W = Vec::size();
+  static Vec load(const scalar_t* p, int64_t n) { return n == W ? Vec::loadu(p) : Vec::loadu(p, n); }
+  static void store(scalar_t* p, const Vec& v, int64_t n) {
+    if (n == W) {
+      v.store(p);
+    } else {
+      v.store(p, n);
+    }
+  }
+  // The sum of the first n lanes.
+  static scalar_t sum(const Vec& v, int64_t n) {
+    alignas(64) scalar_t lanes[W];
+    v.store(lanes);
+    scalar_t total = 0;
+    for (int64_t l = 0; l < n; ++l) total += lanes[l];
+    return total;
+  }
+  // Zoneout's d for columns [j, j + n) of a row: the mask's, or the rate.
+  static Vec weight(const scalar_t* mask, scalar_t rate, int64_t j, int64_t n) {
+    return mask != nullptr ? load(mask + j, n) : Vec(rate);
+  }
+};
+
+// Mean and 1 / sqrt(biased variance + eps) of x[0, n), two passes (the
+// float64 results match torch's layer_norm to ~1e-15).
+template <typename scalar_t>
+void row_moments(const scalar_t* x, int64_t n, double eps, scalar_t& mean, scalar_t& rstd) {
+  using IO = RowIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  scalar_t total = 0;
+  for (int64_t j = 0; j < n; j += IO::W) total += IO::sum(IO::load(x + j, std::min(IO::W, n - j)), std::min(IO::W, n - j));
+  mean = total / static_cast<scalar_t>(n);
+  scalar_t squares = 0;
+  const Vec vmean(mean);
+  for (int64_t j = 0; j < n; j += IO::W) {
+    const int64_t w = std::min(IO::W, n - j);
+    const Vec d = IO::load(x + j, w) - vmean;
+    squares += IO::sum(d * d, w);
+  }
+  rstd = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(squares) / static_cast<double>(n) + eps));
+}
+
+// The cell's parameters typed, with the masks of row r.
+template <typename scalar_t>
+struct TypedCell {
+  bool layer_norm;
+  const scalar_t *gamma_hh, *gamma_c, *beta_c, *mask_c, *mask_h;
+  scalar_t rate_c, rate_h;
+  explicit TypedCell(const LnCellParams& p)
+      : layer_norm(p.layer_norm), gamma_hh(static_cast<const scalar_t*>(p.gamma_hh)),
+        gamma_c(static_cast<const scalar_t*>(p.gamma_c)), beta_c(static_cast<const scalar_t*>(p.beta_c)),
+        mask_c(static_cast<const scalar_t*>(p.mask_c)), mask_h(static_cast<const scalar_t*>(p.mask_h)),
+        rate_c(static_cast<scalar_t>(p.rate_c)), rate_h(static_cast<scalar_t>(p.rate_h)) {}
+  const scalar_t* mask_c_row(int64_t r, int64_t H) const { return mask_c != nullptr ? mask_c + r * H : nullptr; }
+  const scalar_t* mask_h_row(int64_t r, int64_t H) const { return mask_h != nullptr ? mask_h + r * H : nullptr; }
+};
+
+template <typename scalar_t>
+void ln_rows_forward_typed(const LnRowsForwardArgs& a) {
+  using IO = RowIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  const int64_t H = a.hidden, G = 4 * H;
+  const TypedCell<scalar_t> cell(a.cell);
+  const bool layer_norm = cell.layer_norm;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    scalar_t* gates = static_cast<scalar_t*>(a.gates) + r * G;
+    scalar_t* hh = layer_norm ? static_cast<scalar_t*>(a.hh) + r * G : nullptr;
+    const scalar_t* c_prev = static_cast<const scalar_t*>(a.c_prev) + r * H;
+    const scalar_t* h_prev = static_cast<const scalar_t*>(a.h_prev) + r * H;
+    const scalar_t *mask_c = cell.mask_c_row(r, H), *mask_h = cell.mask_h_row(r, H);
+    scalar_t* c = static_cast<scalar_t*>(a.c) + r * H;
+    scalar_t* h = static_cast<scalar_t*>(a.h) + r * H;
+    scalar_t mean_hh = 0, rstd_hh = 1;
+    if (layer_norm) row_moments(hh, G, a.eps, mean_hh, rstd_hh);
+    // The gates and c~ (into c for now).
+    for (int64_t j = 0; j < H; j += IO::W) {
+      const int64_t w = std::min(IO::W, H - j);
+      Vec pre[4], act[4];
+      for (int k = 0; k < 4; ++k) {
+        pre[k] = IO::load(gates + k * H + j, w);
+        if (layer_norm) {
+          const Vec x_hat = (IO::load(hh + k * H + j, w) - Vec(mean_hh)) * Vec(rstd_hh);
+          IO::store(hh + k * H + j, x_hat, w);
+          pre[k] = pre[k] + IO::load(cell.gamma_hh + k * H + j, w) * x_hat;
+        }
+      }
+      Vec c_candidate;
+      ln_lstm_gates_point(pre[0], pre[1], pre[2], pre[3], IO::load(c_prev + j, w), act[0], act[1], act[2], act[3],
+                          c_candidate);
+      for (int k = 0; k < 4; ++k) IO::store(gates + k * H + j, act[k], w);
+      IO::store(c + j, c_candidate, w);
+    }
+    scalar_t mean_c = 0, rstd_c = 1;
+    if (layer_norm) row_moments(c, H, a.eps, mean_c, rstd_c);
+    for (int64_t j = 0; j < H; j += IO::W) {
+      const int64_t w = std::min(IO::W, H - j);
+      const Vec c_candidate = IO::load(c + j, w);
+      Vec y = c_candidate;
+      if (layer_norm) {
+        y = (c_candidate - Vec(mean_c)) * Vec(rstd_c) * IO::load(cell.gamma_c + j, w) + IO::load(cell.beta_c + j, w);
+      }
+      const Vec h_candidate = IO::load(gates + 3 * H + j, w) * lstm_tanh(y);
+      IO::store(c + j, zoneout_point(c_candidate, IO::load(c_prev + j, w), IO::weight(mask_c, cell.rate_c, j, w)), w);
+      IO::store(h + j, zoneout_point(h_candidate, IO::load(h_prev + j, w), IO::weight(mask_h, cell.rate_h, j, w)), w);
+    }
+    if (layer_norm) {
+      scalar_t* stats = static_cast<scalar_t*>(a.stats) + r * 3;
+      stats[0] = rstd_hh;
+      stats[1] = mean_c;
+      stats[2] = rstd_c;
+    }
+  }
+}
+
+template <typename scalar_t>
+void ln_rows_backward_typed(const LnRowsBackwardArgs& a) {
+  using IO = RowIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  const int64_t H = a.hidden, G = 4 * H;
+  const TypedCell<scalar_t> cell(a.cell);
+  const bool layer_norm = cell.layer_norm;
+  auto* grad_gamma_hh = static_cast<scalar_t*>(a.grad_gamma_hh);
+  auto* grad_gamma_c = static_cast<scalar_t*>(a.grad_gamma_c);
+  auto* grad_beta_c = static_cast<scalar_t*>(a.grad_beta_c);
+  const Vec one(1);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const scalar_t* gates = static_cast<const scalar_t*>(a.gates) + r * G;
+    const scalar_t* c_prev = static_cast<const scalar_t*>(a.c_prev) + r * H;
+    const scalar_t* grad_h = static_cast<const scalar_t*>(a.grad_h) + r * H;
+    const scalar_t *mask_c = cell.mask_c_row(r, H), *mask_h = cell.mask_h_row(r, H);
+    scalar_t* grad_c = static_cast<scalar_t*>(a.grad_c) + r * H;
+    scalar_t* grad_pre = static_cast<scalar_t*>(a.grad_pre) + r * G;
+    scalar_t* grad_h_prev = a.grad_h_prev != nullptr ? static_cast<scalar_t*>(a.grad_h_prev) + r * H : nullptr;
+    scalar_t mean_c = 0, rstd_c = 1;
+    if (layer_norm) {
+      const scalar_t* stats = static_cast<const scalar_t*>(a.stats) + r * 3;
+      mean_c = stats[1];
+      rstd_c = stats[2];
+    }
+    // c~ and, with layer norm, its x^ (recomputed from the saved gates).
+    const auto candidate = [&](int64_t j, int64_t w, Vec& c_candidate, Vec& x_c) {
+      c_candidate = ln_lstm_candidate(IO::load(gates + j, w), IO::load(gates + H + j, w),
+                                      IO::load(gates + 2 * H + j, w), IO::load(c_prev + j, w));
+      x_c = (c_candidate - Vec(mean_c)) * Vec(rstd_c);
+    };
+    // Pass 1: o's gradient, and the gradient of c~'s normalized value
+    // (into grad_pre's i block for now) with its row sums.
+    scalar_t sum_gx = 0, sum_gx_x = 0;
+    for (int64_t j = 0; j < H; j += IO::W) {
+      const int64_t w = std::min(IO::W, H - j);
+      Vec c_candidate, x_c;
+      candidate(j, w, c_candidate, x_c);
+      const Vec gh = IO::load(grad_h + j, w);
+      const Vec d_h = IO::weight(mask_h, cell.rate_h, j, w);
+      if (grad_h_prev != nullptr) IO::store(grad_h_prev + j, IO::load(grad_h_prev + j, w) + d_h * gh, w);
+      Vec y = c_candidate;
+      if (layer_norm) y = x_c * IO::load(cell.gamma_c + j, w) + IO::load(cell.beta_c + j, w);
+      Vec grad_pre_o, grad_y;
+      ln_lstm_output_backward_point(IO::load(gates + 3 * H + j, w), y, (one - d_h) * gh, grad_pre_o, grad_y);
+      IO::store(grad_pre + 3 * H + j, grad_pre_o, w);
+      if (layer_norm) {
+        IO::store(grad_gamma_c + j, IO::load(grad_gamma_c + j, w) + grad_y * x_c, w);
+        IO::store(grad_beta_c + j, IO::load(grad_beta_c + j, w) + grad_y, w);
+        const Vec gx = grad_y * IO::load(cell.gamma_c + j, w);
+        sum_gx += IO::sum(gx, w);
+        sum_gx_x += IO::sum(gx * x_c, w);
+        IO::store(grad_pre + j, gx, w);
+      } else {
+        IO::store(grad_pre + j, grad_y, w);
+      }
+    }
+    // Pass 2: c~'s gradient, then those of i, f, g and of c_prev.
+    const Vec mean_gx(sum_gx / static_cast<scalar_t>(H)), mean_gx_x(sum_gx_x / static_cast<scalar_t>(H));
+    for (int64_t j = 0; j < H; j += IO::W) {
+      const int64_t w = std::min(IO::W, H - j);
+      Vec grad_candidate = IO::load(grad_pre + j, w);
+      if (layer_norm) {
+        Vec c_candidate, x_c;
+        candidate(j, w, c_candidate, x_c);
+        grad_candidate = layer_norm_backward_point(grad_candidate, x_c, Vec(rstd_c), mean_gx, mean_gx_x);
+      }
+      const Vec gc = IO::load(grad_c + j, w);
+      const Vec d_c = IO::weight(mask_c, cell.rate_c, j, w);
+      grad_candidate = grad_candidate + (one - d_c) * gc;
+      Vec gi, gf, gg, gc_prev;
+      ln_lstm_cell_backward_point(IO::load(gates + j, w), IO::load(gates + H + j, w), IO::load(gates + 2 * H + j, w),
+                                  IO::load(c_prev + j, w), grad_candidate, gi, gf, gg, gc_prev);
+      IO::store(grad_pre + j, gi, w);
+      IO::store(grad_pre + H + j, gf, w);
+      IO::store(grad_pre + 2 * H + j, gg, w);
+      IO::store(grad_c + j, gc_prev + d_c * gc, w);
+    }
+    if (!layer_norm) continue;
+    // The recurrent product's layer norm: gain gradient, then the product's.
+    const scalar_t* x_hh = static_cast<const scalar_t*>(a.hh_norm) + r * G;
+    scalar_t* grad_hh = static_cast<scalar_t*>(a.grad_hh) + r * G;
+    const scalar_t rstd_hh = static_cast<const scalar_t*>(a.stats)[r * 3];
+    scalar_t sum_g = 0, sum_g_x = 0;
+    for (int64_t j = 0; j < G; j += IO::W) {
+      const int64_t w = std::min(IO::W, G - j);
+      const Vec ga = IO::load(grad_pre + j, w), x = IO::load(x_hh + j, w);
+      IO::store(grad_gamma_hh + j, IO::load(grad_gamma_hh + j, w) + ga * x, w);
+      const Vec gx = ga * IO::load(cell.gamma_hh + j, w);
+      sum_g += IO::sum(gx, w);
+      sum_g_x += IO::sum(gx * x, w);
+    }
+    const Vec mean_g(sum_g / static_cast<scalar_t>(G)), mean_g_x(sum_g_x / static_cast<scalar_t>(G));
+    for (int64_t j = 0; j < G; j += IO::W) {
+      const int64_t w = std::min(IO::W, G - j);
+      const Vec gx = IO::load(grad_pre + j, w) * IO::load(cell.gamma_hh + j, w);
+      IO::store(grad_hh + j, layer_norm_backward_point(gx, IO::load(x_hh + j, w), Vec(rstd_hh), mean_g, mean_g_x), w);
+    }
+  }
+}
+
+void ln_rows_forward(const LnRowsForwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_forward", [&] { ln_rows_forward_typed<scalar_t>(args); });
+}
+
+void ln_rows_backward(const LnRowsBackwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_backward", [&] { ln_rows_backward_typed<scalar_t>(args); });
 }
 
 // Blocks of C of kOuterRows x kOuterColumns SIMD vectors (8 accumulators),

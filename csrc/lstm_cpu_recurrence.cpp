@@ -430,6 +430,136 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   }
 }
 
+// The LayerNorm LSTM's products: B (element (k, n) at b[k * k_stride + n *
+// n_stride]) packed once per call into panels of kLnColumns columns, each
+// [K, w] contiguous, so that a step's product is one brgemm call per (block
+// of rows, panel) and nothing aliases in L1 at power-of-two sizes.
+constexpr int64_t kLnColumns = 64;
+
+template <typename scalar_t>
+void pack_column_panels(scalar_t* packed, const scalar_t* b, int64_t K, int64_t N, int64_t k_stride,
+                        int64_t n_stride) {
+  const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n0 = p * kLnColumns, width = std::min(kLnColumns, N - n0);
+      scalar_t* panel = packed + K * n0;
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t c = 0; c < width; ++c) panel[k * width + c] = b[k * k_stride + (n0 + c) * n_stride];
+    }
+  });
+}
+
+// C[M, N] (+)= A[M, K] @ B for B packed by pack_column_panels, in parallel
+// over (block of rows, panel) tasks: as Tiling, enough tasks for every
+// thread twice over, none below kMinTaskFmas multiply-adds.
+template <typename scalar_t>
+void panel_product(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* packed,
+                   scalar_t* C, int64_t ldc, bool accumulate) {
+  if (M == 0) return;
+  const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
+  const bool shared = M * N * K >= 2 * kMinTaskFmas;
+  int64_t row_blocks = shared ? std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels) : 1;
+  row_blocks = std::min(row_blocks, std::max<int64_t>(1, M / kMinBlockRows));
+  const int64_t block_rows = (M + row_blocks - 1) / row_blocks;
+  row_blocks = (M + block_rows - 1) / block_rows;
+  const int64_t grain =
+      std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, block_rows * std::min(N, kLnColumns) * K));
+  at::parallel_for(0, row_blocks * panels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t r0 = u / panels * block_rows, rows = std::min(block_rows, M - r0);
+      const int64_t n0 = u % panels * kLnColumns, width = std::min(kLnColumns, N - n0);
+      tile_gemm<scalar_t>(rows, width, K, A + r0 * lda, lda, false, packed + K * n0, width, C + r0 * ldc + n0, ldc,
+                          accumulate);
+    }
+  });
+}
+
+// Rows per task of a row pass: below ~8K elements a task costs less than waking a thread.
+inline int64_t ln_grain_rows(int64_t hidden) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, 4 * hidden)); }
+
+template <typename scalar_t>
+void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
+  const int64_t T = a.steps, B = a.batch, H = a.hidden, G = 4 * H;
+  const bool layer_norm = a.cell.layer_norm;
+  auto* gates = static_cast<scalar_t*>(a.gates);
+  auto* hh_norm = static_cast<scalar_t*>(a.hh_norm);
+  auto* stats = static_cast<scalar_t*>(a.stats);
+  auto* output = static_cast<scalar_t*>(a.output);
+  auto* cells = static_cast<scalar_t*>(a.cells);
+  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));  // W_hh^T [H, 4H] in panels
+  pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), H, G, 1, H);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = a.reverse ? T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
+    const auto cells_of = [&](int64_t step, int64_t time) { return cells + (a.keep ? time : step % 2) * B * H; };
+    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
+    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
+    scalar_t* c_t = cells_of(s, t);
+    scalar_t* h_t = output + t * B * H;
+    scalar_t* gates_t = gates + t * B * G;
+    // With layer norm the recurrent product goes to its own row (it is
+    // normalized alone); without, it accumulates into the input part.
+    scalar_t* hh_t = layer_norm ? hh_norm + (a.keep ? t : 0) * B * G : gates_t;
+    scalar_t* stats_t = layer_norm ? stats + (a.keep ? t : 0) * B * 3 : nullptr;
+    panel_product<scalar_t>(B, G, H, h_prev, H, packed.data(), hh_t, G, /*accumulate=*/!layer_norm);
+    at::parallel_for(0, B, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
+      rows_pass(LnRowsForwardArgs{a.dtype, end - r0, H, a.eps, a.cell.at_row(t * B + r0, H, sizeof(scalar_t)),
+                                  gates_t + r0 * G, layer_norm ? hh_t + r0 * G : nullptr, c_prev + r0 * H,
+                                  h_prev + r0 * H, c_t + r0 * H, h_t + r0 * H,
+                                  stats_t != nullptr ? stats_t + r0 * 3 : nullptr});
+    });
+  }
+}
+
+template <typename scalar_t>
+void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
+  const int64_t T = a.steps, B = a.batch, H = a.hidden, G = 4 * H;
+  const bool layer_norm = a.cell.layer_norm;
+  const auto* gates = static_cast<const scalar_t*>(a.gates);
+  const auto* hh_norm = static_cast<const scalar_t*>(a.hh_norm);
+  const auto* stats = static_cast<const scalar_t*>(a.stats);
+  const auto* cells = static_cast<const scalar_t*>(a.cells);
+  auto* grad_h = static_cast<scalar_t*>(a.grad_h);
+  auto* grad_pre = static_cast<scalar_t*>(a.grad_pre);
+  auto* grad_hh = layer_norm ? static_cast<scalar_t*>(a.grad_hh) : grad_pre;
+  const bool zoneout_h = a.cell.mask_h != nullptr || a.cell.rate_h != 0;
+  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));  // W_hh [4H, H] in panels
+  pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), G, H, H, 1);
+  // The gains' gradients, one row of [4H | H | H] per thread, summed at the end.
+  const int64_t threads = at::get_num_threads(), width = 6 * H;
+  std::vector<scalar_t> partial(layer_norm ? static_cast<size_t>(threads * width) : 0, scalar_t(0));
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = a.reverse ? T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
+    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
+    // Where h_prev's gradient goes: the previous step's grad_h, or grad_h0.
+    scalar_t* grad_h_prev = s == 0 ? static_cast<scalar_t*>(a.grad_h0) : grad_h + t_prev * B * H;
+    at::parallel_for(0, B, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
+      scalar_t* acc = layer_norm ? partial.data() + at::get_thread_num() * width : nullptr;
+      const int64_t row = t * B + r0;
+      rows_pass(LnRowsBackwardArgs{a.dtype, end - r0, H, a.cell.at_row(row, H, sizeof(scalar_t)), gates + row * G,
+                                   layer_norm ? hh_norm + row * G : nullptr, layer_norm ? stats + row * 3 : nullptr,
+                                   c_prev + r0 * H, grad_h + row * H, static_cast<scalar_t*>(a.grad_c) + r0 * H,
+                                   grad_pre + row * G, layer_norm ? grad_hh + row * G : nullptr,
+                                   zoneout_h ? grad_h_prev + r0 * H : nullptr, acc,
+                                   acc != nullptr ? acc + G : nullptr, acc != nullptr ? acc + G + H : nullptr});
+    });
+    // The gradient reaching h_prev through this step's recurrent product.
+    panel_product<scalar_t>(B, H, G, grad_hh + t * B * G, G, packed.data(), grad_h_prev, H, /*accumulate=*/true);
+  }
+  if (layer_norm) {
+    scalar_t* outputs[3] = {static_cast<scalar_t*>(a.grad_gamma_hh), static_cast<scalar_t*>(a.grad_gamma_c),
+                            static_cast<scalar_t*>(a.grad_beta_c)};
+    const int64_t first[3] = {0, G, G + H}, count[3] = {G, H, H};
+    for (int q = 0; q < 3; ++q) {
+      for (int64_t j = 0; j < count[q]; ++j) {
+        scalar_t total = 0;
+        for (int64_t k = 0; k < threads; ++k) total += partial[k * width + first[q] + j];
+        outputs[q][j] = total;
+      }
+    }
+  }
+}
+
 // bias [+ bias2], n elements: the two biases of a layer as one row.
 template <typename scalar_t>
 std::vector<scalar_t> bias_sum(const scalar_t* bias, const scalar_t* bias2, int64_t n) {
@@ -548,6 +678,15 @@ void long_k_gemm(const LongKGemmArgs& a) {
 void recurrence_forward(const RecurrenceForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.shape.dtype, "lstm_ext_recurrence_forward",
                                   [&] { forward_typed<scalar_t>(args); });
+}
+
+void ln_recurrence_forward(const LnRecurrenceForwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_recurrence_forward", [&] { ln_forward_typed<scalar_t>(args); });
+}
+
+void ln_recurrence_backward(const LnRecurrenceBackwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_recurrence_backward",
+                             [&] { ln_backward_typed<scalar_t>(args); });
 }
 
 void recurrence_backward(const RecurrenceBackwardArgs& args) {

@@ -112,12 +112,140 @@ struct GruPointwiseBackwardArgs {
 };
 
 namespace cpu {
+// The LayerNorm LSTM's row passes (layernorm_lstm_pointwise.h), float or
+// double, over rows [0, rows) on the calling thread: unlike the LSTM's
+// pointwise passes each reads a whole row, because its layer norms take the
+// statistics of all 4H (or H) entries of the row. With layer_norm false the
+// same passes are the plain LSTM with zoneout. Row strides: 4H for the gate
+// rows, H for the state rows.
+//
+// What every pass reads besides its buffers: the gains and shift (layer norm
+// only) and zoneout's d, mask_c/mask_h ([rows, H], 0 or 1) or, where a mask
+// is null, the constant rate_c/rate_h (eval, or none: 0).
+struct LnCellParams {
+  bool layer_norm;
+  const void* gamma_hh;  // [4H]
+  const void* gamma_c;   // [H]
+  const void* beta_c;    // [H]
+  const void* mask_c;
+  const void* mask_h;
+  double rate_c, rate_h;
+  // The same with the masks moved to row `row` (rows of H elements of itemsize bytes).
+  LnCellParams at_row(int64_t row, int64_t hidden, int64_t itemsize) const {
+    LnCellParams moved = *this;
+    const int64_t offset = row * hidden * itemsize;
+    if (mask_c != nullptr) moved.mask_c = static_cast<const char*>(mask_c) + offset;
+    if (mask_h != nullptr) moved.mask_h = static_cast<const char*>(mask_h) + offset;
+    return moved;
+  }
+};
+
+// Forward. gates holds the input part of the pre-activations on entry (LN:
+// LN(W_ih x; g_ih) + b; without: W_ih x + b + W_hh h_prev) and the activated
+// gates on exit; hh (LN only) W_hh h_prev on entry, its normalized x^ on
+// exit; writes c and h (zoneout applied) and stats (LN: per row rstd of hh,
+// mean and rstd of c~).
+struct LnRowsForwardArgs {
+  c10::ScalarType dtype;
+  int64_t rows, hidden;
+  double eps;
+  LnCellParams cell;
+  void* gates;
+  void* hh;
+  const void* c_prev;
+  const void* h_prev;
+  void* c;
+  void* h;
+  void* stats;  // [rows, 3]
+};
+
+// Backward. From the activated gates, hh's x^, stats, c_prev, the complete
+// gradient grad_h of h (the output's plus the next step's recurrent one)
+// and grad_c of c (in place: the gradient of c_prev on exit), writes the
+// pre-activations' gradient grad_pre (the input part's and the bias's), the
+// raw recurrent product's grad_hh (LN only: without it that is grad_pre),
+// adds zoneout's d_h * grad_h to grad_h_prev when it is not null, and adds
+// this call's share of the gains' and shift's gradients into grad_gamma_hh
+// [4H], grad_gamma_c [H], grad_beta_c [H] (LN only).
+struct LnRowsBackwardArgs {
+  c10::ScalarType dtype;
+  int64_t rows, hidden;
+  LnCellParams cell;
+  const void* gates;
+  const void* hh_norm;
+  const void* stats;
+  const void* c_prev;
+  const void* grad_h;
+  void* grad_c;
+  void* grad_pre;
+  void* grad_hh;
+  void* grad_h_prev;
+  void* grad_gamma_hh;
+  void* grad_gamma_c;
+  void* grad_beta_c;
+};
+
+// The time loop of one LayerNorm LSTM layer and direction on the CPU: per
+// step the recurrent product over (row block, panel of 64 columns) tasks,
+// then the row pass over blocks of rows; two parallel regions per step.
+// Buffers [T, B, ...] contiguous; the cell's masks [T, B, H] or null.
+// Forward: gates, hh_norm (LN) and stats (LN) as LnRowsForwardArgs for every
+// step (when keep is false, hh_norm is [B, 4H], stats [B, 3] and cells
+// [2, B, H]: nothing kept for a backward); output and cells receive h and c.
+struct LnRecurrenceForwardArgs {
+  c10::ScalarType dtype;
+  int64_t steps, batch, hidden;
+  bool reverse;
+  double eps;
+  bool keep;
+  LnCellParams cell;
+  const void* weight_hh;  // [4H, H]
+  const void* h0;
+  const void* c0;
+  void* gates;
+  void* hh_norm;
+  void* stats;
+  void* output;
+  void* cells;
+};
+void ln_recurrence_forward(const LnRecurrenceForwardArgs& args);
+
+// Backward through time: grad_h [T, B, H] holds each step's output gradient
+// (h_n's added at the last step) and receives the recurrent contributions;
+// grad_c [B, H] grad_c_n in, the gradient of c_0 out; grad_h0 [B, H] zeros
+// in, the gradient of h_0 out; grad_pre and grad_hh (LN; null without, when
+// grad_pre serves) [T, B, 4H]; grad_gamma_hh, grad_gamma_c, grad_beta_c (LN)
+// written.
+struct LnRecurrenceBackwardArgs {
+  c10::ScalarType dtype;
+  int64_t steps, batch, hidden;
+  bool reverse;
+  LnCellParams cell;
+  const void* weight_hh;
+  const void* c0;
+  const void* gates;
+  const void* hh_norm;
+  const void* stats;
+  const void* cells;
+  void* grad_h;
+  void* grad_c;
+  void* grad_h0;
+  void* grad_pre;
+  void* grad_hh;
+  void* grad_gamma_hh;
+  void* grad_gamma_c;
+  void* grad_beta_c;
+};
+void ln_recurrence_backward(const LnRecurrenceBackwardArgs& args);
+
 // Chosen at run time for the CPU's capability (DEFAULT, AVX2, AVX512), as
 // ATen's own kernels are.
 void pointwise(const PointwiseForwardArgs& args);
 void pointwise(const PointwiseBackwardArgs& args);
 void pointwise(const GruPointwiseForwardArgs& args);
 void pointwise(const GruPointwiseBackwardArgs& args);
+void rows_pass(const LnRowsForwardArgs& args);
+void rows_pass(const LnRowsBackwardArgs& args);
 
 // The time loop of one layer and direction on the CPU. Per step, each task
 // takes a panel of hidden units (all four of their gates) and a block of rows:

@@ -13,7 +13,15 @@
 #include "buffer_pool.h"
 #include "lstm_checks.h"
 #include "lstm_kernels.h"
+#include "layernorm_lstm_ops.h"
 #include "lstm_ops.h"
+
+// The LayerNorm LSTM layer operators' arguments (layernorm_lstm_ops.h).
+#define LSTM_EXT_LN_LAYER_ARGS                                                                           \
+  "Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias, "                \
+  "Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? ln_c_bias, "                  \
+  "Tensor? zoneout_cell_mask, Tensor? zoneout_hidden_mask, float zoneout_cell, float zoneout_hidden, bool " \
+  "reverse"
 
 TORCH_LIBRARY(lstm_ext, m) {
   m.def(
@@ -56,6 +64,22 @@ TORCH_LIBRARY(lstm_ext, m) {
   m.def(
       "gru(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "ln_lstm_layer_forward(" LSTM_EXT_LN_LAYER_ARGS ") "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells, Tensor ih, Tensor ih_mean, "
+      "Tensor ih_rstd, Tensor hh_norm, Tensor stats)");
+  m.def(
+      "ln_lstm_layer_inference(" LSTM_EXT_LN_LAYER_ARGS ") "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "ln_lstm_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
+      "Tensor c0, Tensor weight_ih, Tensor weight_hh, bool has_bias, Tensor? ln_ih_weight, Tensor? ln_hh_weight, "
+      "Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? zoneout_cell_mask, Tensor? zoneout_hidden_mask, "
+      "float zoneout_cell, float zoneout_hidden, bool reverse, Tensor output, Tensor gates, Tensor cells, "
+      "Tensor ih, Tensor ih_mean, Tensor ih_rstd, Tensor hh_norm, Tensor stats) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias, Tensor grad_ln_ih_weight, Tensor grad_ln_hh_weight, Tensor grad_ln_c_weight, "
+      "Tensor grad_ln_c_bias)");
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
@@ -74,7 +98,13 @@ TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
   M.impl("gru_layer_inference", &lstm_ext::gru_layer_inference);     \
   M.impl("gru_layer_backward", &lstm_ext::gru_layer_backward);
 
-TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) { LSTM_EXT_DEVICE_KERNELS(m) }
+TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
+  LSTM_EXT_DEVICE_KERNELS(m)
+  // CPU only: other devices run lstm_ext.LayerNormLSTM's composite of torch ops.
+  m.impl("ln_lstm_layer_forward", &lstm_ext::ln_lstm_layer_forward);
+  m.impl("ln_lstm_layer_inference", &lstm_ext::ln_lstm_layer_inference);
+  m.impl("ln_lstm_layer_backward", &lstm_ext::ln_lstm_layer_backward);
+}
 
 TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("cell_forward", &lstm_ext::cell_forward_autograd);
@@ -132,7 +162,10 @@ void unsupported_tensor_kernel(const c10::OperatorHandle& op, torch::jit::Stack*
   M.impl("layer_backward", KERNEL);          \
   M.impl("gru_layer_forward", KERNEL);       \
   M.impl("gru_layer_inference", KERNEL);     \
-  M.impl("gru_layer_backward", KERNEL);
+  M.impl("gru_layer_backward", KERNEL);      \
+  M.impl("ln_lstm_layer_forward", KERNEL);   \
+  M.impl("ln_lstm_layer_inference", KERNEL); \
+  M.impl("ln_lstm_layer_backward", KERNEL);
 
 #define LSTM_EXT_AUTOCAST(KEY, DEVICE)                                                                 \
   TORCH_LIBRARY_IMPL(lstm_ext, KEY, m) {                                                                \

@@ -9,6 +9,8 @@ Drop-ins for torch.nn's modules, with the same parameters, results and state_dic
     h, c = cell(x_t, (h_prev, c_prev))
     gru = lstm_ext.GRU(input_size, hidden_size, batch_first=True)               # torch.nn.GRU
     output, h_n = gru(x)
+    ln = lstm_ext.LayerNormLSTM(input_size, hidden_size, zoneout_cell=0.1)      # not in torch.nn
+    output, (h_n, c_n) = ln(x)
 
 Also: GRUCell (torch.nn.GRUCell), LSTMModel and GRUModel (the course's model
 with either cell), the functions lstm_cell, lstm_layer and gru_layer,
@@ -20,12 +22,13 @@ from lstm_ext.functional import LSTMCellFunction, lstm_cell
 from lstm_ext.cell import GRUCell, LSTMCell
 from lstm_ext.model import GRUModel, LSTMModel
 from lstm_ext.rnn import GRU, LSTM, gru_layer, lstm_layer
+from lstm_ext.layernorm import LayerNormLSTM, layer_norm_lstm_layer
 from lstm_ext import reference
 
 __version__ = "0.4.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "GRU", "GRUCell", "GRUModel", "lstm_cell",
-           "lstm_layer", "gru_layer", "reference",
+           "lstm_layer", "gru_layer", "LayerNormLSTM", "layer_norm_lstm_layer", "reference",
            "backends", "cpu_capability", "set_cpu_capability", "empty_cache", "cached_bytes"]
 
 

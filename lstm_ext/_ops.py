@@ -271,3 +271,165 @@ def _gru_layer_backward_fake(grad_output, grad_h_n, input, h0, weight_ih, weight
     return (_like(want_input, input, input.shape), _like(want_h0, h0, h0.shape),
             _like(want_weights, weight_ih, weight_ih.shape), _like(want_weights, weight_hh, weight_hh.shape),
             _like(want_weights, weight_hh, 3 * H), _like(want_weights, weight_hh, 3 * H))
+
+
+# The LayerNorm LSTM's layer operators (csrc/layernorm_lstm_ops.cpp): fakes
+# and autograd. Autograd is registered here, in Python, through
+# torch.library: these operators are not on the small-size fast path that
+# the LSTM's C++ autograd serves.
+_LN_OP = "lstm_ext.LayerNormLSTM"
+_LN_NAMES = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+
+
+def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_h, rate_c, rate_h):
+    """The checks of check_ln_layer (csrc/layernorm_lstm_ops.cpp), in its order; returns (T, B, H, layer_norm)."""
+    op = _LN_OP
+    check_floating(op, "weight_hh", weight_hh)
+    if not (weight_hh.dim() == 2 and weight_hh.shape[1] * 4 == weight_hh.shape[0]):
+        raise ValueError(f"{op}: weight_hh must have shape [4*hidden_size, hidden_size], got "
+                         f"{_shape(weight_hh.shape)}")
+    H = weight_hh.shape[1]
+    if input.dim() != 3:
+        raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
+    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == 4 * H):
+        raise ValueError(f"{op}: weight_ih must have shape [4*hidden_size, input_size] = [{4 * H}, input_size], "
+                         f"got {_shape(weight_ih.shape)}")
+    T, B, I = input.shape[0], input.shape[1], weight_ih.shape[1]
+    if input.shape[2] != I:
+        raise ValueError(f"{op}: input has {input.shape[2]} features but input_size is {I} (input shape "
+                         f"{_shape(input.shape)})")
+    check_like(op, "input", input, "weight_hh", weight_hh)
+    check_like(op, "weight_ih", weight_ih, "weight_hh", weight_hh)
+
+    def operand(name, t, expected, meaning):
+        check_like(op, name, t, "weight_hh", weight_hh)
+        _check_shape(op, name, t, expected, meaning)
+
+    operand("h_0", h0, (B, H), "(batch, hidden_size)")
+    operand("c_0", c0, (B, H), "(batch, hidden_size)")
+    if bias is not None:
+        operand("bias", bias, (4 * H,), "(4*hidden_size,)")
+    present = sum(t is not None for t in ln)
+    if present not in (0, 4):
+        raise ValueError(f"{op}: ln_ih_weight, ln_hh_weight, ln_c_weight and ln_c_bias are given together or not "
+                         f"at all ({present} of 4 given)")
+    if present == 4:
+        for name, t, size, meaning in zip(_LN_NAMES, ln, (4 * H, 4 * H, H, H),
+                                          ("(4*hidden_size,)", "(4*hidden_size,)", "(hidden_size,)",
+                                           "(hidden_size,)")):
+            operand(name, t, (size,), meaning)
+    for name, mask in (("zoneout_cell_mask", mask_c), ("zoneout_hidden_mask", mask_h)):
+        if mask is not None:
+            operand(name, mask, (T, B, H), "(seq_len, batch, hidden_size)")
+    if not (0 <= rate_c <= 1 and 0 <= rate_h <= 1):
+        raise ValueError(f"{op}: zoneout rates must be in [0, 1], got zoneout_cell={rate_c:g} and "
+                         f"zoneout_hidden={rate_h:g}")
+    return T, B, H, present == 4
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else t.dtype
+
+
+@torch.library.register_fake("lstm_ext::ln_lstm_layer_forward")
+def _ln_lstm_layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight,
+                                ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden,
+                                reverse):
+    T, B, H, ln = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
+                                  (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
+                                  zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
+    saved = {"dtype": _compute_dtype(weight_hh), "device": input.device}
+
+    def lead(last):
+        return input.new_empty((T, B, last) if ln else (0,), **saved)
+
+    return (input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H),
+            input.new_empty(T, B, 4 * H, **saved), input.new_empty(T, B, H, **saved), lead(4 * H), lead(1), lead(1),
+            lead(4 * H), lead(3))
+
+
+@torch.library.register_fake("lstm_ext::ln_lstm_layer_inference")
+def _ln_lstm_layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
+                                  ln_c_weight, ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell,
+                                  zoneout_hidden, reverse):
+    T, B, H, _ = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
+                                 (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
+                                 zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
+    return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H)
+
+
+@torch.library.register_fake("lstm_ext::ln_lstm_layer_backward")
+def _ln_lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, has_bias,
+                                 ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias, zoneout_cell_mask,
+                                 zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, output, gates, cells,
+                                 ih, ih_mean, ih_rstd, hh_norm, stats):
+    ln = (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias)
+    T, B, H, layer_norm = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, None, ln, zoneout_cell_mask,
+                                          zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
+    op = _LN_OP
+    for name, t in (("grad_output", grad_output), ("output", output)):
+        check_like(op, name, t, "weight_hh", weight_hh)
+        _check_shape(op, name, t, (T, B, H), "(seq_len, batch, hidden_size)")
+    for name, t in (("grad_h_n", grad_h_n), ("grad_c_n", grad_c_n)):
+        if t is not None:
+            check_like(op, name, t, "weight_hh", weight_hh)
+            _check_shape(op, name, t, (B, H), "(batch, hidden_size)")
+    dtype = _compute_dtype(weight_hh)
+
+    def lead(last):
+        return (T, B, last) if layer_norm else (0,)
+
+    for name, t, expected in (("gates", gates, (T, B, 4 * H)), ("cells", cells, (T, B, H)), ("ih", ih, lead(4 * H)),
+                              ("ih_mean", ih_mean, lead(1)), ("ih_rstd", ih_rstd, lead(1)),
+                              ("hh_norm", hh_norm, lead(4 * H)), ("stats", stats, lead(3))):
+        if t.dtype != dtype or t.device != weight_hh.device:
+            raise ValueError(f"{op}: {name} must be what the forward saved ({dtype} on {weight_hh.device}), got "
+                             f"{t.dtype} on {t.device}")
+        _check_shape(op, name, t, expected, "(as the forward saved it)")
+    return (input.new_empty(input.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            weight_ih.new_empty(weight_ih.shape), weight_hh.new_empty(weight_hh.shape),
+            weight_hh.new_empty(4 * H) if has_bias else None,
+            *((t.new_empty(t.shape) for t in ln) if layer_norm else (None,) * 4))
+
+
+def _ln_setup_context(ctx, inputs, output):
+    (input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
+     mask_c, mask_h, rate_c, rate_h, reverse) = inputs
+    out, _, _, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats = output
+    ctx.save_for_backward(input, h0, c0, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
+                          mask_c, mask_h, out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats)
+    ctx.has_bias = bias is not None
+    ctx.rates = (rate_c, rate_h)
+    ctx.reverse = reverse
+
+
+def _ln_backward(ctx, grad_output, grad_h_n, grad_c_n, *unused):
+    if torch.is_grad_enabled():
+        raise NotImplementedError("lstm_ext.LayerNormLSTM: double backward (create_graph=True) is not supported; "
+                                  "its backward is not itself differentiable")
+    (input, h0, c0, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias, mask_c, mask_h,
+     out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats) = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    grads = torch.ops.lstm_ext.ln_lstm_layer_backward(
+        grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, ctx.has_bias, ln_ih_weight,
+        ln_hh_weight, ln_c_weight, ln_c_bias, mask_c, mask_h, ctx.rates[0], ctx.rates[1], ctx.reverse, out, gates,
+        cells, ih, ih_mean, ih_rstd, hh_norm, stats)
+    # The masks are zoneout's draws, not differentiable; nor are the rates and reverse.
+    return (*grads, None, None, None, None, None)
+
+
+torch.library.register_autograd("lstm_ext::ln_lstm_layer_forward", _ln_backward, setup_context=_ln_setup_context)
+
+
+def _ln_inference_setup_context(ctx, inputs, output):
+    pass
+
+
+def _ln_inference_backward(ctx, *grads):
+    raise RuntimeError("lstm_ext::ln_lstm_layer_inference keeps nothing for a backward; call "
+                       "lstm_ext::ln_lstm_layer_forward (or lstm_ext.layer_norm_lstm_layer) where gradients are needed")
+
+
+torch.library.register_autograd("lstm_ext::ln_lstm_layer_inference", _ln_inference_backward,
+                                setup_context=_ln_inference_setup_context)

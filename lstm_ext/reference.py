@@ -110,3 +110,194 @@ class GRUModel(nn.Module):
         for t in range(x.shape[1]):
             h_t = self.gru_cell(x[:, t], h_t)
         return self.fc(h_t)
+
+
+def _layer_norm(v: Tensor, weight: Tensor, bias=None, eps: float = 1e-5) -> Tensor:
+    """LN over the last dimension: mean and biased variance of the row, then gain (and shift)."""
+    mean = v.mean(-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(-1, keepdim=True)
+    out = (v - mean) / torch.sqrt(var + eps) * weight
+    return out if bias is None else out + bias
+
+
+def layer_norm_lstm_step(x: Tensor, h_prev: Tensor, c_prev: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                         bias=None, ln_ih_weight=None, ln_hh_weight=None, ln_c_weight=None, ln_c_bias=None,
+                         d_c=0.0, d_h=0.0) -> Tuple[Tensor, Tensor]:
+    """One step of the LayerNorm LSTM, written out (lstm_ext.LayerNormLSTM's maths)::
+
+        a = LN(W_ih x; g_ih) + LN(W_hh h_prev; g_hh) + b          (i, f, g, o = split(a, 4))
+        c~ = sigmoid(f) c_prev + sigmoid(i) tanh(g)
+        h~ = sigmoid(o) tanh(LN(c~; g_c, b_c))
+        c = d_c c_prev + (1 - d_c) c~,  h = d_h h_prev + (1 - d_h) h~
+
+    LN normalizes a row (mean, biased variance, eps 1e-5) and applies the gain
+    (and shift). Without the LN parameters (all None) it is the plain LSTM
+    (with the one bias b = b_ih + b_hh). d_c, d_h: zoneout's masks (0 or 1,
+    in training) or rates (eval: the expectation); 0 is no zoneout.
+    Returns (h, c).
+    """
+    ih = x @ weight_ih.t()
+    hh = h_prev @ weight_hh.t()
+    layer_norm = ln_ih_weight is not None
+    a = (_layer_norm(ih, ln_ih_weight) + _layer_norm(hh, ln_hh_weight)) if layer_norm else ih + hh
+    if bias is not None:
+        a = a + bias
+    i, f, g, o = a.chunk(4, -1)
+    c_candidate = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    y = _layer_norm(c_candidate, ln_c_weight, ln_c_bias) if layer_norm else c_candidate
+    h_candidate = torch.sigmoid(o) * torch.tanh(y)
+    c = d_c * c_prev + (1 - d_c) * c_candidate
+    h = d_h * h_prev + (1 - d_h) * h_candidate
+    return h, c
+
+
+def layer_norm_lstm_sequence(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
+                             bias=None, ln_ih_weight=None, ln_hh_weight=None, ln_c_weight=None, ln_c_bias=None,
+                             zoneout_cell_mask=None, zoneout_hidden_mask=None, zoneout_cell: float = 0.0,
+                             zoneout_hidden: float = 0.0, reverse: bool = False
+                             ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """layer_norm_lstm_step looped over input (T, B, I) from hx = (h_0, c_0):
+    one layer and direction, as lstm_ext.layer_norm_lstm_layer. The masks
+    (T, B, H) give zoneout's d per step; where a mask is None the rate is
+    used (eval). Returns (output (T, B, H), (h_n, c_n))."""
+    h, c = hx
+    outputs = [None] * input.shape[0]
+    steps = range(input.shape[0] - 1, -1, -1) if reverse else range(input.shape[0])
+    for t in steps:
+        d_c = zoneout_cell if zoneout_cell_mask is None else zoneout_cell_mask[t]
+        d_h = zoneout_hidden if zoneout_hidden_mask is None else zoneout_hidden_mask[t]
+        h, c = layer_norm_lstm_step(input[t], h, c, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
+                                    ln_c_weight, ln_c_bias, d_c, d_h)
+        outputs[t] = h
+    output = torch.stack(outputs) if outputs else input.new_empty(0, *h.shape)
+    return output, (h, c)
+
+
+class LayerNormLSTMCell(nn.Module):
+    """The LayerNorm LSTM's cell in torch ops (layer_norm_lstm_step), the
+    yardstick for lstm_ext.LayerNormLSTM. Its parameters are one layer's of
+    LayerNormLSTM without the ``_l0`` suffix: weight_ih [4H, I], weight_hh
+    [4H, H], bias [4H], ln_ih_weight and ln_hh_weight [4H], ln_c_weight and
+    ln_c_bias [H]; initialised as LayerNormLSTM's."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * H, H))
+        self.bias = nn.Parameter(torch.empty(4 * H)) if bias else None
+        self.ln_ih_weight = nn.Parameter(torch.ones(4 * H))
+        self.ln_hh_weight = nn.Parameter(torch.ones(4 * H))
+        self.ln_c_weight = nn.Parameter(torch.ones(H))
+        self.ln_c_bias = nn.Parameter(torch.zeros(H))
+        bound = 1.0 / hidden_size ** 0.5
+        with torch.no_grad():
+            self.weight_ih.uniform_(-bound, bound)
+            self.weight_hh.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.zero_()
+                self.bias[H:2 * H] = 1.0  # the forget gate's
+
+    def forward(self, x: Tensor, hidden: Tuple[Tensor, Tensor], d_c=0.0, d_h=0.0) -> Tuple[Tensor, Tensor]:
+        """x (B, I), hidden = (h_prev, c_prev) each (B, H), zoneout's d_c, d_h -> (h, c)."""
+        return layer_norm_lstm_step(x, hidden[0], hidden[1], self.weight_ih, self.weight_hh, self.bias,
+                                    self.ln_ih_weight, self.ln_hh_weight, self.ln_c_weight, self.ln_c_bias,
+                                    d_c, d_h)
+
+
+class LayerNormLSTM(nn.Module):
+    """lstm_ext.LayerNormLSTM as a Python loop of torch ops: the same
+    constructor, parameter names (its state_dict loads here and back) and
+    zoneout draws (per layer and direction c's mask, then h's, then dropout
+    between layers, from torch's generator, so one seed gives both modules
+    the same masks). Input (T, B, I), or (B, T, I) when batch_first."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0) -> None:
+        super().__init__()
+        self.hidden_size, self.num_layers, self.batch_first = hidden_size, num_layers, batch_first
+        self.dropout, self.bidirectional = dropout, bidirectional
+        self.zoneout_cell, self.zoneout_hidden = zoneout_cell, zoneout_hidden
+        directions = 2 if bidirectional else 1
+        self.cells = nn.ModuleList()
+        for layer in range(num_layers):
+            for _ in range(directions):
+                self.cells.append(LayerNormLSTMCell(input_size if layer == 0 else hidden_size * directions,
+                                                    hidden_size, bias))
+        self._suffixes = [f"_l{layer}" + ("_reverse" if d else "") for layer in range(num_layers)
+                          for d in range(directions)]
+        self._register_load_state_dict_pre_hook(self._from_fused_names)
+        self._register_state_dict_hook(LayerNormLSTM._to_fused_names)
+
+    def _from_fused_names(self, state_dict, prefix, *args):
+        for k, suffix in enumerate(self._suffixes):
+            for name in ("weight_ih", "weight_hh", "bias", *_LN_NAMES):
+                if prefix + name + suffix in state_dict:
+                    state_dict[f"{prefix}cells.{k}.{name}"] = state_dict.pop(prefix + name + suffix)
+
+    @staticmethod
+    def _to_fused_names(module, state_dict, prefix, local_metadata):
+        for key in list(state_dict):
+            if key.startswith(prefix + "cells."):
+                k, name = key[len(prefix) + len("cells."):].split(".", 1)
+                state_dict[prefix + name + module._suffixes[int(k)]] = state_dict.pop(key)
+        return state_dict
+
+    def forward(self, x: Tensor, hx=None):
+        """(output, (h_n, c_n)) as lstm_ext.LayerNormLSTM."""
+        layers = [{name: getattr(cell, name) for name in ("weight_ih", "weight_hh", "bias", *_LN_NAMES)}
+                  for cell in self.cells]
+        return layer_norm_lstm_stacked(x, hx, layers, self.bidirectional, self.batch_first, self.dropout,
+                                       self.training, self.zoneout_cell, self.zoneout_hidden)
+
+
+_LN_NAMES = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+
+
+def zoneout_masks(rate: float, shape, like: Tensor, training: bool):
+    """Zoneout's d for one layer and direction: Bernoulli(rate) per element
+    and step from torch's generator in training (torch.manual_seed
+    reproduces it), None (the rate itself is then d) otherwise."""
+    if not training or rate == 0.0:
+        return None
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(rate)
+
+
+def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_first: bool = False,
+                            dropout: float = 0.0, training: bool = False, zoneout_cell: float = 0.0,
+                            zoneout_hidden: float = 0.0, layer_fn=None):
+    """Stacked layers of layer_norm_lstm_sequence (or layer_fn, with its
+    arguments: lstm_ext.layer_norm_lstm_layer is how lstm_ext.LayerNormLSTM
+    runs): layers[layer * D + direction] maps weight_ih, weight_hh, bias and
+    the LN names to tensors (or None); x (T, B, I) ((B, T, I) batch_first),
+    hx (h_0, c_0) each (len(layers), B, H) or None. In training, zoneout's
+    masks are drawn per layer and direction (c's, then h's) and dropout
+    follows each layer but the last."""
+    layer_fn = layer_fn or layer_norm_lstm_sequence
+    directions = 2 if bidirectional else 1
+    if batch_first:
+        x = x.transpose(0, 1)
+    T, B, H = x.shape[0], x.shape[1], layers[0]["weight_hh"].shape[1]
+    if hx is None:
+        hx = (x.new_zeros(len(layers), B, H),) * 2
+    layer_input, h_n, c_n = x, [], []
+    for layer in range(len(layers) // directions):
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            w = layers[k]
+            masks = [zoneout_masks(rate, (T, B, H), x, training) for rate in (zoneout_cell, zoneout_hidden)]
+            out, (h, c) = layer_fn(layer_input, (hx[0][k], hx[1][k]), w["weight_ih"], w["weight_hh"], w.get("bias"),
+                                   *(w.get(name) for name in _LN_NAMES), masks[0], masks[1], zoneout_cell,
+                                   zoneout_hidden, reverse=direction == 1)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = torch.cat(outputs, 2)
+        if dropout > 0 and training and layer < len(layers) // directions - 1:
+            layer_input = nn.functional.dropout(layer_input, dropout, training=True)
+    out = layer_input.transpose(0, 1) if batch_first else layer_input
+    return out, (torch.stack(h_n), torch.stack(c_n))

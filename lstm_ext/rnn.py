@@ -266,6 +266,12 @@ class LSTM(_RNNBase):
         proj_size: if > 0, an LSTM with projections (LSTMP): h is projected to
             proj_size (P < H) features by weight_hr, as in torch.nn.LSTM.
         device, dtype: of the parameters (float32, float64, bfloat16, float16).
+        zoneout_cell, zoneout_hidden (keyword only): zoneout's rates (Krueger et
+            al. 2016), which torch.nn.LSTM does not have: in training each
+            element of c (h) keeps its previous value with this probability
+            per step, in eval it is mixed by the rate; see
+            lstm_ext.LayerNormLSTM. 0 (the default): none, and the module is
+            exactly torch.nn.LSTM. Not with proj_size or PackedSequence input.
 
     Inputs: ``input, (h_0, c_0)``
         * input: (T, B, I), (B, T, I) when batch_first, or (T, I) unbatched; or a
@@ -308,9 +314,39 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, zoneout_cell: float = 0.0,
+                 zoneout_hidden: float = 0.0) -> None:
+        from lstm_ext.layernorm import _check_rate
+
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype)
+        self.zoneout_cell = _check_rate("zoneout_cell", zoneout_cell)
+        self.zoneout_hidden = _check_rate("zoneout_hidden", zoneout_hidden)
+        if proj_size > 0 and (self.zoneout_cell or self.zoneout_hidden):
+            raise NotImplementedError("lstm_ext.LSTM: zoneout with proj_size > 0 is not supported")
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        for name in ("zoneout_cell", "zoneout_hidden"):
+            if getattr(self, name, 0.0):
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def to_torch(self) -> nn.Module:
+        if getattr(self, "zoneout_cell", 0.0) or getattr(self, "zoneout_hidden", 0.0):
+            raise ValueError("lstm_ext.LSTM.to_torch: torch.nn.LSTM has no zoneout; set zoneout_cell and "
+                             "zoneout_hidden to 0 first (the parameters are the same)")
+        return super().to_torch()
+
+    def _zoneout_forward(self, input, hx):
+        """With zoneout: each layer and direction through layer_norm_lstm_layer without its layer norms."""
+        from lstm_ext.layernorm import run_stacked
+
+        layers = []
+        for names in self._all_weights:
+            p = [getattr(self, name) for name in names]
+            layers.append({"weight_ih": p[0], "weight_hh": p[1], "bias": p[2] + p[3] if self.bias else None})
+        return run_stacked(self, input, hx, layers, "LSTM")
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
@@ -321,6 +357,8 @@ class LSTM(_RNNBase):
             for name, state in zip(("h_0", "c_0"), hx):
                 if not isinstance(state, Tensor):
                     raise ValueError(f"lstm_ext.LSTM: expected {name} to be a tensor, got {_describe(state)}")
+        if getattr(self, "zoneout_cell", 0.0) or getattr(self, "zoneout_hidden", 0.0):
+            return self._zoneout_forward(input, hx)
         if isinstance(input, PackedSequence):
             from lstm_ext.packed import rnn_packed  # packed.py imports this module
 

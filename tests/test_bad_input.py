@@ -398,6 +398,67 @@ CASES.update({
                                              ("direct", "torch.ops")),
 })
 
+def ln_layer_case(change, rates=(0.0, 0.0)):
+    """layer_norm_lstm_layer on x (3, 2, 3), (h_0, c_0) (2, 4), weights for H=4 with layer norm and zoneout
+    masks (3, 2, 4); change(device, args) -> args."""
+    def build(device):
+        args = [randn(3, 2, 3, device=device), randn(2, 4, device=device), randn(2, 4, device=device),
+                randn(16, 3, device=device), randn(16, 4, device=device), randn(16, device=device),
+                randn(16, device=device), randn(16, device=device), randn(4, device=device), randn(4, device=device),
+                torch.zeros(3, 2, 4, device=device, dtype=F64), torch.ones(3, 2, 4, device=device, dtype=F64)]
+        args = change(device, args)
+        return (lambda x, h, c, *w: lstm_ext.layer_norm_lstm_layer(x, (h, c), *w, *rates)), tuple(args)
+    return build
+
+
+def ln_backward_case(change):
+    """torch.ops.lstm_ext.ln_lstm_layer_backward with its saved tensors; change(device, args) -> args."""
+    def build(device):
+        x, h0, c0, w_ih, w_hh = randn(3, 2, 3), randn(2, 4), randn(2, 4), randn(16, 3), randn(16, 4)
+        ln = [randn(16), randn(16), randn(4), randn(4)]
+        saved = torch.ops.lstm_ext.ln_lstm_layer_forward(x, h0, c0, w_ih, w_hh, None, *ln, None, None, 0.0, 0.0,
+                                                         False)
+        args = [torch.randn_like(saved[0]), None, None, x, h0, c0, w_ih, w_hh, *ln, saved[0], *saved[3:]]
+        args = change(device, [a.to(device) if a is not None else None for a in args])
+        g, gh, gc, x, h0, c0, w_ih, w_hh, l1, l2, l3, l4, out, *rest = args
+        return (lambda *a: torch.ops.lstm_ext.ln_lstm_layer_backward(
+            *a[:8], False, *a[8:12], None, None, 0.0, 0.0, False, *a[12:])), tuple(args)
+    return build
+
+
+CASES.update({
+    # --- LayerNorm LSTM and zoneout ---------------------------------------------------
+    "ln_layer: ln_c_weight of 4H": (ln_layer_case(replaced(8, lambda d, t: randn(16, device=d))), ValueError,
+                                    r"lstm_ext.LayerNormLSTM: ln_c_weight must have shape \[4\] \(hidden_size,\), "
+                                    r"got \[16\]", ALL_PATHS),
+    "ln_layer: three of the four LN tensors": (ln_layer_case(replaced(9, lambda d, t: None)), ValueError,
+                                               r"given together or not at all \(3 of 4 given\)", ALL_PATHS),
+    "ln_layer: h_0 of another batch": (ln_layer_case(replaced(1, lambda d, t: randn(3, 4, device=d))), ValueError,
+                                       r"h_0 must have shape \[2, 4\] \(batch, hidden_size\), got \[3, 4\]",
+                                       ALL_PATHS),
+    "ln_layer: float32 gain": (ln_layer_case(replaced(6, lambda d, t: t.float())), TypeError,
+                               r"dtype mismatch: ln_ih_weight is torch.float32 but weight_hh is torch.float64",
+                               ALL_PATHS),
+    "ln_layer: gain on meta": (ln_layer_case(replaced(7, lambda d, t: on_meta(t))), ValueError,
+                               r"device mismatch: ln_hh_weight is on meta but weight_hh is on cpu", MIXED),
+    "ln_layer: mask of one step": (ln_layer_case(replaced(10, lambda d, t: t[:1])), ValueError,
+                                   r"zoneout_cell_mask must have shape \[3, 2, 4\] \(seq_len, batch, hidden_size\), "
+                                   r"got \[1, 2, 4\]", ALL_PATHS),
+    "ln_layer: integer mask": (ln_layer_case(replaced(11, lambda d, t: t.long())), TypeError,
+                               r"zoneout_hidden_mask must be a dense floating point tensor", ALL_PATHS),
+    "ln_layer: rate above 1": (ln_layer_case(lambda d, a: a, rates=(1.5, 0.0)), ValueError,
+                               r"zoneout rates must be in \[0, 1\], got zoneout_cell=1.5", ALL_PATHS),
+    "ln_layer: weight_hh not [4H, H]": (ln_layer_case(replaced(4, lambda d, t: randn(16, 5, device=d))), ValueError,
+                                        r"weight_hh must have shape \[4\*hidden_size, hidden_size\], got \[16, 5\]",
+                                        ALL_PATHS),
+    "ln_backward: stats of another shape": (ln_backward_case(replaced(19, lambda d, t: t[:, :, :2])), ValueError,
+                                            r"stats must have shape \[3, 2, 3\] \(as the forward saved it\), got "
+                                            r"\[3, 2, 2\]", ALL_PATHS),
+    "ln_backward: grad_output of another size": (ln_backward_case(replaced(0, lambda d, t: t[:2])), ValueError,
+                                                 r"grad_output must have shape \[3, 2, 4\]", ALL_PATHS),
+})
+
+
 def call_on_path(path, build):
     if path == "meta":
         fn, args = build("meta")

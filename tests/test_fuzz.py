@@ -1,10 +1,12 @@
 """Differential fuzz test: seeded random configurations of lstm_ext.LSTM
 (with and without projections), LSTMCell, GRU and GRUCell against
-torch.nn's modules with the same parameters, outputs and every gradient.
+torch.nn's modules with the same parameters, outputs and every gradient,
+and of lstm_ext.LayerNormLSTM (zoneout, dropout, train and eval) against
+lstm_ext.reference.LayerNormLSTM, which draws the same masks.
 
 Each seed is one case, so a failure names the seed that reproduces it. The
 suite runs LSTM_EXT_FUZZ_CASES cases of each module (default 800, 300, 400,
-400 and 200, and 300 of PackedSequence input);
+400 and 200, 300 of PackedSequence input, 200 of LayerNormLSTM);
 set it higher to run thousands locally:
 
     LSTM_EXT_FUZZ_CASES=5000 pytest tests/test_fuzz.py -q
@@ -26,6 +28,7 @@ PACKED_CASES = CASES or 300
 CELL_CASES = CASES or 400
 GRU_CASES = CASES or 400
 GRU_CELL_CASES = CASES or 200
+LN_CASES = CASES or 200
 TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
 
 
@@ -230,3 +233,72 @@ def test_packed_sequence_against_torch(seed):
         grads = iter(torch.autograd.grad(loss, needed, allow_unused=True) if needed else ())
         results.append([out.data, *states, *[next(grads) if t.requires_grad else None for t in wrt]])
     compare(results[1], results[0], TOLERANCES[dtype], what)
+
+
+@pytest.mark.parametrize("seed", range(LN_CASES))
+def test_layernorm_lstm_against_reference(seed):
+    from lstm_ext import reference
+
+    rng = random.Random(60_000 + seed)
+    dtype = torch.float64 if rng.random() < 0.8 else torch.float32
+    config = dict(num_layers=rng.randint(1, 3), bidirectional=rng.random() < 0.5, batch_first=rng.random() < 0.5,
+                  bias=rng.random() < 0.8, dropout=rng.choice([0.0, 0.0, 0.3]),
+                  zoneout_cell=rng.choice([0.0, 0.0, 0.2]), zoneout_hidden=rng.choice([0.0, 0.0, 0.3]))
+    T, B, I, H = rng.randint(1, 6), rng.choice([0, 1, 1, 2, 3, 5]), rng.randint(1, 7), rng.randint(1, 9)
+    torch.manual_seed(seed)
+    fused = lstm_ext.LayerNormLSTM(I, H, dtype=dtype, **config)
+    with torch.no_grad():
+        for name, p in fused.named_parameters():
+            if not name.startswith("weight"):
+                p.add_(0.3 * torch.randn_like(p))
+    ref = reference.LayerNormLSTM(I, H, **config).to(dtype)
+    ref.load_state_dict(fused.state_dict())
+    for p_ref, p_fused in zip(ref.parameters(), fused.parameters()):  # the same ones frozen (names differ)
+        frozen = rng.random() < 0.2
+        p_ref.requires_grad_(not frozen)
+        p_fused.requires_grad_(not frozen)
+    training = rng.random() < 0.5
+    for module in (ref, fused):
+        module.train(training)
+    shape = (B, T, I) if config["batch_first"] else (T, B, I)
+    x = maybe_non_contiguous(rng, torch.randn(*shape, dtype=dtype)).requires_grad_(rng.random() < 0.7)
+    layers = config["num_layers"] * (2 if config["bidirectional"] else 1)
+    state = None
+    if rng.random() < 0.6:
+        state = tuple(torch.randn(layers, B, H, dtype=dtype).requires_grad_(rng.random() < 0.5) for _ in range(2))
+    weights = torch.randn(*shape[:-1], H * (2 if config["bidirectional"] else 1), dtype=dtype)
+    what = f"seed {seed}: {config}, (T, B, I, H)={(T, B, I, H)}, {dtype}, training={training}"
+    torch.manual_seed(seed)
+    expected, expected_grads = outputs_and_grads(ref, x, state, weights, [x, *(state or ()), *ref.parameters()])
+    torch.manual_seed(seed)
+    got, got_grads = outputs_and_grads(fused, x, state, weights, [x, *(state or ()), *fused.parameters()])
+    if dtype == torch.float64:
+        compare(got, expected, TOLERANCES[dtype], what + " outputs")
+        compare(got_grads, expected_grads, TOLERANCES[dtype], what + " grads")
+        return
+    # float32: a layer norm's 1 / sqrt(var + eps) magnifies rounding where a row's variance is small, in the
+    # reference as in the fused layer, so the two float32 results can differ far beyond float32's epsilon
+    # on ill-conditioned cases. Both are measured against the reference in float64 (the same masks: a
+    # seed draws the same Bernoulli pattern in either dtype): the fused layer's error may be neither far
+    # above the reference's (either is the larger on some seeds) nor above float32's resolution of the
+    # result's scale.
+    truth = reference.LayerNormLSTM(I, H, **config).to(torch.float64)
+    truth.load_state_dict(fused.state_dict())
+    for p_ref, p_truth in zip(ref.parameters(), truth.parameters()):
+        p_truth.requires_grad_(p_ref.requires_grad)
+    truth.train(training)
+    x64 = x.detach().double().requires_grad_(x.requires_grad)
+    state64 = None if state is None else tuple(s.detach().double().requires_grad_(s.requires_grad) for s in state)
+    torch.manual_seed(seed)
+    exact, exact_grads = outputs_and_grads(truth, x64, state64, weights.double(),
+                                           [x64, *(state64 or ()), *truth.parameters()])
+    for k, (a, b, e) in enumerate(zip([*got, *got_grads], [*expected, *expected_grads], [*exact, *exact_grads])):
+        if e is None:
+            assert a is None and b is None, f"{what}[{k}]: expected no gradient"
+            continue
+        if e.numel() == 0:
+            continue
+        fused_error = (a.double() - e).abs().max().item()
+        reference_error = (b.double() - e).abs().max().item()
+        assert fused_error <= max(16 * reference_error, 1e-4 * (1 + e.abs().max().item())), (
+            f"{what}[{k}]: fused float32 error {fused_error:.2e}, reference float32 error {reference_error:.2e}")

@@ -1,0 +1,60 @@
+// The LayerNorm LSTM's layer operators (layernorm_lstm_ops.cpp), schemas in
+// registration.cpp, autograd and fakes in lstm_ext/_ops.py.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace lstm_ext {
+
+using at::Tensor;
+
+// The layer norms' gains and shift: all four or none (the plain LSTM).
+struct LnParams {
+  std::optional<Tensor> ih_weight, hh_weight, c_weight, c_bias;
+};
+
+// One layer and direction over the sequence: input [T, B, I], h0 and c0
+// [B, H], weight_ih [4H, I], weight_hh [4H, H], bias [4H] (the one bias),
+// ln_ih_weight and ln_hh_weight [4H], ln_c_weight and ln_c_bias [H] (all
+// absent: no layer norm); zoneout masks [T, B, H] (d, 0 or 1, in training)
+// or, where absent, the constant rate. Returns (output, h_n, c_n) and what
+// the backward needs: gates [T, B, 4H] activated, cells [T, B, H] (the
+// zoned c), ih [T, B, 4H] (W_ih x), ih_mean and ih_rstd [T, B, 1] (its layer
+// norm's), hh_norm [T, B, 4H] (each step's normalized W_hh h), stats
+// [T, B, 3] (rstd of that, mean and rstd of c~); the LN ones [0] without
+// layer norm. In the compute type (float for the 16-bit types); output,
+// h_n and c_n in the input's dtype.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_lstm_layer_forward(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
+    const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
+    const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
+    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse);
+
+// The same output, h_n and c_n (bitwise), keeping nothing for a backward.
+std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
+    const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
+    const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
+    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse);
+
+// Backpropagation through time. Returns (grad_input, grad_h0, grad_c0,
+// grad_weight_ih, grad_weight_hh, grad_bias, grad_ln_ih_weight,
+// grad_ln_hh_weight, grad_ln_c_weight, grad_ln_c_bias); grad_bias undefined
+// unless has_bias, the LN ones without layer norm. A missing grad_h_n or
+// grad_c_n counts as zeros.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_lstm_layer_backward(
+    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    bool has_bias, const std::optional<Tensor>& ln_ih_weight, const std::optional<Tensor>& ln_hh_weight,
+    const std::optional<Tensor>& ln_c_weight, const std::optional<Tensor>& ln_c_bias,
+    const std::optional<Tensor>& zoneout_cell_mask, const std::optional<Tensor>& zoneout_hidden_mask,
+    double zoneout_cell, double zoneout_hidden, bool reverse, const Tensor& output, const Tensor& gates,
+    const Tensor& cells, const Tensor& ih, const Tensor& ih_mean, const Tensor& ih_rstd, const Tensor& hh_norm,
+    const Tensor& stats);
+
+}  // namespace lstm_ext

@@ -1,0 +1,318 @@
+"""lstm_ext.LayerNormLSTM and zoneout (for it and for lstm_ext.LSTM) against
+the pure-Python reference of the same formulas (lstm_ext.reference)."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import lstm_ext
+from lstm_ext.layernorm import layer_norm_lstm_layer, zoneout_masks
+from lstm_ext.reference import LayerNormLSTMCell, layer_norm_lstm_stacked
+
+F64 = torch.float64
+EXACT = dict(rtol=1e-10, atol=1e-10)
+GRID = [dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
+        for L, bi, bf, bias in itertools.product((1, 2), (False, True), (False, True), (True, False))]
+# (T, B, I, H): odd sizes, B = 1, T = 1, H = 1, B = 0, and sizes past one SIMD vector and one panel.
+SHAPES = [(5, 3, 4, 6), (1, 2, 3, 4), (4, 1, 3, 1), (3, 0, 2, 4), (3, 5, 7, 33), (2, 20, 9, 70)]
+LN_ROLES = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+
+
+def randomized(module, seed=1):
+    """The module with its gains and shifts moved off 1 and 0, so that every term is exercised."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("ln_") or name.startswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    return module
+
+
+def layer_tensors(module, layer, direction):
+    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+    if isinstance(module, lstm_ext.LayerNormLSTM):
+        roles = ("weight_ih", "weight_hh", "bias") + LN_ROLES
+        return {role: getattr(module, role + suffix, None) for role in roles}
+    w = {role: getattr(module, role + suffix) for role in ("weight_ih", "weight_hh")}
+    w["bias"] = getattr(module, "bias_ih" + suffix) + getattr(module, "bias_hh" + suffix) if module.bias else None
+    return w
+
+
+def reference_forward(module, x, hx):
+    """The module's forward from lstm_ext.reference's loop over the module's own tensors (zoneout's masks
+    drawn in the same order: give both the same seed)."""
+    D = 2 if module.bidirectional else 1
+    layers = [layer_tensors(module, layer, d) for layer in range(module.num_layers) for d in range(D)]
+    return layer_norm_lstm_stacked(x, hx, layers, module.bidirectional, module.batch_first, module.dropout,
+                                   module.training, module.zoneout_cell, module.zoneout_hidden)
+
+
+def compare(module, x, hx, ref_out, tol=EXACT, fused_out=None):
+    """Outputs, states and the gradients of input, states and every parameter."""
+    out = module(x, hx) if fused_out is None else fused_out
+    for a, b in zip((out[0], *out[1]), (ref_out[0], *ref_out[1])):
+        assert a.shape == b.shape
+        assert_close(a, b, **tol)
+    wrt = [x] + (list(hx) if hx is not None else []) + list(module.parameters())
+    names = ["input"] + (["h_0", "c_0"] if hx is not None else []) + [n for n, _ in module.named_parameters()]
+    weights = torch.linspace(-1, 1, out[0].numel(), dtype=x.dtype).reshape(out[0].shape)
+    grads = []
+    for o, (h, c) in (out, ref_out):
+        loss = (o * weights).sum() + 2 * h.sum() + 3 * c.sum()
+        grads.append(torch.autograd.grad(loss, wrt, allow_unused=True))
+    for name, a, b in zip(names, *grads):
+        if b is None:
+            assert a is None or not a.any(), name
+            continue
+        assert_close(a, b, **tol, msg=lambda m: f"grad of {name}: {m}")
+
+
+def inputs(module, T, B, I, with_state=True, dtype=F64, seed=2):
+    torch.manual_seed(seed)
+    D = 2 if module.bidirectional else 1
+    x = torch.randn(*((B, T, I) if module.batch_first else (T, B, I)), dtype=dtype, requires_grad=True)
+    hx = None
+    if with_state:
+        hx = tuple(torch.randn(module.num_layers * D, B, module.hidden_size, dtype=dtype, requires_grad=True)
+                   for _ in range(2))
+    return x, hx
+
+
+@pytest.mark.parametrize("config", GRID, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_layernorm_lstm_matches_reference(config, shape):
+    T, B, I, H = shape
+    module = randomized(lstm_ext.LayerNormLSTM(I, H, dtype=F64, **config))
+    x, hx = inputs(module, T, B, I)
+    compare(module, x, hx, reference_forward(module, x, hx))
+
+
+@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
+def test_layernorm_lstm_every_cpu_capability(capability):
+    previous = lstm_ext.cpu_capability()
+    try:
+        lstm_ext.set_cpu_capability(capability)
+    except ValueError:
+        pytest.skip(f"{capability} not supported here")
+    try:
+        module = randomized(lstm_ext.LayerNormLSTM(5, 37, dtype=F64, bidirectional=True))
+        x, hx = inputs(module, 4, 6, 5)
+        compare(module, x, hx, reference_forward(module, x, hx))
+    finally:
+        lstm_ext.set_cpu_capability(previous)
+
+
+@pytest.mark.parametrize("rates", [(0.3, 0.0), (0.0, 0.2), (0.25, 0.15)])
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
+def test_zoneout_training_matches_reference_with_the_same_masks(cls, rates):
+    zc, zh = rates
+    module = getattr(lstm_ext, cls)(4, 6, num_layers=2, bidirectional=True, dtype=F64, zoneout_cell=zc,
+                                    zoneout_hidden=zh)
+    if cls == "LayerNormLSTM":
+        randomized(module)
+    x, hx = inputs(module, 5, 3, 4)
+    torch.manual_seed(7)
+    out = module(x, hx)
+    torch.manual_seed(7)  # the same masks
+    compare(module, x, hx, reference_forward(module, x, hx), fused_out=out)
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
+def test_zoneout_eval_is_the_expectation(cls):
+    module = getattr(lstm_ext, cls)(4, 6, num_layers=2, dtype=F64, zoneout_cell=0.3, zoneout_hidden=0.1).eval()
+    x, hx = inputs(module, 5, 3, 4)
+    compare(module, x, hx, reference_forward(module, x, hx))  # masks None: d = the rates
+
+
+def test_zoneout_masks_are_bernoulli_with_the_rate_and_reproducible():
+    torch.manual_seed(0)
+    like = torch.empty(0, dtype=torch.float32)
+    masks = zoneout_masks(0.15, (200, 50, 40), like, True)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    n = masks.numel()
+    assert abs(masks.mean().item() - 0.15) < 4 * (0.15 * 0.85 / n) ** 0.5
+    module = lstm_ext.LayerNormLSTM(3, 5, zoneout_cell=0.2, zoneout_hidden=0.2)
+    x = torch.randn(6, 2, 3)
+    torch.manual_seed(3)
+    first = module(x)[0]
+    torch.manual_seed(3)
+    assert torch.equal(first, module(x)[0])
+    assert not torch.equal(first, module(x)[0])  # fresh masks per call
+
+
+def test_zero_rates_leave_lstm_bitwise_unchanged():
+    torch.manual_seed(0)
+    plain = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True)
+    zero = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True, zoneout_cell=0.0, zoneout_hidden=0.0)
+    zero.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    a, b = plain(x), zero(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1][0], b[1][0]) and torch.equal(a[1][1], b[1][1])
+    ga = torch.autograd.grad(a[0].sum(), x)[0]
+    gb = torch.autograd.grad(b[0].sum(), x)[0]
+    assert torch.equal(ga, gb)
+
+
+def test_lstm_without_layer_norm_equals_torch_lstm():
+    """The row-pass engine without layer norm or zoneout is torch.nn.LSTM."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(5, 7, dtype=F64)
+    x = torch.randn(4, 3, 5, dtype=F64)
+    w = dict(ref.named_parameters())
+    out, (h, c) = layer_norm_lstm_layer(x, (torch.zeros(3, 7, dtype=F64),) * 2, w["weight_ih_l0"],
+                                        w["weight_hh_l0"], w["bias_ih_l0"] + w["bias_hh_l0"])
+    ro, (rh, rc) = ref(x)
+    assert_close(out, ro, **EXACT)
+    assert_close(c, rc[0], **EXACT)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+@pytest.mark.parametrize("masks", [False, True])
+def test_gradcheck(layer_norm, masks):
+    torch.manual_seed(0)
+    T, B, I, H = 3, 2, 3, 4
+
+    def r(*s, scale=0.5, shift=0.0):
+        return (shift + scale * torch.randn(*s, dtype=F64)).requires_grad_()
+
+    ln = (r(4 * H, shift=1), r(4 * H, shift=1), r(H, shift=1), r(H)) if layer_norm else (None,) * 4
+    mask_c = (torch.rand(T, B, H, dtype=F64) < 0.3).to(F64) if masks else None
+    mask_h = (torch.rand(T, B, H, dtype=F64) < 0.3).to(F64) if masks else None
+    args = (r(T, B, I), r(B, H), r(B, H), r(4 * H, I), r(4 * H, H), r(4 * H)) + ln
+
+    def fn(x, h0, c0, w_ih, w_hh, b, *ln_params):
+        out, (h, c) = layer_norm_lstm_layer(x, (h0, c0), w_ih, w_hh, b, *(ln_params or (None,) * 4), mask_c,
+                                            mask_h, 0.3, 0.3, reverse=True)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(fn, tuple(a for a in args if a is not None))
+
+
+def _op_args(layer_norm=True, masks=True, dtype=F64, requires_grad=False):
+    torch.manual_seed(0)
+    T, B, I, H = 3, 2, 3, 5
+    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=requires_grad)  # noqa: E731
+    ln = [r(4 * H), r(4 * H), r(H), r(H)] if layer_norm else [None] * 4
+    m = [(torch.rand(T, B, H) < 0.5).to(dtype) for _ in range(2)] if masks else [None, None]
+    return [r(T, B, I), r(B, H), r(B, H), r(4 * H, I), r(4 * H, H), r(4 * H), *ln, *m, 0.2, 0.1, False]
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_opcheck(layer_norm):
+    from torch.library import opcheck
+
+    opcheck(torch.ops.lstm_ext.ln_lstm_layer_forward.default, _op_args(layer_norm, requires_grad=True))
+    opcheck(torch.ops.lstm_ext.ln_lstm_layer_inference.default, _op_args(layer_norm))
+    args = _op_args(layer_norm)
+    saved = torch.ops.lstm_ext.ln_lstm_layer_forward(*args)
+    x, h0, c0, w_ih, w_hh, b, *rest = args
+    backward_args = [torch.randn_like(saved[0]), torch.randn_like(saved[1]), None, x, h0, c0, w_ih, w_hh, True,
+                     *rest[:6], rest[6], rest[7], rest[8], saved[0], *saved[3:]]
+    opcheck(torch.ops.lstm_ext.ln_lstm_layer_backward.default, backward_args)
+
+
+def test_inference_is_bitwise_the_training_forward():
+    module = randomized(lstm_ext.LayerNormLSTM(6, 40, num_layers=2, bidirectional=True))
+    x = torch.randn(7, 5, 6, requires_grad=True)
+    train = module(x)
+    with torch.no_grad():
+        infer = module(x)
+    with torch.inference_mode():
+        infer2 = module(x)
+    for a, b, c in zip((train[0], *train[1]), (infer[0], *infer[1]), (infer2[0], *infer2[1])):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    module = randomized(lstm_ext.LayerNormLSTM(4, 6, num_layers=2, batch_first=True, bidirectional=True))
+    compiled = torch.compile(module, fullgraph=True)
+    x = torch.randn(3, 5, 4, requires_grad=True)
+    eager = module(x)
+    out = compiled(x)
+    assert_close(out[0], eager[0])
+    g_eager = torch.autograd.grad(eager[0].sum(), [x, *module.parameters()])
+    g_compiled = torch.autograd.grad(out[0].sum(), [x, *module.parameters()])
+    for a, b in zip(g_compiled, g_eager):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_low_precision_close_to_float64(dtype):
+    module = randomized(lstm_ext.LayerNormLSTM(8, 16, dtype=F64))
+    x = torch.randn(6, 4, 8, dtype=F64)
+    expected = module(x)[0]
+    low = lstm_ext.LayerNormLSTM(8, 16, dtype=dtype)
+    low.load_state_dict(module.state_dict())
+    out, (h, c) = low(x.to(dtype))
+    assert out.dtype == h.dtype == c.dtype == dtype
+    tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-5}[dtype]
+    assert_close(out.double(), expected, rtol=tol, atol=tol)
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in low.parameters())
+
+
+def test_double_backward_is_an_error():
+    module = lstm_ext.LayerNormLSTM(3, 4, dtype=F64)
+    x = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(module(x)[0].sum(), x, create_graph=False)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
+
+
+def test_module_conventions():
+    module = lstm_ext.LayerNormLSTM(4, 6, num_layers=2, bidirectional=True, bias=True)
+    names = [n for n, _ in module.named_parameters()]
+    assert names[:7] == ["weight_ih_l0", "weight_hh_l0", "bias_l0", "ln_ih_weight_l0", "ln_hh_weight_l0",
+                         "ln_c_weight_l0", "ln_c_bias_l0"]
+    assert "ln_c_bias_l1_reverse" in names
+    assert module.weight_ih_l1.shape == (24, 12)
+    assert torch.equal(module.bias_l0[6:12], torch.ones(6)) and not module.bias_l0[:6].any()
+    assert torch.equal(module.ln_hh_weight_l0, torch.ones(24)) and not module.ln_c_bias_l0.any()
+    assert (module.weight_hh_l0.abs() <= 6 ** -0.5).all()
+    # unbatched input, state_dict round trip, meta-device init
+    out, (h, c) = module(torch.randn(5, 4))
+    assert out.shape == (5, 12) and h.shape == (4, 6)
+    other = lstm_ext.LayerNormLSTM(4, 6, num_layers=2, bidirectional=True)
+    other.load_state_dict(module.state_dict())
+    x = torch.randn(5, 2, 4)
+    assert torch.equal(other(x)[0], module(x)[0])
+    with torch.device("meta"):
+        meta = lstm_ext.LayerNormLSTM(4, 6, num_layers=2)
+    out, (h, c) = meta(torch.randn(5, 2, 4, device="meta"))
+    assert out.shape == (5, 2, 6) and out.device.type == "meta"
+    # the reference cell carries the same parameter names and initialisation
+    cell = LayerNormLSTMCell(4, 6)
+    single = lstm_ext.LayerNormLSTM(4, 6)
+    single.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+
+
+def test_errors_name_what_is_wrong():
+    module = lstm_ext.LayerNormLSTM(4, 6, num_layers=2)
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 3, 6\)"):
+        module(torch.randn(5, 3, 4), (torch.randn(2, 3, 5), torch.randn(2, 3, 6)))
+    with pytest.raises(ValueError, match=r"input has 5 features but input_size is 4"):
+        module(torch.randn(5, 3, 5))
+    with pytest.raises(ValueError, match=r"zoneout_cell should be a number in \[0, 1\]"):
+        lstm_ext.LayerNormLSTM(4, 6, zoneout_cell=1.5)
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        module(nn.utils.rnn.pack_sequence([torch.randn(3, 4), torch.randn(2, 4)]))
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        lstm_ext.LSTM(4, 6, proj_size=3, zoneout_cell=0.1)
+    with pytest.raises(ValueError, match="no zoneout"):
+        lstm_ext.LSTM(4, 6, zoneout_hidden=0.1).to_torch()
+
+
+def test_trace_and_export_with_dynamic_shapes():
+    module = randomized(lstm_ext.LayerNormLSTM(4, 6, num_layers=2, batch_first=True, bidirectional=True)).eval()
+    x, other = torch.randn(3, 5, 4), torch.randn(2, 7, 4)
+    traced = torch.jit.trace(module, (x,))
+    assert_close(traced(other)[0], module(other)[0], rtol=0, atol=0)
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    exported = torch.export.export(module, (x,), dynamic_shapes={"input": {0: batch, 1: time}})
+    out, (h, c) = exported.module()(other)
+    expected, (h_ref, c_ref) = module(other)
+    for a, b in ((out, expected), (h, h_ref), (c, c_ref)):
+        assert_close(a, b, rtol=0, atol=0)

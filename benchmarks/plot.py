@@ -9,6 +9,8 @@ Without a path, the results file of this machine. Writes:
   gru_speedup.png       lstm_ext.GRU's speed-up over torch.nn.GRU per shape and pass (--cell gru rows)
   proj_speedup.png      lstm_ext.LSTM(proj_size=H/2)'s over torch.nn.LSTM(proj_size=H/2) (--cell lstmp rows)
   packed_speedup.png    a PackedSequence through lstm_ext: over torch.nn's packed path, and over our padded batch
+  layernorm_speedup.png lstm_ext.LayerNormLSTM's speed-up over its Python reference and torch.compile of it, and
+                        the cost of the normalization and of zoneout (--cell lnlstm rows)
 Speed-up is the other implementation's median time / lstm_ext's: above 1, lstm_ext is faster.
 matplotlib is needed here only (the package never imports it).
 """
@@ -150,6 +152,39 @@ def packed_speedup(machine, times_by_cell, out):
     return save(fig, out, "packed_speedup.png")
 
 
+def layernorm_speedup(machine, times, out):
+    """LayerNormLSTM: the reference's and compile's time / ours (speed-ups), and ours / lstm_ext.LSTM's and
+    zoneout's time / without (costs, below 1.5 and 1.1 are the targets)."""
+    if not times:
+        return None
+    fig, axes = plt.subplots(2, 1, figsize=(9, 7.2))
+    for ax, (title, pairs) in zip(axes, (
+            ("speed-up of lstm_ext.LayerNormLSTM (other's time / ours)",
+             (("reference", "lstm_ext", "vs Python reference"), ("compile", "lstm_ext", "vs compile(reference step)"))),
+            ("cost (time / the time without it; lower is better)",
+             (("lstm_ext", "lstm_ext_lstm", "LayerNormLSTM / LSTM"),
+              ("lstm_ext_zoneout", "lstm_ext", "LayerNormLSTM zoneout / none"),
+              ("lstm_ext_lstm_zoneout", "lstm_ext_lstm", "LSTM zoneout / none"))))):
+        groups, values, series = [], {}, []
+        for (bench, pass_, B, T, I, H, lay), impls in times.items():
+            if bench != "sequence":
+                continue
+            group = (B, T, I, H)
+            if group not in groups:
+                groups.append(group)
+            for num, den, label in pairs:
+                if num in impls and den in impls:
+                    key = f"{label}, {pass_}"
+                    values[(group, key)] = impls[num] / impls[den]
+                    if key not in series:
+                        series.append(key)
+        bars(ax, groups, series, values, title)
+        if "cost" in title:
+            ax.set_ylabel("time ratio", fontsize=8)
+    fig.suptitle(machine_caption(machine), fontsize=8)
+    return save(fig, out, "layernorm_speedup.png")
+
+
 def save(fig, out, name):
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name)
@@ -177,11 +212,13 @@ def main() -> None:
     machine, times = load(results)
     _, gru_times = load(results, cell="gru")
     _, proj_times = load(results, cell="lstmp")
+    _, ln_times = load(results, cell="lnlstm")
     for path in (sequence_speedup(machine, times, args.out), cell_speedup(machine, times, args.out),
                  sequence_time(machine, times, args.out),
                  sequence_speedup(machine, gru_times, args.out, "GRU", "gru_speedup.png"),
                  sequence_speedup(machine, proj_times, args.out, "LSTM(proj_size=H/2)", "proj_speedup.png"),
-                 packed_speedup(machine, {"LSTM": times, "GRU": gru_times}, args.out)):
+                 packed_speedup(machine, {"LSTM": times, "GRU": gru_times}, args.out),
+                 layernorm_speedup(machine, ln_times, args.out)):
         if path:
             print("wrote", path)
 

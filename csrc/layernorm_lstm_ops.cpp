@@ -9,16 +9,23 @@
 // (the LN tensors absent) the same loop is the plain LSTM, and zoneout is
 // what it adds. bfloat16 and float16 run in float32 inside the operator (the
 // state, the statistics, what is kept for the backward), outputs in the
-// input's dtype.
+// input's dtype. A PackedSequence (batch_sizes) runs as the LSTM's does:
+// each step over its own sequences, the reverse direction over each
+// sequence reversed within its length (what it keeps stays in that order).
 #include "layernorm_lstm_ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
 #include "lstm_checks.h"
 #include "lstm_kernels.h"
+#include "lstm_ops.h"
+#include "packed_rows.h"
 
 namespace lstm_ext {
 namespace {
@@ -37,9 +44,19 @@ void check_operand(const char* name, const Tensor& t, const Tensor& weight_hh, a
   check_shape(name, t, expected, meaning);
 }
 
+// A layer's sizes; its sequence buffers are [lead..., ...]: (T, B), or (N,)
+// rows for a PackedSequence.
 struct LnShape {
   int64_t T, B, I, H;
   bool layer_norm;
+  std::vector<int64_t> lead;
+  std::optional<PackedRows> packed;
+  int64_t rows() const { return lead.size() == 1 ? lead[0] : T * B; }
+  std::vector<int64_t> of(int64_t last) const {
+    std::vector<int64_t> sizes = lead;
+    sizes.push_back(last);
+    return sizes;
+  }
 };
 
 // The forward's and the backward's common checks, in the fake's order
@@ -47,18 +64,25 @@ struct LnShape {
 LnShape check_ln_layer(const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
                        const Tensor& weight_hh, const std::optional<Tensor>& bias, const LnParams& ln,
                        const std::optional<Tensor>& mask_c, const std::optional<Tensor>& mask_h, double rate_c,
-                       double rate_h) {
+                       double rate_h, const std::optional<Tensor>& batch_sizes) {
   check_floating(kOp, "weight_hh", weight_hh);
   TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * 4 == weight_hh.size(0), kOp,
                     ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
   const int64_t H = weight_hh.size(1);
-  TORCH_CHECK_VALUE(input.dim() == 3, kOp, ": input must be 3-D (seq_len, batch, input_size) here, got ",
-                    input.sizes());
+  const bool is_packed = batch_sizes.has_value();
+  if (is_packed) {
+    TORCH_CHECK_VALUE(input.dim() == 2, kOp, ": with batch_sizes, input must be 2-D (sum of lengths, input_size): "
+                      "a PackedSequence's data, got ", input.sizes());
+  } else {
+    TORCH_CHECK_VALUE(input.dim() == 3, kOp, ": input must be 3-D (seq_len, batch, input_size) here, got ",
+                      input.sizes());
+  }
   TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H, kOp,
                     ": weight_ih must have shape [4*hidden_size, input_size] = [", 4 * H, ", input_size], got ",
                     weight_ih.sizes());
-  const int64_t T = input.size(0), B = input.size(1), I = weight_ih.size(1);
-  TORCH_CHECK_VALUE(input.size(2) == I, kOp, ": input has ", input.size(2), " features but input_size is ", I,
+  const int64_t I = weight_ih.size(1);
+  const int64_t B = is_packed ? (h0.dim() > 0 ? h0.size(0) : 0) : input.size(1);
+  TORCH_CHECK_VALUE(input.size(-1) == I, kOp, ": input has ", input.size(-1), " features but input_size is ", I,
                     " (input shape ", input.sizes(), ")");
   check_like(kOp, "input", input, "weight_hh", weight_hh);
   check_like(kOp, "weight_ih", weight_ih, "weight_hh", weight_hh);
@@ -76,15 +100,26 @@ LnShape check_ln_layer(const Tensor& input, const Tensor& h0, const Tensor& c0, 
     check_operand("ln_c_weight", *ln.c_weight, weight_hh, {H}, "(hidden_size,)");
     check_operand("ln_c_bias", *ln.c_bias, weight_hh, {H}, "(hidden_size,)");
   }
+  LnShape shape{0, B, I, H, present == 4, {}, std::nullopt};
+  shape.lead = is_packed ? std::vector<int64_t>{input.size(0)} : std::vector<int64_t>{input.size(0), B};
   for (const auto& [name, mask] : {std::pair<const char*, const std::optional<Tensor>*>{"zoneout_cell_mask", &mask_c},
                                    {"zoneout_hidden_mask", &mask_h}}) {
-    if (mask->has_value()) check_operand(name, **mask, weight_hh, {T, B, H}, "(seq_len, batch, hidden_size)");
+    if (mask->has_value()) {
+      check_operand(name, **mask, weight_hh, shape.of(H),
+                    is_packed ? "(rows, hidden_size)" : "(seq_len, batch, hidden_size)");
+    }
   }
   TORCH_CHECK_VALUE(rate_c >= 0 && rate_c <= 1 && rate_h >= 0 && rate_h <= 1, kOp,
                     ": zoneout rates must be in [0, 1], got zoneout_cell=", rate_c, " and zoneout_hidden=", rate_h);
   TORCH_CHECK_VALUE(weight_hh.is_cpu(), kOp, ": the fused LayerNorm LSTM runs on the CPU; tensors on ",
                     weight_hh.device(), " take lstm_ext.LayerNormLSTM's composite path");
-  return {T, B, I, H, present == 4};
+  if (is_packed) {
+    shape.packed.emplace(kOp, *batch_sizes, input.size(0), B);
+    shape.T = shape.packed->steps();
+  } else {
+    shape.T = input.size(0);
+  }
+  return shape;
 }
 
 // The compute type: float for the 16-bit floats, else the tensor's own.
@@ -102,31 +137,55 @@ std::optional<Tensor> as_compute(const std::optional<Tensor>& t, at::ScalarType 
 
 const void* data_or_null(const std::optional<Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
 
+Tensor index_of(const std::vector<int64_t>& rows) { return at::tensor(rows, at::TensorOptions().dtype(at::kLong)); }
+
+// A packed [N, ...] buffer's rows in the order the time loop runs them (each
+// sequence reversed within its length for the reverse direction; its own
+// inverse), or the tensor itself.
+Tensor in_run_order(const Tensor& t, const std::optional<Tensor>& reversal) {
+  return reversal.has_value() ? t.index_select(0, *reversal) : t;
+}
+
+std::optional<Tensor> in_run_order(const std::optional<Tensor>& t, const std::optional<Tensor>& reversal) {
+  if (!t.has_value()) return std::nullopt;
+  return in_run_order(*t, reversal);
+}
+
+// The reverse direction of a PackedSequence: the reversal as an index.
+std::optional<Tensor> packed_reversal_index(const LnShape& shape, bool reverse) {
+  if (!shape.packed.has_value() || !reverse) return std::nullopt;
+  return index_of(shape.packed->reversal());
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_ln_layer(
     const Tensor& input_, const Tensor& h0_, const Tensor& c0_, const Tensor& weight_ih_, const Tensor& weight_hh_,
     const std::optional<Tensor>& bias_, const LnParams& ln_, const std::optional<Tensor>& mask_c_,
-    const std::optional<Tensor>& mask_h_, double rate_c, double rate_h, bool reverse, bool keep) {
+    const std::optional<Tensor>& mask_h_, double rate_c, double rate_h, bool reverse, bool keep,
+    const std::optional<Tensor>& batch_sizes) {
   // The ATen calls below are the kernel's own work, not for autograd to record.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LnShape shape = check_ln_layer(input_, h0_, c0_, weight_ih_, weight_hh_, bias_, ln_, mask_c_, mask_h_,
-                                       rate_c, rate_h);
-  const int64_t T = shape.T, B = shape.B, I = shape.I, H = shape.H, G = 4 * H;
+                                       rate_c, rate_h, batch_sizes);
+  const int64_t T = shape.T, B = shape.B, I = shape.I, H = shape.H, G = 4 * H, N = shape.rows();
+  const bool is_packed = shape.packed.has_value();
+  const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse);
   const at::ScalarType dtype = compute_type(weight_hh_), out_dtype = weight_hh_.scalar_type();
-  const Tensor input = as_compute(input_, dtype), h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
+  const Tensor input = as_compute(in_run_order(input_, reversal), dtype);
+  const Tensor h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
   const Tensor weight_ih = as_compute(weight_ih_, dtype), weight_hh = as_compute(weight_hh_, dtype);
   const std::optional<Tensor> bias = as_compute(bias_, dtype);
   const std::optional<Tensor> gamma_ih = as_compute(ln_.ih_weight, dtype), gamma_hh = as_compute(ln_.hh_weight, dtype),
                               gamma_c = as_compute(ln_.c_weight, dtype), beta_c = as_compute(ln_.c_bias, dtype);
-  const std::optional<Tensor> mask_c = as_compute(mask_c_, dtype), mask_h = as_compute(mask_h_, dtype);
+  const std::optional<Tensor> mask_c = as_compute(in_run_order(mask_c_, reversal), dtype),
+                              mask_h = as_compute(in_run_order(mask_h_, reversal), dtype);
   const auto options = input.options();
-  const Tensor x2d = input.reshape({T * B, I});
+  const Tensor x2d = input.reshape({N, I});
 
-  // The input part of the pre-activations, [T * B, 4H].
+  // The input part of the pre-activations, [N, 4H].
   Tensor gates, ih, ih_mean, ih_rstd;
   if (shape.layer_norm) {
     ih = at::matmul(x2d, weight_ih.t());
-    std::tie(gates, ih_mean, ih_rstd) =
-        at::native_layer_norm(ih, {G}, gamma_ih, bias, kEps);
+    std::tie(gates, ih_mean, ih_rstd) = at::native_layer_norm(ih, {G}, gamma_ih, bias, kEps);
     gates = gates.contiguous();
   } else {
     gates = bias.has_value() ? at::addmm(*bias, x2d, weight_ih.t()) : at::matmul(x2d, weight_ih.t());
@@ -135,40 +194,116 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     ih_mean = at::empty({0}, options);
     ih_rstd = at::empty({0}, options);
   }
-  gates = gates.reshape({T, B, G});
-  Tensor output = at::empty({T, B, H}, options);
-  Tensor cells = at::empty({keep ? T : 2, B, H}, options);
-  Tensor hh_norm = shape.layer_norm ? at::empty({keep ? T : 1, B, G}, options) : at::empty({0}, options);
-  Tensor stats = shape.layer_norm ? at::empty({keep ? T : 1, B, 3}, options) : at::empty({0}, options);
+  gates = gates.reshape(shape.of(G));
+  Tensor output = at::empty(shape.of(H), options);
+  Tensor cells = keep ? at::empty(shape.of(H), options) : at::empty({2, B, H}, options);
+  Tensor hh_norm = !shape.layer_norm ? at::empty({0}, options)
+                   : keep            ? at::empty(shape.of(G), options)
+                                     : at::empty({B, G}, options);
+  Tensor stats = !shape.layer_norm ? at::empty({0}, options)
+                 : keep            ? at::empty(shape.of(3), options)
+                                   : at::empty({B, 3}, options);
   if (T > 0 && B > 0) {
     const cpu::LnCellParams cell{shape.layer_norm, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
-                            data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
-    cpu::ln_recurrence_forward({dtype, T, B, H, reverse, kEps, keep, cell, weight_hh.const_data_ptr(),
-                                h0.const_data_ptr(), c0.const_data_ptr(), gates.mutable_data_ptr(),
-                                shape.layer_norm ? hh_norm.mutable_data_ptr() : nullptr,
-                                shape.layer_norm ? stats.mutable_data_ptr() : nullptr, output.mutable_data_ptr(),
-                                cells.mutable_data_ptr()});
+                                 data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
+    cpu::LnRecurrenceForwardArgs args{dtype, T, B, H, reverse && !is_packed, kEps, keep, cell,
+                                      weight_hh.const_data_ptr(), h0.const_data_ptr(), c0.const_data_ptr(),
+                                      gates.mutable_data_ptr(), shape.layer_norm ? hh_norm.mutable_data_ptr() : nullptr,
+                                      shape.layer_norm ? stats.mutable_data_ptr() : nullptr, output.mutable_data_ptr(),
+                                      cells.mutable_data_ptr()};
+    if (is_packed) args.batch_sizes = shape.packed->sizes.data();
+    cpu::ln_recurrence_forward(args);
   }
-  const int64_t last = reverse ? 0 : T - 1;
-  Tensor h_n = T == 0 ? h0.clone() : output[last].clone();
-  Tensor c_n = T == 0 ? c0.clone() : cells[keep ? last : (T - 1) % 2].clone();
+  // h_n and c_n: each sequence's state at its own last step.
+  Tensor h_n, c_n;
+  if (T == 0) {
+    h_n = h0.clone();
+    c_n = c0.clone();
+  } else if (is_packed) {
+    const Tensor last = index_of(shape.packed->last_rows());
+    h_n = output.index_select(0, last);
+    // Without keep only the last two steps' c are there: a sequence that ends
+    // at step t left its c in block t % 2 of cells, row b (steps run in order).
+    c_n = keep ? cells.index_select(0, last) : at::empty({B, H}, options);
+    if (!keep) {
+      for (int64_t b = 0; b < B; ++b) c_n[b].copy_(cells[(shape.packed->length(b) - 1) % 2][b]);
+    }
+  } else {
+    const int64_t last = reverse ? 0 : T - 1;
+    h_n = output[last].clone();
+    c_n = cells[keep ? last : (T - 1) % 2].clone();
+  }
+  output = in_run_order(output, reversal);
   if (!keep) gates = cells = at::empty({0}, options);
+  const bool ln = shape.layer_norm;
   return {output.to(out_dtype), h_n.to(out_dtype), c_n.to(out_dtype), gates, cells,
-          ih.reshape(shape.layer_norm ? at::IntArrayRef{T, B, G} : at::IntArrayRef{0}),
-          ih_mean.reshape(shape.layer_norm ? at::IntArrayRef{T, B, 1} : at::IntArrayRef{0}),
-          ih_rstd.reshape(shape.layer_norm ? at::IntArrayRef{T, B, 1} : at::IntArrayRef{0}), hh_norm, stats};
+          ln ? ih.reshape(shape.of(G)) : ih, ln ? ih_mean.reshape(shape.of(1)) : ih_mean,
+          ln ? ih_rstd.reshape(shape.of(1)) : ih_rstd, hh_norm, stats};
 }
 
+// Philox4x32-10 (Salmon et al. 2011), the counter-based generator that
+// torch's CUDA random ops use: four 32-bit words per (counter, key), so any
+// element's draw is computed independently, in parallel, from the seed alone.
+struct Philox {
+  uint32_t key0, key1;
+  explicit Philox(uint64_t seed) : key0(static_cast<uint32_t>(seed)), key1(static_cast<uint32_t>(seed >> 32)) {}
+  void operator()(uint64_t counter, uint32_t out[4]) const {
+    uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
+    uint32_t k0 = key0, k1 = key1;
+    for (int round = 0; round < 10; ++round) {
+      const uint64_t p0 = uint64_t(0xD2511F53) * c0, p1 = uint64_t(0xCD9E8D57) * c2;
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+      c1 = static_cast<uint32_t>(p1);
+      c3 = static_cast<uint32_t>(p0);
+      c0 = n0;
+      c2 = n2;
+      k0 += 0x9E3779B9;
+      k1 += 0xBB67AE85;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+  }
+};
+
 }  // namespace
+
+Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size, double rate) {
+  TORCH_CHECK_VALUE(rate >= 0 && rate <= 1, "lstm_ext.zoneout_mask: rate must be in [0, 1], got ", rate);
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.is_cpu(),
+                   "lstm_ext.zoneout_mask: seed must be one int64 on the CPU, got ", seed.sizes(), " ",
+                   dtype_name(seed.scalar_type()), " on ", seed.device());
+  check_floating("lstm_ext.zoneout_mask", "like", like);
+  Tensor mask = at::empty(size, like.options());
+  const Philox philox(static_cast<uint64_t>(seed.item<int64_t>()));
+  // Element n is 1 where the 24 high bits of word n % 4 of draw n / 4, as a
+  // uniform in [0, 1), fall below rate: exactly Bernoulli(rate) to 2^-24.
+  const auto threshold = static_cast<uint32_t>(rate * 16777216.0);
+  const int64_t n = mask.numel(), draws = (n + 3) / 4;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, mask.scalar_type(), "lstm_ext_zoneout_mask", [&] {
+    scalar_t* out = mask.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, draws, 4096, [&](int64_t begin, int64_t end) {
+      uint32_t words[4];
+      for (int64_t d = begin; d < end; ++d) {
+        philox(static_cast<uint64_t>(d), words);
+        for (int64_t k = 0; k < 4 && 4 * d + k < n; ++k) out[4 * d + k] = scalar_t((words[k] >> 8) < threshold);
+      }
+    });
+  });
+  return mask;
+}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_lstm_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
     const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
     const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse) {
+    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
+    const std::optional<Tensor>& batch_sizes) {
   return run_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, {ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias},
-                      zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/true);
+                      zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/true,
+                      batch_sizes);
 }
 
 std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
@@ -176,10 +311,11 @@ std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
     const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
     const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
     const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse) {
+    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
+    const std::optional<Tensor>& batch_sizes) {
   auto result = run_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
                              {ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias}, zoneout_cell_mask,
-                             zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/false);
+                             zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/false, batch_sizes);
   return {std::get<0>(result), std::get<1>(result), std::get<2>(result)};
 }
 
@@ -191,48 +327,62 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const std::optional<Tensor>& zoneout_cell_mask, const std::optional<Tensor>& zoneout_hidden_mask,
     double zoneout_cell, double zoneout_hidden, bool reverse, const Tensor& output_, const Tensor& gates,
     const Tensor& cells, const Tensor& ih, const Tensor& ih_mean, const Tensor& ih_rstd, const Tensor& hh_norm,
-    const Tensor& stats) {
+    const Tensor& stats, const std::optional<Tensor>& batch_sizes) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LnParams ln_{ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias};
   const LnShape shape = check_ln_layer(input_, h0_, c0_, weight_ih_, weight_hh_, std::nullopt, ln_,
-                                       zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden);
-  const int64_t T = shape.T, B = shape.B, I = shape.I, H = shape.H, G = 4 * H;
+                                       zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden,
+                                       batch_sizes);
+  const int64_t T = shape.T, B = shape.B, I = shape.I, H = shape.H, G = 4 * H, N = shape.rows();
+  const bool is_packed = shape.packed.has_value();
   const at::ScalarType dtype = compute_type(weight_hh_);
   const auto options = weight_hh_.options().dtype(dtype);
+  const char* meaning = is_packed ? "(rows, hidden_size)" : "(seq_len, batch, hidden_size)";
   const auto check_saved = [&](const char* name, const Tensor& t, at::IntArrayRef expected) {
     TORCH_CHECK_VALUE(t.scalar_type() == dtype && t.device() == weight_hh_.device(), kOp, ": ", name,
                       " must be what the forward saved (", dtype_name(dtype), " on ", weight_hh_.device(), "), got ",
                       dtype_name(t.scalar_type()), " on ", t.device());
     check_shape(name, t, expected, "(as the forward saved it)");
   };
-  check_operand("grad_output", grad_output_, weight_hh_, {T, B, H}, "(seq_len, batch, hidden_size)");
-  check_operand("output", output_, weight_hh_, {T, B, H}, "(seq_len, batch, hidden_size)");
+  check_operand("grad_output", grad_output_, weight_hh_, shape.of(H), meaning);
+  check_operand("output", output_, weight_hh_, shape.of(H), meaning);
   if (grad_h_n_.has_value()) check_operand("grad_h_n", *grad_h_n_, weight_hh_, {B, H}, "(batch, hidden_size)");
   if (grad_c_n_.has_value()) check_operand("grad_c_n", *grad_c_n_, weight_hh_, {B, H}, "(batch, hidden_size)");
-  check_saved("gates", gates, {T, B, G});
-  check_saved("cells", cells, {T, B, H});
+  check_saved("gates", gates, shape.of(G));
+  check_saved("cells", cells, shape.of(H));
   const bool ln = shape.layer_norm;
-  const auto lead = [&](int64_t last) { return ln ? std::vector<int64_t>{T, B, last} : std::vector<int64_t>{0}; };
-  check_saved("ih", ih, lead(G));
-  check_saved("ih_mean", ih_mean, lead(1));
-  check_saved("ih_rstd", ih_rstd, lead(1));
-  check_saved("hh_norm", hh_norm, lead(G));
-  check_saved("stats", stats, lead(3));
+  const auto saved = [&](int64_t last) { return ln ? shape.of(last) : std::vector<int64_t>{0}; };
+  check_saved("ih", ih, saved(G));
+  check_saved("ih_mean", ih_mean, saved(1));
+  check_saved("ih_rstd", ih_rstd, saved(1));
+  check_saved("hh_norm", hh_norm, saved(G));
+  check_saved("stats", stats, saved(3));
 
-  const Tensor input = as_compute(input_, dtype), h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
+  // Everything in the order the forward's loop ran (packed reverse: each
+  // sequence reversed), as what it saved is.
+  const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse);
+  const Tensor input = as_compute(in_run_order(input_, reversal), dtype);
+  const Tensor h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
   const Tensor weight_ih = as_compute(weight_ih_, dtype), weight_hh = as_compute(weight_hh_, dtype);
-  const Tensor output = as_compute(output_, dtype);
+  const Tensor output = as_compute(in_run_order(output_, reversal), dtype);
   const std::optional<Tensor> gamma_ih = as_compute(ln_.ih_weight, dtype), gamma_hh = as_compute(ln_.hh_weight, dtype),
                               gamma_c = as_compute(ln_.c_weight, dtype), beta_c = as_compute(ln_.c_bias, dtype);
-  const std::optional<Tensor> mask_c = as_compute(zoneout_cell_mask, dtype),
-                              mask_h = as_compute(zoneout_hidden_mask, dtype);
-  // grad_h: the output's gradient, h_n's joining at the last step; consumed by the loop.
-  Tensor grad_h = grad_output_.to(dtype).contiguous().clone();
-  if (grad_h_n_.has_value() && T > 0) grad_h[reverse ? 0 : T - 1].add_(grad_h_n_->to(dtype));
+  const std::optional<Tensor> mask_c = as_compute(in_run_order(zoneout_cell_mask, reversal), dtype),
+                              mask_h = as_compute(in_run_order(zoneout_hidden_mask, reversal), dtype);
+  // grad_h: the output's gradient, h_n's joining at each sequence's last step; consumed by the loop.
+  Tensor grad_h = in_run_order(grad_output_, reversal).to(dtype).contiguous().clone();
+  if (grad_h_n_.has_value() && T > 0) {
+    const Tensor grad_h_n = grad_h_n_->to(dtype);
+    if (is_packed) {
+      grad_h.index_add_(0, index_of(shape.packed->last_rows()), grad_h_n);
+    } else {
+      grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
+    }
+  }
   Tensor grad_c = grad_c_n_.has_value() ? grad_c_n_->to(dtype).contiguous().clone() : at::zeros({B, H}, options);
   Tensor grad_h0 = at::zeros({B, H}, options);
-  Tensor grad_pre = at::empty({T, B, G}, options);
-  Tensor grad_hh = ln ? at::empty({T, B, G}, options) : grad_pre;
+  Tensor grad_pre = at::empty(shape.of(G), options);
+  Tensor grad_hh = ln ? at::empty(shape.of(G), options) : grad_pre;
   Tensor grad_gamma_hh, grad_gamma_c, grad_beta_c;
   if (ln) {
     grad_gamma_hh = at::zeros({G}, options);
@@ -241,47 +391,56 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   }
   if (T > 0 && B > 0) {
     const cpu::LnCellParams cell{ln, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
-                            data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
-    cpu::ln_recurrence_backward(
-        {dtype, T, B, H, reverse, cell, weight_hh.const_data_ptr(), c0.const_data_ptr(), gates.const_data_ptr(),
-         ln ? hh_norm.const_data_ptr() : nullptr, ln ? stats.const_data_ptr() : nullptr, cells.const_data_ptr(),
-         grad_h.mutable_data_ptr(), grad_c.mutable_data_ptr(), grad_h0.mutable_data_ptr(),
-         grad_pre.mutable_data_ptr(), ln ? grad_hh.mutable_data_ptr() : nullptr,
-         ln ? grad_gamma_hh.mutable_data_ptr() : nullptr, ln ? grad_gamma_c.mutable_data_ptr() : nullptr,
-         ln ? grad_beta_c.mutable_data_ptr() : nullptr});
-  } else if (ln) {
-    grad_pre.zero_();
-    grad_hh.zero_();
+                                 data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
+    cpu::LnRecurrenceBackwardArgs args{
+        dtype, T, B, H, reverse && !is_packed, cell, weight_hh.const_data_ptr(), c0.const_data_ptr(),
+        gates.const_data_ptr(), ln ? hh_norm.const_data_ptr() : nullptr, ln ? stats.const_data_ptr() : nullptr,
+        cells.const_data_ptr(), grad_h.mutable_data_ptr(), grad_c.mutable_data_ptr(), grad_h0.mutable_data_ptr(),
+        grad_pre.mutable_data_ptr(), ln ? grad_hh.mutable_data_ptr() : nullptr,
+        ln ? grad_gamma_hh.mutable_data_ptr() : nullptr, ln ? grad_gamma_c.mutable_data_ptr() : nullptr,
+        ln ? grad_beta_c.mutable_data_ptr() : nullptr};
+    if (is_packed) args.batch_sizes = shape.packed->sizes.data();
+    cpu::ln_recurrence_backward(args);
   } else {
     grad_pre.zero_();
+    if (ln) grad_hh.zero_();
   }
   // The input part: through its layer norm (ATen's backward), then the product.
-  const Tensor grad_pre2d = grad_pre.reshape({T * B, G});
+  const Tensor grad_pre2d = grad_pre.reshape({N, G});
   Tensor grad_ih, grad_gamma_ih, grad_bias;
   if (ln) {
     // The shift's gradient is the bias's, summed below (ATen's would want the bias itself).
     std::tie(grad_ih, grad_gamma_ih, std::ignore) =
-        at::native_layer_norm_backward(grad_pre2d, ih.reshape({T * B, G}), {G}, ih_mean.reshape({T * B, 1}),
-                                       ih_rstd.reshape({T * B, 1}), gamma_ih, std::nullopt, {true, true, false});
+        at::native_layer_norm_backward(grad_pre2d, ih.reshape({N, G}), {G}, ih_mean.reshape({N, 1}),
+                                       ih_rstd.reshape({N, 1}), gamma_ih, std::nullopt, {true, true, false});
   } else {
     grad_ih = grad_pre2d;
   }
   if (has_bias) grad_bias = grad_pre2d.sum(0);
-  const Tensor x2d = input.reshape({T * B, I});
-  Tensor grad_input = at::matmul(grad_ih, weight_ih).reshape({T, B, I});
-  Tensor grad_weight_ih = at::matmul(grad_ih.t(), x2d);
-  Tensor grad_weight_hh = T > 0 ? at::matmul(grad_hh.reshape({T * B, G}).t(),
-                                             (reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
-                                                      : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0))
-                                                 .reshape({T * B, H}))
-                                : at::zeros({G, H}, options);
+  Tensor grad_input = in_run_order(at::matmul(grad_ih, weight_ih), reversal).reshape(input_.sizes());
+  Tensor grad_weight_ih = at::matmul(grad_ih.t(), input.reshape({N, I}));
+  // The h each row's step started from, [N, H]: h_0, or the sequence's output a step earlier.
+  Tensor previous;
+  if (T == 0) {
+    previous = at::empty({0, H}, options);
+  } else if (is_packed) {
+    const cpu::StepLayout& layout = shape.packed->layout;
+    const Tensor index = index_of(shape.packed->indices(
+        [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }));
+    previous = at::cat({h0, output}).index_select(0, index);
+  } else {
+    previous = (reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
+                        : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0))
+                   .reshape({N, H});
+  }
+  Tensor grad_weight_hh = at::matmul(grad_hh.reshape({N, G}).t(), previous);
   const auto back = [](const Tensor& t, const Tensor& like) { return t.defined() ? t.to(like.scalar_type()) : t; };
   return {back(grad_input, input_),
           back(grad_h0, h0_),
           back(grad_c, c0_),
           back(grad_weight_ih, weight_ih_),
           back(grad_weight_hh, weight_hh_),
-          has_bias ? back(grad_bias.defined() ? grad_bias : at::zeros({G}, options), weight_hh_) : Tensor(),
+          has_bias ? back(grad_bias, weight_hh_) : Tensor(),
           ln ? back(grad_gamma_ih, weight_hh_) : Tensor(),
           ln ? back(grad_gamma_hh, weight_hh_) : Tensor(),
           ln ? back(grad_gamma_c, weight_hh_) : Tensor(),

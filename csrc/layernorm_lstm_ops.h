@@ -26,13 +26,16 @@ struct LnParams {
 // norm's), hh_norm [T, B, 4H] (each step's normalized W_hh h), stats
 // [T, B, 3] (rstd of that, mean and rstd of c~); the LN ones [0] without
 // layer norm. In the compute type (float for the 16-bit types); output,
-// h_n and c_n in the input's dtype.
+// h_n and c_n in the input's dtype. batch_sizes: a PackedSequence's, as the
+// LSTM's layer operators take it (lstm_ops.h): input [N, I], every [T, B,
+// ...] buffer [N, ...] instead (masks included).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_lstm_layer_forward(
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
     const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
     const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse);
+    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
+    const std::optional<Tensor>& batch_sizes);
 
 // The same output, h_n and c_n (bitwise), keeping nothing for a backward.
 std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
@@ -40,7 +43,8 @@ std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
     const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
     const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
     const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse);
+    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
+    const std::optional<Tensor>& batch_sizes);
 
 // Backpropagation through time. Returns (grad_input, grad_h0, grad_c0,
 // grad_weight_ih, grad_weight_hh, grad_bias, grad_ln_ih_weight,
@@ -55,6 +59,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const std::optional<Tensor>& zoneout_cell_mask, const std::optional<Tensor>& zoneout_hidden_mask,
     double zoneout_cell, double zoneout_hidden, bool reverse, const Tensor& output, const Tensor& gates,
     const Tensor& cells, const Tensor& ih, const Tensor& ih_mean, const Tensor& ih_rstd, const Tensor& hh_norm,
-    const Tensor& stats);
+    const Tensor& stats, const std::optional<Tensor>& batch_sizes);
+
+// Zoneout's masks: a tensor of `size` with like's dtype and device (CPU)
+// holding 1 with probability rate, else 0, drawn by Philox4x32-10 from seed
+// (one int64 on the CPU, itself drawn from torch's generator by the caller):
+// several times faster than bernoulli_ (a full-rate draw per element).
+Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size, double rate);
 
 }  // namespace lstm_ext

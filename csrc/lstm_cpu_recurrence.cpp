@@ -487,23 +487,28 @@ void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
   auto* stats = static_cast<scalar_t*>(a.stats);
   auto* output = static_cast<scalar_t*>(a.output);
   auto* cells = static_cast<scalar_t*>(a.cells);
+  const StepLayout layout(T, B, a.batch_sizes);
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));  // W_hh^T [H, 4H] in panels
   pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), H, G, 1, H);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
-    const auto cells_of = [&](int64_t step, int64_t time) { return cells + (a.keep ? time : step % 2) * B * H; };
-    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + t_prev * B * H;
+    // Step t's rows: its first rows_t sequences, which all ran the step before.
+    const int64_t row0 = layout.offset[t], rows_t = layout.rows[t];
+    const auto cells_of = [&](int64_t step, int64_t time) {
+      return cells + (a.keep ? layout.offset[time] : step % 2 * B) * H;
+    };
+    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : output + layout.offset[t_prev] * H;
     const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
     scalar_t* c_t = cells_of(s, t);
-    scalar_t* h_t = output + t * B * H;
-    scalar_t* gates_t = gates + t * B * G;
+    scalar_t* h_t = output + row0 * H;
+    scalar_t* gates_t = gates + row0 * G;
     // With layer norm the recurrent product goes to its own row (it is
     // normalized alone); without, it accumulates into the input part.
-    scalar_t* hh_t = layer_norm ? hh_norm + (a.keep ? t : 0) * B * G : gates_t;
-    scalar_t* stats_t = layer_norm ? stats + (a.keep ? t : 0) * B * 3 : nullptr;
-    panel_product<scalar_t>(B, G, H, h_prev, H, packed.data(), hh_t, G, /*accumulate=*/!layer_norm);
-    at::parallel_for(0, B, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
-      rows_pass(LnRowsForwardArgs{a.dtype, end - r0, H, a.eps, a.cell.at_row(t * B + r0, H, sizeof(scalar_t)),
+    scalar_t* hh_t = layer_norm ? hh_norm + (a.keep ? row0 : 0) * G : gates_t;
+    scalar_t* stats_t = layer_norm ? stats + (a.keep ? row0 : 0) * 3 : nullptr;
+    panel_product<scalar_t>(rows_t, G, H, h_prev, H, packed.data(), hh_t, G, /*accumulate=*/!layer_norm);
+    at::parallel_for(0, rows_t, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
+      rows_pass(LnRowsForwardArgs{a.dtype, end - r0, H, a.eps, a.cell.at_row(row0 + r0, H, sizeof(scalar_t)),
                                   gates_t + r0 * G, layer_norm ? hh_t + r0 * G : nullptr, c_prev + r0 * H,
                                   h_prev + r0 * H, c_t + r0 * H, h_t + r0 * H,
                                   stats_t != nullptr ? stats_t + r0 * 3 : nullptr});
@@ -523,6 +528,7 @@ void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
   auto* grad_pre = static_cast<scalar_t*>(a.grad_pre);
   auto* grad_hh = layer_norm ? static_cast<scalar_t*>(a.grad_hh) : grad_pre;
   const bool zoneout_h = a.cell.mask_h != nullptr || a.cell.rate_h != 0;
+  const StepLayout layout(T, B, a.batch_sizes);
   const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));  // W_hh [4H, H] in panels
   pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), G, H, H, 1);
   // The gains' gradients, one row of [4H | H | H] per thread, summed at the end.
@@ -530,12 +536,15 @@ void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
   std::vector<scalar_t> partial(layer_norm ? static_cast<size_t>(threads * width) : 0, scalar_t(0));
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
-    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + t_prev * B * H;
+    const int64_t rows_t = layout.rows[t];
+    const scalar_t* c_prev = s == 0 ? static_cast<const scalar_t*>(a.c0) : cells + layout.offset[t_prev] * H;
     // Where h_prev's gradient goes: the previous step's grad_h, or grad_h0.
-    scalar_t* grad_h_prev = s == 0 ? static_cast<scalar_t*>(a.grad_h0) : grad_h + t_prev * B * H;
-    at::parallel_for(0, B, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
+    // The rows past rows_t of grad_c (sequences that end before this step)
+    // keep their c_n's gradient until their own last step.
+    scalar_t* grad_h_prev = s == 0 ? static_cast<scalar_t*>(a.grad_h0) : grad_h + layout.offset[t_prev] * H;
+    at::parallel_for(0, rows_t, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
       scalar_t* acc = layer_norm ? partial.data() + at::get_thread_num() * width : nullptr;
-      const int64_t row = t * B + r0;
+      const int64_t row = layout.offset[t] + r0;
       rows_pass(LnRowsBackwardArgs{a.dtype, end - r0, H, a.cell.at_row(row, H, sizeof(scalar_t)), gates + row * G,
                                    layer_norm ? hh_norm + row * G : nullptr, layer_norm ? stats + row * 3 : nullptr,
                                    c_prev + r0 * H, grad_h + row * H, static_cast<scalar_t*>(a.grad_c) + r0 * H,
@@ -544,7 +553,8 @@ void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
                                    acc != nullptr ? acc + G : nullptr, acc != nullptr ? acc + G + H : nullptr});
     });
     // The gradient reaching h_prev through this step's recurrent product.
-    panel_product<scalar_t>(B, H, G, grad_hh + t * B * G, G, packed.data(), grad_h_prev, H, /*accumulate=*/true);
+    panel_product<scalar_t>(rows_t, H, G, grad_hh + layout.offset[t] * G, G, packed.data(), grad_h_prev, H,
+                            /*accumulate=*/true);
   }
   if (layer_norm) {
     scalar_t* outputs[3] = {static_cast<scalar_t*>(a.grad_gamma_hh), static_cast<scalar_t*>(a.grad_gamma_c),

@@ -188,7 +188,8 @@ struct LnRowsBackwardArgs {
 // The time loop of one LayerNorm LSTM layer and direction on the CPU: per
 // step the recurrent product over (row block, panel of 64 columns) tasks,
 // then the row pass over blocks of rows; two parallel regions per step.
-// Buffers [T, B, ...] contiguous; the cell's masks [T, B, H] or null.
+// Buffers [T, B, ...] contiguous (or packed rows [N, ...] with batch_sizes);
+// the cell's masks [T, B, H] ([N, H]) or null.
 // Forward: gates, hh_norm (LN) and stats (LN) as LnRowsForwardArgs for every
 // step (when keep is false, hh_norm is [B, 4H], stats [B, 3] and cells
 // [2, B, H]: nothing kept for a backward); output and cells receive h and c.
@@ -207,6 +208,9 @@ struct LnRecurrenceForwardArgs {
   void* stats;
   void* output;
   void* cells;
+  // Variable lengths, as RecurrenceShape's (reverse false): step t over its
+  // batch_sizes[t] rows after those of the steps before it, in every buffer.
+  const int64_t* batch_sizes = nullptr;
 };
 void ln_recurrence_forward(const LnRecurrenceForwardArgs& args);
 
@@ -235,6 +239,7 @@ struct LnRecurrenceBackwardArgs {
   void* grad_gamma_hh;
   void* grad_gamma_c;
   void* grad_beta_c;
+  const int64_t* batch_sizes = nullptr;  // as the forward's
 };
 void ln_recurrence_backward(const LnRecurrenceBackwardArgs& args);
 

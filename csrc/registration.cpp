@@ -21,7 +21,7 @@
   "Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias, "                \
   "Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? ln_c_bias, "                  \
   "Tensor? zoneout_cell_mask, Tensor? zoneout_hidden_mask, float zoneout_cell, float zoneout_hidden, bool " \
-  "reverse"
+  "reverse, Tensor? batch_sizes=None"
 
 TORCH_LIBRARY(lstm_ext, m) {
   m.def(
@@ -76,10 +76,11 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor c0, Tensor weight_ih, Tensor weight_hh, bool has_bias, Tensor? ln_ih_weight, Tensor? ln_hh_weight, "
       "Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? zoneout_cell_mask, Tensor? zoneout_hidden_mask, "
       "float zoneout_cell, float zoneout_hidden, bool reverse, Tensor output, Tensor gates, Tensor cells, "
-      "Tensor ih, Tensor ih_mean, Tensor ih_rstd, Tensor hh_norm, Tensor stats) "
+      "Tensor ih, Tensor ih_mean, Tensor ih_rstd, Tensor hh_norm, Tensor stats, Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias, Tensor grad_ln_ih_weight, Tensor grad_ln_hh_weight, Tensor grad_ln_c_weight, "
       "Tensor grad_ln_c_bias)");
+  m.def("zoneout_mask(Tensor like, Tensor seed, int[] size, float rate) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
@@ -104,6 +105,7 @@ TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   m.impl("ln_lstm_layer_forward", &lstm_ext::ln_lstm_layer_forward);
   m.impl("ln_lstm_layer_inference", &lstm_ext::ln_lstm_layer_inference);
   m.impl("ln_lstm_layer_backward", &lstm_ext::ln_lstm_layer_backward);
+  m.impl("zoneout_mask", &lstm_ext::zoneout_mask);
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
@@ -112,6 +114,8 @@ TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("layer_inference", &lstm_ext::layer_inference_autograd);
   m.impl("gru_layer_forward", &lstm_ext::gru_layer_forward_autograd);
   m.impl("gru_layer_inference", &lstm_ext::gru_layer_inference_autograd);
+  // Zoneout's masks are draws, not a function of `like` (its dtype and device only).
+  m.impl("zoneout_mask", torch::CppFunction::makeFallthrough());
 }
 
 namespace {

@@ -25,7 +25,7 @@ from lstm_ext.rnn import GRU, LSTM, gru_layer, lstm_layer
 from lstm_ext.layernorm import LayerNormLSTM, layer_norm_lstm_layer
 from lstm_ext import reference
 
-__version__ = "0.4.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.5.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "GRU", "GRUCell", "GRUModel", "lstm_cell",
            "lstm_layer", "gru_layer", "LayerNormLSTM", "layer_norm_lstm_layer", "reference",

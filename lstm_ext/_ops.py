@@ -281,22 +281,28 @@ _LN_OP = "lstm_ext.LayerNormLSTM"
 _LN_NAMES = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
 
 
-def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_h, rate_c, rate_h):
-    """The checks of check_ln_layer (csrc/layernorm_lstm_ops.cpp), in its order; returns (T, B, H, layer_norm)."""
+def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_h, rate_c, rate_h, batch_sizes=None):
+    """The checks of check_ln_layer (csrc/layernorm_lstm_ops.cpp), in its order; returns (lead, B, H,
+    layer_norm), lead the sequence buffers' leading shape: (T, B), or (N,) with batch_sizes."""
     op = _LN_OP
     check_floating(op, "weight_hh", weight_hh)
     if not (weight_hh.dim() == 2 and weight_hh.shape[1] * 4 == weight_hh.shape[0]):
         raise ValueError(f"{op}: weight_hh must have shape [4*hidden_size, hidden_size], got "
                          f"{_shape(weight_hh.shape)}")
     H = weight_hh.shape[1]
-    if input.dim() != 3:
+    packed = batch_sizes is not None
+    if packed and input.dim() != 2:
+        raise ValueError(f"{op}: with batch_sizes, input must be 2-D (sum of lengths, input_size): a "
+                         f"PackedSequence's data, got {_shape(input.shape)}")
+    if not packed and input.dim() != 3:
         raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
     if not (weight_ih.dim() == 2 and weight_ih.shape[0] == 4 * H):
         raise ValueError(f"{op}: weight_ih must have shape [4*hidden_size, input_size] = [{4 * H}, input_size], "
                          f"got {_shape(weight_ih.shape)}")
-    T, B, I = input.shape[0], input.shape[1], weight_ih.shape[1]
-    if input.shape[2] != I:
-        raise ValueError(f"{op}: input has {input.shape[2]} features but input_size is {I} (input shape "
+    I = weight_ih.shape[1]
+    B = (h0.shape[0] if h0.dim() > 0 else 0) if packed else input.shape[1]
+    if input.shape[-1] != I:
+        raise ValueError(f"{op}: input has {input.shape[-1]} features but input_size is {I} (input shape "
                          f"{_shape(input.shape)})")
     check_like(op, "input", input, "weight_hh", weight_hh)
     check_like(op, "weight_ih", weight_ih, "weight_hh", weight_hh)
@@ -318,13 +324,15 @@ def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_
                                           ("(4*hidden_size,)", "(4*hidden_size,)", "(hidden_size,)",
                                            "(hidden_size,)")):
             operand(name, t, (size,), meaning)
+    lead = (input.shape[0],) if packed else (input.shape[0], B)
     for name, mask in (("zoneout_cell_mask", mask_c), ("zoneout_hidden_mask", mask_h)):
         if mask is not None:
-            operand(name, mask, (T, B, H), "(seq_len, batch, hidden_size)")
+            operand(name, mask, (*lead, H), "(rows, hidden_size)" if packed else "(seq_len, batch, hidden_size)")
     if not (0 <= rate_c <= 1 and 0 <= rate_h <= 1):
         raise ValueError(f"{op}: zoneout rates must be in [0, 1], got zoneout_cell={rate_c:g} and "
                          f"zoneout_hidden={rate_h:g}")
-    return T, B, H, present == 4
+    _check_batch_sizes(op, batch_sizes)
+    return lead, B, H, present == 4
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -334,54 +342,55 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 @torch.library.register_fake("lstm_ext::ln_lstm_layer_forward")
 def _ln_lstm_layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight,
                                 ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden,
-                                reverse):
-    T, B, H, ln = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
-                                  (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
-                                  zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
+                                reverse, batch_sizes=None):
+    lead, B, H, ln = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
+                                     (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
+                                     zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes)
     saved = {"dtype": _compute_dtype(weight_hh), "device": input.device}
 
-    def lead(last):
-        return input.new_empty((T, B, last) if ln else (0,), **saved)
+    def kept(last):
+        return input.new_empty((*lead, last) if ln else (0,), **saved)
 
-    return (input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H),
-            input.new_empty(T, B, 4 * H, **saved), input.new_empty(T, B, H, **saved), lead(4 * H), lead(1), lead(1),
-            lead(4 * H), lead(3))
+    return (input.new_empty(*lead, H), input.new_empty(B, H), input.new_empty(B, H),
+            input.new_empty(*lead, 4 * H, **saved), input.new_empty(*lead, H, **saved), kept(4 * H), kept(1), kept(1),
+            kept(4 * H), kept(3))
 
 
 @torch.library.register_fake("lstm_ext::ln_lstm_layer_inference")
 def _ln_lstm_layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
                                   ln_c_weight, ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell,
-                                  zoneout_hidden, reverse):
-    T, B, H, _ = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
-                                 (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
-                                 zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
-    return input.new_empty(T, B, H), input.new_empty(B, H), input.new_empty(B, H)
+                                  zoneout_hidden, reverse, batch_sizes=None):
+    lead, B, H, _ = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
+                                    (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
+                                    zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes)
+    return input.new_empty(*lead, H), input.new_empty(B, H), input.new_empty(B, H)
 
 
 @torch.library.register_fake("lstm_ext::ln_lstm_layer_backward")
 def _ln_lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, has_bias,
                                  ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias, zoneout_cell_mask,
                                  zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, output, gates, cells,
-                                 ih, ih_mean, ih_rstd, hh_norm, stats):
+                                 ih, ih_mean, ih_rstd, hh_norm, stats, batch_sizes=None):
     ln = (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias)
-    T, B, H, layer_norm = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, None, ln, zoneout_cell_mask,
-                                          zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
+    lead, B, H, layer_norm = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, None, ln, zoneout_cell_mask,
+                                             zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes)
     op = _LN_OP
+    meaning = "(rows, hidden_size)" if batch_sizes is not None else "(seq_len, batch, hidden_size)"
     for name, t in (("grad_output", grad_output), ("output", output)):
         check_like(op, name, t, "weight_hh", weight_hh)
-        _check_shape(op, name, t, (T, B, H), "(seq_len, batch, hidden_size)")
+        _check_shape(op, name, t, (*lead, H), meaning)
     for name, t in (("grad_h_n", grad_h_n), ("grad_c_n", grad_c_n)):
         if t is not None:
             check_like(op, name, t, "weight_hh", weight_hh)
             _check_shape(op, name, t, (B, H), "(batch, hidden_size)")
     dtype = _compute_dtype(weight_hh)
 
-    def lead(last):
-        return (T, B, last) if layer_norm else (0,)
+    def kept(last):
+        return (*lead, last) if layer_norm else (0,)
 
-    for name, t, expected in (("gates", gates, (T, B, 4 * H)), ("cells", cells, (T, B, H)), ("ih", ih, lead(4 * H)),
-                              ("ih_mean", ih_mean, lead(1)), ("ih_rstd", ih_rstd, lead(1)),
-                              ("hh_norm", hh_norm, lead(4 * H)), ("stats", stats, lead(3))):
+    for name, t, expected in (("gates", gates, (*lead, 4 * H)), ("cells", cells, (*lead, H)), ("ih", ih, kept(4 * H)),
+                              ("ih_mean", ih_mean, kept(1)), ("ih_rstd", ih_rstd, kept(1)),
+                              ("hh_norm", hh_norm, kept(4 * H)), ("stats", stats, kept(3))):
         if t.dtype != dtype or t.device != weight_hh.device:
             raise ValueError(f"{op}: {name} must be what the forward saved ({dtype} on {weight_hh.device}), got "
                              f"{t.dtype} on {t.device}")
@@ -394,10 +403,11 @@ def _ln_lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0,
 
 def _ln_setup_context(ctx, inputs, output):
     (input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
-     mask_c, mask_h, rate_c, rate_h, reverse) = inputs
+     mask_c, mask_h, rate_c, rate_h, reverse, *rest) = inputs
     out, _, _, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats = output
     ctx.save_for_backward(input, h0, c0, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
-                          mask_c, mask_h, out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats)
+                          mask_c, mask_h, out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats,
+                          rest[0] if rest else None)
     ctx.has_bias = bias is not None
     ctx.rates = (rate_c, rate_h)
     ctx.reverse = reverse
@@ -408,15 +418,15 @@ def _ln_backward(ctx, grad_output, grad_h_n, grad_c_n, *unused):
         raise NotImplementedError("lstm_ext.LayerNormLSTM: double backward (create_graph=True) is not supported; "
                                   "its backward is not itself differentiable")
     (input, h0, c0, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias, mask_c, mask_h,
-     out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats) = ctx.saved_tensors
+     out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats, batch_sizes) = ctx.saved_tensors
     if grad_output is None:
         grad_output = torch.zeros_like(out)
     grads = torch.ops.lstm_ext.ln_lstm_layer_backward(
         grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, ctx.has_bias, ln_ih_weight,
         ln_hh_weight, ln_c_weight, ln_c_bias, mask_c, mask_h, ctx.rates[0], ctx.rates[1], ctx.reverse, out, gates,
-        cells, ih, ih_mean, ih_rstd, hh_norm, stats)
-    # The masks are zoneout's draws, not differentiable; nor are the rates and reverse.
-    return (*grads, None, None, None, None, None)
+        cells, ih, ih_mean, ih_rstd, hh_norm, stats, batch_sizes)
+    # The masks are zoneout's draws, not differentiable; nor are the rates, reverse and batch_sizes.
+    return (*grads, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("lstm_ext::ln_lstm_layer_forward", _ln_backward, setup_context=_ln_setup_context)
@@ -433,3 +443,11 @@ def _ln_inference_backward(ctx, *grads):
 
 torch.library.register_autograd("lstm_ext::ln_lstm_layer_inference", _ln_inference_backward,
                                 setup_context=_ln_inference_setup_context)
+
+
+@torch.library.register_fake("lstm_ext::zoneout_mask")
+def _zoneout_mask_fake(like, seed, size, rate):
+    if not 0 <= rate <= 1:
+        raise ValueError(f"lstm_ext.zoneout_mask: rate must be in [0, 1], got {rate:g}")
+    check_floating("lstm_ext.zoneout_mask", "like", like)
+    return like.new_empty(size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,8 +34,8 @@ def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: T
                           ln_hh_weight: Optional[Tensor] = None, ln_c_weight: Optional[Tensor] = None,
                           ln_c_bias: Optional[Tensor] = None, zoneout_cell_mask: Optional[Tensor] = None,
                           zoneout_hidden_mask: Optional[Tensor] = None, zoneout_cell: float = 0.0,
-                          zoneout_hidden: float = 0.0, reverse: bool = False
-                          ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+                          zoneout_hidden: float = 0.0, reverse: bool = False,
+                          batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """One LayerNorm LSTM layer and direction over a whole sequence. Differentiable.
 
     Args:
@@ -49,15 +49,23 @@ def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: T
             rate zoneout_cell / zoneout_hidden is used as d (eval mode's
             expectation; 0: no zoneout).
         reverse: run from step T-1 down to 0.
+        batch_sizes: a PackedSequence's (int64 CPU, non-increasing), with
+            input its data (N, I) of sequences sorted by length and the masks
+            (N, H): each step runs over its own sequences, h_n and c_n are
+            each sequence's state at its own end, and the reverse direction
+            starts each sequence at its own last step (CPU only).
 
     Returns:
-        (output (T, B, H), (h_n, c_n)). The maths is
-        lstm_ext.reference.layer_norm_lstm_step's.
+        (output (T, B, H), (h_n, c_n)); output (N, H) with batch_sizes. The
+        maths is lstm_ext.reference.layer_norm_lstm_step's.
     """
     _require_pair(hx, "lstm_ext.layer_norm_lstm_layer", "(h_0, c_0)")
     args = (input, hx[0], hx[1], weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
-            zoneout_cell_mask, zoneout_hidden_mask, float(zoneout_cell), float(zoneout_hidden), reverse)
+            zoneout_cell_mask, zoneout_hidden_mask, float(zoneout_cell), float(zoneout_hidden), reverse, batch_sizes)
     if not _fused_device(weight_hh):
+        if batch_sizes is not None:
+            raise NotImplementedError(f"lstm_ext.layer_norm_lstm_layer: PackedSequence input on {weight_hh.device} "
+                                      "is not supported (the fused operator is CPU-only); pad the batch")
         return layer_norm_lstm_sequence(input, hx, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
                                         ln_c_weight, ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask,
                                         zoneout_cell, zoneout_hidden, reverse)
@@ -78,23 +86,22 @@ def _check_rate(name: str, value) -> float:
     return float(value)
 
 
-def run_stacked(module: nn.Module, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]],
-                layers: List[Dict[str, Optional[Tensor]]], name: str) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+def run_stacked(module: nn.Module, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]],
+                layers: List[Dict[str, Optional[Tensor]]], name: str):
     """torch.nn.LSTM's conventions around the stacked layers of
     layer_norm_lstm_layer (lstm_ext.reference.layer_norm_lstm_stacked):
-    checks, unbatched input, zero states; layers holds each layer's and
-    direction's tensors, in order."""
-    if isinstance(input, PackedSequence):
-        raise NotImplementedError(f"lstm_ext.{name}: PackedSequence input is not supported with layer norm or "
-                                  "zoneout yet; pad the batch (torch.nn.utils.rnn.pad_packed_sequence)")
-    if not isinstance(input, Tensor) or input.dim() not in (2, 3):
-        raise ValueError(f"lstm_ext.{name}: expected input of shape (seq_len, input_size) unbatched or "
-                         f"(seq_len, batch, input_size), got {_describe(input)}")
+    checks, unbatched input, zero states, PackedSequence input (unsorted
+    batches permuted once); layers holds each layer's and direction's
+    tensors, in order."""
     directions = 2 if module.bidirectional else 1
     H, L = module.hidden_size, module.num_layers
-    batched = input.dim() == 3
-    x = input if batched else input.unsqueeze(1)
-    B = x.shape[0 if batched and module.batch_first else 1]
+    packed = isinstance(input, PackedSequence)
+    if not packed and (not isinstance(input, Tensor) or input.dim() not in (2, 3)):
+        raise ValueError(f"lstm_ext.{name}: expected input of shape (seq_len, input_size) unbatched or "
+                         f"(seq_len, batch, input_size), or a PackedSequence, got {_describe(input)}")
+    batched = packed or input.dim() == 3
+    x = input.data if packed else input if batched else input.unsqueeze(1)
+    B = int(input.batch_sizes[0]) if packed else x.shape[0 if batched and module.batch_first else 1]
     expected = (L * directions, B, H) if batched else (L * directions, H)
     if hx is not None:
         _require_pair(hx, f"lstm_ext.{name}", "(h_0, c_0)")
@@ -107,9 +114,16 @@ def run_stacked(module: nn.Module, input: Tensor, hx: Optional[Tuple[Tensor, Ten
                                  f"{tuple(state.shape)}")
         if not batched:
             hx = tuple(s.unsqueeze(1) for s in hx)
+        elif packed and input.sorted_indices is not None:  # the states of the sequences in sorted order
+            hx = tuple(s.index_select(1, input.sorted_indices) for s in hx)
     output, (h_n, c_n) = layer_norm_lstm_stacked(
-        x.contiguous(), hx, layers, module.bidirectional, module.batch_first and batched, module.dropout,
-        module.training, module.zoneout_cell, module.zoneout_hidden, layer_fn=layer_norm_lstm_layer)
+        x.contiguous(), hx, layers, module.bidirectional, module.batch_first and batched and not packed,
+        module.dropout, module.training, module.zoneout_cell, module.zoneout_hidden, layer_fn=layer_norm_lstm_layer,
+        batch_sizes=input.batch_sizes if packed else None)
+    if packed:
+        if input.unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, input.unsorted_indices), c_n.index_select(1, input.unsorted_indices)
+        return PackedSequence(output, input.batch_sizes, input.sorted_indices, input.unsorted_indices), (h_n, c_n)
     if not batched:
         return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
     return output, (h_n, c_n)
@@ -139,7 +153,8 @@ class LayerNormLSTM(nn.Module):
         zoneout_cell, zoneout_hidden: zoneout's rates for c and h.
 
     Inputs ``input, (h_0, c_0)`` and outputs ``output, (h_n, c_n)``: as
-    torch.nn.LSTM's (no projections; PackedSequence not yet supported).
+    torch.nn.LSTM's (no projections); a PackedSequence input (CPU) gives a
+    PackedSequence output, each sequence run over its own length.
 
     Attributes (each with ``_reverse`` for the second direction):
         weight_ih_l{k} [4H, I_k], weight_hh_l{k} [4H, H]: uniform in +-1/sqrt(H).
@@ -214,8 +229,8 @@ class LayerNormLSTM(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        """(output, (h_n, c_n)) with torch.nn.LSTM's shapes."""
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
+        """(output, (h_n, c_n)) with torch.nn.LSTM's shapes; PackedSequence in, PackedSequence out."""
         layers = [{role: getattr(self, name) for role, name in names.items()} for names in self._layer_names]
         return run_stacked(self, input, hx, layers, "LayerNormLSTM")

@@ -258,29 +258,38 @@ _LN_NAMES = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
 
 
 def zoneout_masks(rate: float, shape, like: Tensor, training: bool):
-    """Zoneout's d for one layer and direction: Bernoulli(rate) per element
-    and step from torch's generator in training (torch.manual_seed
-    reproduces it), None (the rate itself is then d) otherwise."""
+    """Zoneout's d for one layer and direction in training: Bernoulli(rate)
+    per element and step, in like's dtype and on its device; None (the rate
+    itself is then d) otherwise. On the CPU, lstm_ext's Philox generator
+    seeded by one draw from torch's generator (several times faster than
+    bernoulli_); elsewhere bernoulli_. torch.manual_seed reproduces either."""
     if not training or rate == 0.0:
         return None
+    if like.device.type in ("cpu", "meta"):
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
+        return torch.ops.lstm_ext.zoneout_mask(like, seed, list(shape), float(rate))
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(rate)
 
 
 def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_first: bool = False,
                             dropout: float = 0.0, training: bool = False, zoneout_cell: float = 0.0,
-                            zoneout_hidden: float = 0.0, layer_fn=None):
+                            zoneout_hidden: float = 0.0, layer_fn=None, batch_sizes=None):
     """Stacked layers of layer_norm_lstm_sequence (or layer_fn, with its
     arguments: lstm_ext.layer_norm_lstm_layer is how lstm_ext.LayerNormLSTM
     runs): layers[layer * D + direction] maps weight_ih, weight_hh, bias and
     the LN names to tensors (or None); x (T, B, I) ((B, T, I) batch_first),
     hx (h_0, c_0) each (len(layers), B, H) or None. In training, zoneout's
     masks are drawn per layer and direction (c's, then h's) and dropout
-    follows each layer but the last."""
+    follows each layer but the last. With batch_sizes (layer_fn's), x is a
+    PackedSequence's data (N, I) and the masks (N, H)."""
     layer_fn = layer_fn or layer_norm_lstm_sequence
     directions = 2 if bidirectional else 1
-    if batch_first:
+    if batch_first and batch_sizes is None:
         x = x.transpose(0, 1)
-    T, B, H = x.shape[0], x.shape[1], layers[0]["weight_hh"].shape[1]
+    H = layers[0]["weight_hh"].shape[1]
+    B = int(batch_sizes[0]) if batch_sizes is not None else x.shape[1]
+    mask_shape = (x.shape[0], H) if batch_sizes is not None else (x.shape[0], B, H)
+    packed = {} if batch_sizes is None else {"batch_sizes": batch_sizes}
     if hx is None:
         hx = (x.new_zeros(len(layers), B, H),) * 2
     layer_input, h_n, c_n = x, [], []
@@ -289,15 +298,15 @@ def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_fi
         for direction in range(directions):
             k = layer * directions + direction
             w = layers[k]
-            masks = [zoneout_masks(rate, (T, B, H), x, training) for rate in (zoneout_cell, zoneout_hidden)]
+            masks = [zoneout_masks(rate, mask_shape, x, training) for rate in (zoneout_cell, zoneout_hidden)]
             out, (h, c) = layer_fn(layer_input, (hx[0][k], hx[1][k]), w["weight_ih"], w["weight_hh"], w.get("bias"),
                                    *(w.get(name) for name in _LN_NAMES), masks[0], masks[1], zoneout_cell,
-                                   zoneout_hidden, reverse=direction == 1)
+                                   zoneout_hidden, reverse=direction == 1, **packed)
             outputs.append(out)
             h_n.append(h)
             c_n.append(c)
-        layer_input = torch.cat(outputs, 2)
+        layer_input = torch.cat(outputs, -1)
         if dropout > 0 and training and layer < len(layers) // directions - 1:
             layer_input = nn.functional.dropout(layer_input, dropout, training=True)
-    out = layer_input.transpose(0, 1) if batch_first else layer_input
+    out = layer_input.transpose(0, 1) if batch_first and batch_sizes is None else layer_input
     return out, (torch.stack(h_n), torch.stack(c_n))

@@ -271,7 +271,7 @@ class LSTM(_RNNBase):
             element of c (h) keeps its previous value with this probability
             per step, in eval it is mixed by the rate; see
             lstm_ext.LayerNormLSTM. 0 (the default): none, and the module is
-            exactly torch.nn.LSTM. Not with proj_size or PackedSequence input.
+            exactly torch.nn.LSTM. Not with proj_size.
 
     Inputs: ``input, (h_0, c_0)``
         * input: (T, B, I), (B, T, I) when batch_first, or (T, I) unbatched; or a

@@ -459,6 +459,33 @@ CASES.update({
 })
 
 
+def ln_packed_case(change):
+    """layer_norm_lstm_layer on packed data (6, 3) of batch_sizes [3, 2, 1], H=4, with layer norm."""
+    def build(device):
+        args = [randn(6, 3, device=device), randn(3, 4, device=device), randn(3, 4, device=device),
+                randn(16, 3, device=device), randn(16, 4, device=device), randn(16, device=device),
+                randn(16, device=device), randn(16, device=device), randn(4, device=device), randn(4, device=device),
+                torch.tensor([3, 2, 1])]
+        args = change(device, args)
+        return (lambda x, h, c, *w: lstm_ext.layer_norm_lstm_layer(x, (h, c), *w[:7], None, None, 0.0, 0.0,
+                                                                   batch_sizes=w[7])), tuple(args)
+    return build
+
+
+CASES.update({
+    "ln packed: float batch_sizes": (ln_packed_case(replaced(10, lambda d, t: t.float())), TypeError,
+                                     r"lstm_ext.LayerNormLSTM: batch_sizes must be a 1-D int64 CPU tensor", ALL_PATHS),
+    "ln packed: 3-D input": (ln_packed_case(replaced(0, lambda d, t: t[None])), ValueError,
+                             r"with batch_sizes, input must be 2-D \(sum of lengths, input_size\)", ALL_PATHS),
+    "ln packed: increasing batch_sizes": (ln_packed_case(replaced(10, lambda d, t: torch.tensor([3, 1, 2]))),
+                                          ValueError, r"batch_sizes must be positive and non-increasing",
+                                          ("direct", "torch.ops")),
+    "ln packed: batch_sizes of another sum": (ln_packed_case(replaced(10, lambda d, t: torch.tensor([3, 2]))),
+                                              ValueError, r"batch_sizes sum to 5 but input has 6 rows",
+                                              ("direct", "torch.ops")),
+})
+
+
 def call_on_path(path, build):
     if path == "meta":
         fn, args = build("meta")
@@ -571,3 +598,4 @@ def test_set_cpu_capability_not_a_name():
         lstm_ext.set_cpu_capability(None)
     with pytest.raises(ValueError, match=r"CPU capability 'AVX1024' is not available here"):
         lstm_ext.set_cpu_capability("AVX1024")
+

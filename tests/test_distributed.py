@@ -1,5 +1,5 @@
 """DistributedDataParallel over gloo, two processes on 127.0.0.1: lstm_ext's
-modules (LSTM, GRU and their cells) train there as torch.nn's do (their gradients, averaged by DDP,
+modules (LSTM, GRU, their cells and LayerNormLSTM) train there as torch.nn's do (their gradients, averaged by DDP,
 equal one process's over the whole batch)."""
 import json
 import socket
@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 import lstm_ext
 
 
-class Model(torch.nn.Module):  # an LSTM, a GRU on its output, then cells on the last step; a mean loss
+class Model(torch.nn.Module):  # an LSTM, a GRU and a LayerNormLSTM on its output, cells on the last step
 
     def __init__(self):
         super().__init__()
@@ -30,13 +30,16 @@ class Model(torch.nn.Module):  # an LSTM, a GRU on its output, then cells on the
         self.gru = lstm_ext.GRU(12, 3, bidirectional=True, batch_first=True, dtype=torch.float64)
         self.cell = lstm_ext.LSTMCell(12, 5, dtype=torch.float64)
         self.gru_cell = lstm_ext.GRUCell(6, 2, dtype=torch.float64)
+        self.ln = lstm_ext.LayerNormLSTM(12, 3, batch_first=True, dtype=torch.float64)
 
     def forward(self, x):
         output, _ = self.rnn(x)
         gru_output, _ = self.gru(output)
         h, c = self.cell(output[:, -1])
         g = self.gru_cell(gru_output[:, -1])
-        return output.pow(2).mean() + h.mean() + c.pow(2).mean() + gru_output.pow(2).mean() + g.mean()
+        ln_output, _ = self.ln(output)
+        return (output.pow(2).mean() + h.mean() + c.pow(2).mean() + gru_output.pow(2).mean() + g.mean()
+                + ln_output.pow(2).mean())
 
 
 def make_model():

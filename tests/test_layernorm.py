@@ -211,6 +211,17 @@ def test_opcheck(layer_norm):
     backward_args = [torch.randn_like(saved[0]), torch.randn_like(saved[1]), None, x, h0, c0, w_ih, w_hh, True,
                      *rest[:6], rest[6], rest[7], rest[8], saved[0], *saved[3:]]
     opcheck(torch.ops.lstm_ext.ln_lstm_layer_backward.default, backward_args)
+    opcheck(torch.ops.lstm_ext.zoneout_mask.default, [torch.empty(0), torch.tensor([7]), [4, 3, 5], 0.3])
+
+
+def test_zoneout_mask_is_a_function_of_its_seed():
+    like = torch.empty(0, dtype=F64)
+    a = torch.ops.lstm_ext.zoneout_mask(like, torch.tensor([11]), [50, 7, 9], 0.4)
+    assert a.dtype == F64 and a.shape == (50, 7, 9)
+    assert torch.equal(a, torch.ops.lstm_ext.zoneout_mask(like, torch.tensor([11]), [50, 7, 9], 0.4))
+    assert not torch.equal(a, torch.ops.lstm_ext.zoneout_mask(like, torch.tensor([12]), [50, 7, 9], 0.4))
+    assert not torch.ops.lstm_ext.zoneout_mask(like, torch.tensor([1]), [100], 0.0).any()
+    assert torch.ops.lstm_ext.zoneout_mask(like, torch.tensor([1]), [100], 1.0).all()
 
 
 def test_inference_is_bitwise_the_training_forward():
@@ -297,8 +308,6 @@ def test_errors_name_what_is_wrong():
         module(torch.randn(5, 3, 5))
     with pytest.raises(ValueError, match=r"zoneout_cell should be a number in \[0, 1\]"):
         lstm_ext.LayerNormLSTM(4, 6, zoneout_cell=1.5)
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        module(nn.utils.rnn.pack_sequence([torch.randn(3, 4), torch.randn(2, 4)]))
     with pytest.raises(NotImplementedError, match="proj_size"):
         lstm_ext.LSTM(4, 6, proj_size=3, zoneout_cell=0.1)
     with pytest.raises(ValueError, match="no zoneout"):
@@ -316,3 +325,119 @@ def test_trace_and_export_with_dynamic_shapes():
     expected, (h_ref, c_ref) = module(other)
     for a, b in ((out, expected), (h, h_ref), (c, c_ref)):
         assert_close(a, b, rtol=0, atol=0)
+
+
+LENGTHS = {"sorted": [5, 4, 4, 2, 1], "unsorted": [2, 5, 1, 4, 3], "equal": [3, 3, 3], "all one": [1, 1, 1, 1],
+           "one long, many short": [1, 6, 1, 1, 2, 1]}
+
+
+def per_sequence(module, sequences, hx):
+    """Each sequence alone (batch of one) through the reference loop: outputs, h_n, c_n."""
+    D = 2 if module.bidirectional else 1
+    layers = [layer_tensors(module, layer, d) for layer in range(module.num_layers) for d in range(D)]
+    outs, hs, cs = [], [], []
+    for b, seq in enumerate(sequences):
+        state = None if hx is None else (hx[0][:, b:b + 1], hx[1][:, b:b + 1])
+        out, (h, c) = layer_norm_lstm_stacked(seq.unsqueeze(1), state, layers, module.bidirectional, False,
+                                              module.dropout, False, module.zoneout_cell, module.zoneout_hidden)
+        outs.append(out[:, 0])
+        hs.append(h)
+        cs.append(c)
+    return outs, torch.cat(hs, 1), torch.cat(cs, 1)
+
+
+@pytest.mark.parametrize("lengths", list(LENGTHS), ids=str)
+@pytest.mark.parametrize("config", [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
+                                    dict(num_layers=2, bidirectional=True, bias=False)], ids=str)
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
+def test_packed_sequence_matches_each_sequence_alone(cls, config, lengths):
+    """Each packed sequence runs over its own length: outputs, h_n, c_n and every gradient as if alone (eval:
+    zoneout by its rates)."""
+    module = getattr(lstm_ext, cls)(3, 5, dtype=F64, zoneout_cell=0.2, zoneout_hidden=0.1, **config).eval()
+    if cls == "LayerNormLSTM":
+        randomized(module)
+    torch.manual_seed(4)
+    sequences = [torch.randn(n, 3, dtype=F64, requires_grad=True) for n in LENGTHS[lengths]]
+    D = 2 if module.bidirectional else 1
+    hx = tuple(torch.randn(module.num_layers * D, len(sequences), 5, dtype=F64, requires_grad=True)
+               for _ in range(2))
+    packed = nn.utils.rnn.pack_sequence(sequences, enforce_sorted=False)
+    out, (h, c) = module(packed, hx)
+    padded, _ = nn.utils.rnn.pad_packed_sequence(out)
+    ref_out, ref_h, ref_c = per_sequence(module, sequences, hx)
+    for b, n in enumerate(LENGTHS[lengths]):
+        assert_close(padded[:n, b], ref_out[b], **EXACT)
+    assert_close(h, ref_h, **EXACT)
+    assert_close(c, ref_c, **EXACT)
+    wrt = sequences + list(hx) + list(module.parameters())
+    weights = [torch.linspace(-1, 1, o.numel(), dtype=F64).reshape(o.shape) for o in ref_out]
+    loss = sum((padded[:o.shape[0], b] * w).sum() for b, (o, w) in enumerate(zip(ref_out, weights)))
+    got = torch.autograd.grad(loss + 2 * h.sum() + 3 * c.sum(), wrt)
+    ref_loss = sum((o * w).sum() for o, w in zip(ref_out, weights))
+    expected = torch.autograd.grad(ref_loss + 2 * ref_h.sum() + 3 * ref_c.sum(), wrt)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, **EXACT, msg=lambda m: f"grad {k}: {m}")
+
+
+def test_packed_training_reproducible_and_inference_bitwise():
+    module = randomized(lstm_ext.LayerNormLSTM(3, 20, num_layers=2, bidirectional=True, zoneout_cell=0.2,
+                                               zoneout_hidden=0.1))
+    packed = nn.utils.rnn.pack_sequence([torch.randn(n, 3) for n in (2, 7, 4)], enforce_sorted=False)
+    torch.manual_seed(1)
+    first = module(packed)
+    torch.manual_seed(1)
+    second = module(packed)
+    assert torch.equal(first[0].data, second[0].data) and torch.equal(first[1][1], second[1][1])
+    module.eval()
+    train_forward = module(packed)
+    with torch.no_grad():
+        inference = module(packed)
+    for a, b in ((train_forward[0].data, inference[0].data), (train_forward[1][0], inference[1][0]),
+                 (train_forward[1][1], inference[1][1])):
+        assert torch.equal(a, b)
+
+
+def test_packed_gradcheck():
+    torch.manual_seed(0)
+    batch_sizes = torch.tensor([3, 2, 2, 1])
+    N, I, H = int(batch_sizes.sum()), 2, 3
+
+    def r(*s, shift=0.0):
+        return (shift + 0.5 * torch.randn(*s, dtype=F64)).requires_grad_()
+
+    args = (r(N, I), r(3, H), r(3, H), r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H, shift=1), r(4 * H, shift=1),
+            r(H, shift=1), r(H))
+    mask = (torch.rand(N, H, dtype=F64) < 0.3).to(F64)
+
+    def fn(x, h0, c0, w_ih, w_hh, b, *ln):
+        out, (h, c) = layer_norm_lstm_layer(x, (h0, c0), w_ih, w_hh, b, *ln, mask, None, 0.3, 0.2, reverse=True,
+                                            batch_sizes=batch_sizes)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_autocast_and_parametrizations():
+    module = randomized(lstm_ext.LayerNormLSTM(4, 8, num_layers=2))
+    x = torch.randn(5, 3, 4)
+    expected = module(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)[0]
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), expected, rtol=5e-2, atol=5e-2)
+    out.float().sum().backward()
+    assert module.weight_hh_l0.grad is not None and module.weight_hh_l0.grad.dtype == torch.float32
+    # a parametrization (here: the recurrent weight scaled by 2) is seen as torch.nn's modules see it
+    scaled = lstm_ext.LayerNormLSTM(4, 8)
+    scaled.load_state_dict({k: v for k, v in module.state_dict().items() if k.endswith("_l0")})
+
+    class Twice(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    plain = lstm_ext.LayerNormLSTM(4, 8)
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(2)
+    nn.utils.parametrize.register_parametrization(scaled, "weight_hh_l0", Twice())
+    assert_close(scaled(x)[0], plain(x)[0])

@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -184,11 +185,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   // The input part of the pre-activations, [N, 4H].
   Tensor gates, ih, ih_mean, ih_rstd;
   if (shape.layer_norm) {
-    ih = at::matmul(x2d, weight_ih.t());
+    ih = sequence_product(x2d, weight_ih.t());
     std::tie(gates, ih_mean, ih_rstd) = at::native_layer_norm(ih, {G}, gamma_ih, bias, kEps);
     gates = gates.contiguous();
   } else {
-    gates = bias.has_value() ? at::addmm(*bias, x2d, weight_ih.t()) : at::matmul(x2d, weight_ih.t());
+    gates = sequence_product(x2d, weight_ih.t(), bias.has_value() ? *bias : Tensor());
     // Distinct tensors: an operator's outputs may not alias each other.
     ih = at::empty({0}, options);
     ih_mean = at::empty({0}, options);
@@ -241,32 +242,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
           ln ? ih_rstd.reshape(shape.of(1)) : ih_rstd, hh_norm, stats};
 }
 
-// Philox4x32-10 (Salmon et al. 2011), the counter-based generator that
-// torch's CUDA random ops use: four 32-bit words per (counter, key), so any
-// element's draw is computed independently, in parallel, from the seed alone.
-struct Philox {
-  uint32_t key0, key1;
-  explicit Philox(uint64_t seed) : key0(static_cast<uint32_t>(seed)), key1(static_cast<uint32_t>(seed >> 32)) {}
-  void operator()(uint64_t counter, uint32_t out[4]) const {
-    uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = key0, k1 = key1;
-    for (int round = 0; round < 10; ++round) {
-      const uint64_t p0 = uint64_t(0xD2511F53) * c0, p1 = uint64_t(0xCD9E8D57) * c2;
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
-      c1 = static_cast<uint32_t>(p1);
-      c3 = static_cast<uint32_t>(p0);
-      c0 = n0;
-      c2 = n2;
-      k0 += 0x9E3779B9;
-      k1 += 0xBB67AE85;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-  }
-};
-
 }  // namespace
 
 Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size, double rate) {
@@ -276,20 +251,13 @@ Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size
                    dtype_name(seed.scalar_type()), " on ", seed.device());
   check_floating("lstm_ext.zoneout_mask", "like", like);
   Tensor mask = at::empty(size, like.options());
-  const Philox philox(static_cast<uint64_t>(seed.item<int64_t>()));
-  // Element n is 1 where the 24 high bits of word n % 4 of draw n / 4, as a
-  // uniform in [0, 1), fall below rate: exactly Bernoulli(rate) to 2^-24.
+  // Element n is 1 where the 24 high bits of a Philox word, as a uniform in
+  // [0, 1), fall below rate: Bernoulli(rate) to 2^-24 (lstm_kernels.h).
   const auto threshold = static_cast<uint32_t>(rate * 16777216.0);
-  const int64_t n = mask.numel(), draws = (n + 3) / 4;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, mask.scalar_type(), "lstm_ext_zoneout_mask", [&] {
-    scalar_t* out = mask.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, draws, 4096, [&](int64_t begin, int64_t end) {
-      uint32_t words[4];
-      for (int64_t d = begin; d < end; ++d) {
-        philox(static_cast<uint64_t>(d), words);
-        for (int64_t k = 0; k < 4 && 4 * d + k < n; ++k) out[4 * d + k] = scalar_t((words[k] >> 8) < threshold);
-      }
-    });
+  const auto key = static_cast<uint64_t>(seed.item<int64_t>());
+  const int64_t n = mask.numel(), draws = (n + 3) / 4;  // 4 elements per draw
+  at::parallel_for(0, draws, 16384, [&](int64_t begin, int64_t end) {
+    cpu::philox_mask({mask.scalar_type(), mask.data_ptr(), 4 * begin, std::min(4 * end, n), key, threshold});
   });
   return mask;
 }
@@ -417,8 +385,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     grad_ih = grad_pre2d;
   }
   if (has_bias) grad_bias = grad_pre2d.sum(0);
-  Tensor grad_input = in_run_order(at::matmul(grad_ih, weight_ih), reversal).reshape(input_.sizes());
-  Tensor grad_weight_ih = at::matmul(grad_ih.t(), input.reshape({N, I}));
+  Tensor grad_input = in_run_order(sequence_product(grad_ih.contiguous(), weight_ih), reversal).reshape(input_.sizes());
+  Tensor grad_weight_ih = sequence_weight_grad(grad_ih.contiguous(), input.reshape({N, I}));
   // The h each row's step started from, [N, H]: h_0, or the sequence's output a step earlier.
   Tensor previous;
   if (T == 0) {
@@ -433,7 +401,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
                         : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0))
                    .reshape({N, H});
   }
-  Tensor grad_weight_hh = at::matmul(grad_hh.reshape({N, G}).t(), previous);
+  Tensor grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), previous);
   const auto back = [](const Tensor& t, const Tensor& like) { return t.defined() ? t.to(like.scalar_type()) : t; };
   return {back(grad_input, input_),
           back(grad_h0, h0_),

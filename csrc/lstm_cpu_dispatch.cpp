@@ -25,6 +25,7 @@ namespace cpu {
   void transpose(const TransposeArgs& args);                  \
   void ln_rows_forward(const LnRowsForwardArgs& args);        \
   void ln_rows_backward(const LnRowsBackwardArgs& args);      \
+  void philox_mask(const PhiloxMaskArgs& args);               \
   }
 
 LSTM_EXT_DECLARE_CAPABILITY(DEFAULT)
@@ -48,21 +49,25 @@ struct KernelTable {
   void (*transpose)(const TransposeArgs&);
   void (*ln_rows_forward)(const LnRowsForwardArgs&);
   void (*ln_rows_backward)(const LnRowsBackwardArgs&);
+  void (*philox_mask)(const PhiloxMaskArgs&);
 };
 
 const KernelTable kTables[] = {
     {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
      DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
-     DEFAULT::transpose, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward},
+     DEFAULT::transpose, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
+     DEFAULT::philox_mask},
 #ifdef LSTM_EXT_HAVE_AVX2
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
-     AVX2::transpose, AVX2::ln_rows_forward, AVX2::ln_rows_backward},
+     AVX2::transpose, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
+     AVX2::philox_mask},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
      AVX512::gru_pointwise_backward, AVX512::outer_products,
-     AVX512::transpose, AVX512::ln_rows_forward, AVX512::ln_rows_backward},
+     AVX512::transpose, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
+     AVX512::philox_mask},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -126,6 +131,8 @@ void transpose(const TransposeArgs& args) { active().load(std::memory_order_rela
 void rows_pass(const LnRowsForwardArgs& args) { active().load(std::memory_order_relaxed)->ln_rows_forward(args); }
 
 void rows_pass(const LnRowsBackwardArgs& args) { active().load(std::memory_order_relaxed)->ln_rows_backward(args); }
+
+void philox_mask(const PhiloxMaskArgs& args) { active().load(std::memory_order_relaxed)->philox_mask(args); }
 
 const char* kernel_capability() { return active().load()->name; }
 

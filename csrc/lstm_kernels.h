@@ -465,6 +465,20 @@ struct LongKGemmArgs {
 };
 void long_k_gemm(const LongKGemmArgs& args);
 
+// out[n] = 1 where the 24 high bits of word n % 4 of Philox4x32-10(counter
+// n / 4, key seed) fall below threshold (rate * 2^24), else 0, for n in
+// [begin, end) (begin a multiple of 4); float, double, bfloat16 or half.
+// Counter-based, so any range is computed on its own: zoneout's masks.
+// Per CPU capability, like the pointwise passes (16 draws a SIMD step).
+struct PhiloxMaskArgs {
+  c10::ScalarType dtype;
+  void* out;
+  int64_t begin, end;
+  uint64_t seed;
+  uint32_t threshold;
+};
+void philox_mask(const PhiloxMaskArgs& args);
+
 // The capability whose kernels run now, and a switch for tests and benchmarks.
 const char* kernel_capability();
 // Returns false when name is unknown, not compiled in, or unsupported here.

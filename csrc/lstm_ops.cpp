@@ -261,6 +261,19 @@ void launch(const Tensor& like, const Args& args) {
 
 }  // namespace
 
+Tensor sequence_product(const Tensor& a, const Tensor& b, const Tensor& bias) {
+  return product(a, b, bias, pooled_empty({a.size(0), b.size(1)}, a.options()));
+}
+
+Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows) {
+  if (long_k_weight_grads(grad, rows.size(1))) {
+    const Tensor rows_c = rows.contiguous();
+    return long_k_weight_grad(grad, transposed(rows_c.const_data_ptr<float>(), rows_c.size(0), rows_c.size(1),
+                                               rows_c.size(1), rows_c.options()));
+  }
+  return weight_grad(grad, rows);
+}
+
 bool set_cpu_specialized(bool enabled) { return cpu_specialized_enabled.exchange(enabled); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward(

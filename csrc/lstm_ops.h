@@ -112,6 +112,14 @@ std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::Tenso
 // path's logic on a machine without a GPU. Returns the previous setting.
 bool set_cpu_specialized(bool enabled);
 
+// The products of a whole sequence as the layer operators form them (on the
+// CPU: packed brgemm panels for float with many rows, the long-K path for
+// weight gradients, small products on the calling thread; else ATen's):
+// [bias +] a @ b for a [M, K], b [K, N]; and grad^T @ rows, [N, C], for grad
+// [K, N] contiguous and rows [K, C] (K = the sequence's rows).
+Tensor sequence_product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor());
+Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows);
+
 // For a PackedSequence's batch_sizes: the row of (t, b) once each sequence is
 // reversed within its length (what the reverse direction runs over; its own
 // inverse).

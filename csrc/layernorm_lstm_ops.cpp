@@ -3,9 +3,9 @@
 // cpu::ln_recurrence_forward/backward (lstm_kernels.h).
 //
 // Per layer and direction: ih = x W_ih^T for all steps as one product, its
-// layer norm with gain g_ih and shift b as one ATen native_layer_norm (whose
-// backward serves the backward), then the time loop, which normalizes each
-// step's recurrent product and c~ inside its row pass. Without layer norm
+// layer norm with gain g_ih and shift b in one pass over its rows
+// (cpu::layer_norm_rows), then the time loop, which normalizes each step's
+// recurrent product and c~ inside its row pass. Without layer norm
 // (the LN tensors absent) the same loop is the plain LSTM, and zoneout is
 // what it adds. bfloat16 and float16 run in float32 inside the operator (the
 // state, the statistics, what is kept for the backward), outputs in the
@@ -138,6 +138,9 @@ std::optional<Tensor> as_compute(const std::optional<Tensor>& t, at::ScalarType 
 
 const void* data_or_null(const std::optional<Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
 
+// Rows per task of the input part's layer norm: ~16K elements.
+int64_t layer_norm_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)); }
+
 Tensor index_of(const std::vector<int64_t>& rows) { return at::tensor(rows, at::TensorOptions().dtype(at::kLong)); }
 
 // A packed [N, ...] buffer's rows in the order the time loop runs them (each
@@ -186,8 +189,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor gates, ih, ih_mean, ih_rstd;
   if (shape.layer_norm) {
     ih = sequence_product(x2d, weight_ih.t());
-    std::tie(gates, ih_mean, ih_rstd) = at::native_layer_norm(ih, {G}, gamma_ih, bias, kEps);
-    gates = gates.contiguous();
+    gates = at::empty({N, G}, options);
+    ih_mean = at::empty({N, 1}, options);
+    ih_rstd = at::empty({N, 1}, options);
+    at::parallel_for(0, N, layer_norm_grain(G), [&](int64_t begin, int64_t end) {
+      cpu::layer_norm_rows(cpu::LnInputArgs{dtype, end - begin, G, kEps,
+                                            static_cast<const char*>(ih.const_data_ptr()) + begin * G * ih.element_size(),
+                                            gamma_ih->const_data_ptr(), data_or_null(bias),
+                                            static_cast<char*>(gates.data_ptr()) + begin * G * gates.element_size(),
+                                            static_cast<char*>(ih_mean.data_ptr()) + begin * ih_mean.element_size(),
+                                            static_cast<char*>(ih_rstd.data_ptr()) + begin * ih_rstd.element_size()});
+    });
   } else {
     gates = sequence_product(x2d, weight_ih.t(), bias.has_value() ? *bias : Tensor());
     // Distinct tensors: an operator's outputs may not alias each other.
@@ -377,10 +389,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const Tensor grad_pre2d = grad_pre.reshape({N, G});
   Tensor grad_ih, grad_gamma_ih, grad_bias;
   if (ln) {
-    // The shift's gradient is the bias's, summed below (ATen's would want the bias itself).
-    std::tie(grad_ih, grad_gamma_ih, std::ignore) =
-        at::native_layer_norm_backward(grad_pre2d, ih.reshape({N, G}), {G}, ih_mean.reshape({N, 1}),
-                                       ih_rstd.reshape({N, 1}), gamma_ih, std::nullopt, {true, true, false});
+    // Through the input part's layer norm; its shift's gradient is the bias's, summed below.
+    const Tensor ih_c = ih.contiguous(), mean_c = ih_mean.contiguous(), rstd_c = ih_rstd.contiguous();
+    grad_ih = at::empty({N, G}, options);
+    const int64_t threads = at::get_num_threads();
+    Tensor partial = at::zeros({threads, G}, options);  // grad_gamma_ih, one row per thread
+    at::parallel_for(0, N, layer_norm_grain(G), [&](int64_t begin, int64_t end) {
+      const int64_t item = grad_ih.element_size();
+      cpu::layer_norm_rows(cpu::LnInputBackwardArgs{
+          dtype, end - begin, G, static_cast<const char*>(grad_pre2d.const_data_ptr()) + begin * G * item,
+          static_cast<const char*>(ih_c.const_data_ptr()) + begin * G * item,
+          static_cast<const char*>(mean_c.const_data_ptr()) + begin * item,
+          static_cast<const char*>(rstd_c.const_data_ptr()) + begin * item, gamma_ih->const_data_ptr(),
+          static_cast<char*>(grad_ih.data_ptr()) + begin * G * item,
+          static_cast<char*>(partial.data_ptr()) + at::get_thread_num() * G * item});
+    });
+    grad_gamma_ih = partial.sum(0);
   } else {
     grad_ih = grad_pre2d;
   }

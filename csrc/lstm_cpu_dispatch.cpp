@@ -26,6 +26,8 @@ namespace cpu {
   void ln_rows_forward(const LnRowsForwardArgs& args);        \
   void ln_rows_backward(const LnRowsBackwardArgs& args);      \
   void philox_mask(const PhiloxMaskArgs& args);               \
+  void layer_norm_rows(const LnInputArgs& args);              \
+  void layer_norm_rows_backward(const LnInputBackwardArgs& args); \
   }
 
 LSTM_EXT_DECLARE_CAPABILITY(DEFAULT)
@@ -50,24 +52,26 @@ struct KernelTable {
   void (*ln_rows_forward)(const LnRowsForwardArgs&);
   void (*ln_rows_backward)(const LnRowsBackwardArgs&);
   void (*philox_mask)(const PhiloxMaskArgs&);
+  void (*layer_norm_rows)(const LnInputArgs&);
+  void (*layer_norm_rows_backward)(const LnInputBackwardArgs&);
 };
 
 const KernelTable kTables[] = {
     {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
      DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
      DEFAULT::transpose, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
-     DEFAULT::philox_mask},
+     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward},
 #ifdef LSTM_EXT_HAVE_AVX2
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
      AVX2::transpose, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
-     AVX2::philox_mask},
+     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
      AVX512::gru_pointwise_backward, AVX512::outer_products,
      AVX512::transpose, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
-     AVX512::philox_mask},
+     AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -133,6 +137,12 @@ void rows_pass(const LnRowsForwardArgs& args) { active().load(std::memory_order_
 void rows_pass(const LnRowsBackwardArgs& args) { active().load(std::memory_order_relaxed)->ln_rows_backward(args); }
 
 void philox_mask(const PhiloxMaskArgs& args) { active().load(std::memory_order_relaxed)->philox_mask(args); }
+
+void layer_norm_rows(const LnInputArgs& args) { active().load(std::memory_order_relaxed)->layer_norm_rows(args); }
+
+void layer_norm_rows(const LnInputBackwardArgs& args) {
+  active().load(std::memory_order_relaxed)->layer_norm_rows_backward(args);
+}
 
 const char* kernel_capability() { return active().load()->name; }
 

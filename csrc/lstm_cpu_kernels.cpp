@@ -261,11 +261,32 @@ struct RowIO {
   }
 };
 
+// The same interface one element at a time: rows narrower than a SIMD
+// vector (the course's H = 3) run this way, since a partial vector's load
+// and store go through a staging copy (at H = 3 they made a layer's call
+// 2.5x slower than the scalar loop).
+template <typename scalar_t>
+struct ScalarRowIO {
+  using Vec = scalar_t;
+  static constexpr int64_t W = 1;
+  static Vec load(const scalar_t* p, int64_t) { return *p; }
+  static void store(scalar_t* p, const Vec& v, int64_t) { *p = v; }
+  static scalar_t sum(const Vec& v, int64_t) { return v; }
+  static Vec weight(const scalar_t* mask, scalar_t rate, int64_t j, int64_t) {
+    return mask != nullptr ? mask[j] : rate;
+  }
+};
+
+// Whether rows of width n take ScalarRowIO.
+template <typename scalar_t>
+bool narrow_rows(int64_t n) {
+  return n < Vectorized<scalar_t>::size();
+}
+
 // Mean and 1 / sqrt(biased variance + eps) of x[0, n), two passes (the
 // float64 results match torch's layer_norm to ~1e-15).
-template <typename scalar_t>
+template <typename scalar_t, typename IO = RowIO<scalar_t>>
 void row_moments(const scalar_t* x, int64_t n, double eps, scalar_t& mean, scalar_t& rstd) {
-  using IO = RowIO<scalar_t>;
   using Vec = typename IO::Vec;
   scalar_t total = 0;
   for (int64_t j = 0; j < n; j += IO::W) total += IO::sum(IO::load(x + j, std::min(IO::W, n - j)), std::min(IO::W, n - j));
@@ -295,9 +316,8 @@ struct TypedCell {
   const scalar_t* mask_h_row(int64_t r, int64_t H) const { return mask_h != nullptr ? mask_h + r * H : nullptr; }
 };
 
-template <typename scalar_t>
+template <typename scalar_t, typename IO>
 void ln_rows_forward_typed(const LnRowsForwardArgs& a) {
-  using IO = RowIO<scalar_t>;
   using Vec = typename IO::Vec;
   const int64_t H = a.hidden, G = 4 * H;
   const TypedCell<scalar_t> cell(a.cell);
@@ -311,7 +331,7 @@ void ln_rows_forward_typed(const LnRowsForwardArgs& a) {
     scalar_t* c = static_cast<scalar_t*>(a.c) + r * H;
     scalar_t* h = static_cast<scalar_t*>(a.h) + r * H;
     scalar_t mean_hh = 0, rstd_hh = 1;
-    if (layer_norm) row_moments(hh, G, a.eps, mean_hh, rstd_hh);
+    if (layer_norm) row_moments<scalar_t, IO>(hh, G, a.eps, mean_hh, rstd_hh);
     // The gates and c~ (into c for now).
     for (int64_t j = 0; j < H; j += IO::W) {
       const int64_t w = std::min(IO::W, H - j);
@@ -331,7 +351,7 @@ void ln_rows_forward_typed(const LnRowsForwardArgs& a) {
       IO::store(c + j, c_candidate, w);
     }
     scalar_t mean_c = 0, rstd_c = 1;
-    if (layer_norm) row_moments(c, H, a.eps, mean_c, rstd_c);
+    if (layer_norm) row_moments<scalar_t, IO>(c, H, a.eps, mean_c, rstd_c);
     for (int64_t j = 0; j < H; j += IO::W) {
       const int64_t w = std::min(IO::W, H - j);
       const Vec c_candidate = IO::load(c + j, w);
@@ -352,9 +372,8 @@ void ln_rows_forward_typed(const LnRowsForwardArgs& a) {
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename IO>
 void ln_rows_backward_typed(const LnRowsBackwardArgs& a) {
-  using IO = RowIO<scalar_t>;
   using Vec = typename IO::Vec;
   const int64_t H = a.hidden, G = 4 * H;
   const TypedCell<scalar_t> cell(a.cell);
@@ -453,6 +472,78 @@ void ln_rows_backward_typed(const LnRowsBackwardArgs& a) {
   }
 }
 
+template <typename scalar_t, typename IO>
+void layer_norm_rows_typed(const LnInputArgs& a) {
+  using Vec = typename IO::Vec;
+  const int64_t n = a.width;
+  const auto* gamma = static_cast<const scalar_t*>(a.gamma);
+  const auto* beta = static_cast<const scalar_t*>(a.beta);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const scalar_t* x = static_cast<const scalar_t*>(a.x) + r * n;
+    scalar_t* out = static_cast<scalar_t*>(a.out) + r * n;
+    scalar_t mean, rstd;
+    row_moments<scalar_t, IO>(x, n, a.eps, mean, rstd);
+    for (int64_t j = 0; j < n; j += IO::W) {
+      const int64_t w = std::min(IO::W, n - j);
+      Vec y = (IO::load(x + j, w) - Vec(mean)) * Vec(rstd) * IO::load(gamma + j, w);
+      if (beta != nullptr) y = y + IO::load(beta + j, w);
+      IO::store(out + j, y, w);
+    }
+    static_cast<scalar_t*>(a.mean)[r] = mean;
+    static_cast<scalar_t*>(a.rstd)[r] = rstd;
+  }
+}
+
+template <typename scalar_t, typename IO>
+void layer_norm_rows_backward_typed(const LnInputBackwardArgs& a) {
+  using Vec = typename IO::Vec;
+  const int64_t n = a.width;
+  const auto* gamma = static_cast<const scalar_t*>(a.gamma);
+  auto* grad_gamma = static_cast<scalar_t*>(a.grad_gamma);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const scalar_t* x = static_cast<const scalar_t*>(a.x) + r * n;
+    const scalar_t* grad_out = static_cast<const scalar_t*>(a.grad_out) + r * n;
+    scalar_t* grad_x = static_cast<scalar_t*>(a.grad_x) + r * n;
+    const Vec mean(static_cast<const scalar_t*>(a.mean)[r]), rstd(static_cast<const scalar_t*>(a.rstd)[r]);
+    scalar_t sum_g = 0, sum_g_x = 0;
+    for (int64_t j = 0; j < n; j += IO::W) {
+      const int64_t w = std::min(IO::W, n - j);
+      const Vec go = IO::load(grad_out + j, w), x_hat = (IO::load(x + j, w) - mean) * rstd;
+      IO::store(grad_gamma + j, IO::load(grad_gamma + j, w) + go * x_hat, w);
+      const Vec g = go * IO::load(gamma + j, w);
+      sum_g += IO::sum(g, w);
+      sum_g_x += IO::sum(g * x_hat, w);
+    }
+    const Vec mean_g(sum_g / static_cast<scalar_t>(n)), mean_g_x(sum_g_x / static_cast<scalar_t>(n));
+    for (int64_t j = 0; j < n; j += IO::W) {
+      const int64_t w = std::min(IO::W, n - j);
+      const Vec x_hat = (IO::load(x + j, w) - mean) * rstd;
+      const Vec g = IO::load(grad_out + j, w) * IO::load(gamma + j, w);
+      IO::store(grad_x + j, layer_norm_backward_point(g, x_hat, rstd, mean_g, mean_g_x), w);
+    }
+  }
+}
+
+void layer_norm_rows(const LnInputArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_layer_norm_rows", [&] {
+    if (narrow_rows<scalar_t>(args.width)) {
+      layer_norm_rows_typed<scalar_t, ScalarRowIO<scalar_t>>(args);
+    } else {
+      layer_norm_rows_typed<scalar_t, RowIO<scalar_t>>(args);
+    }
+  });
+}
+
+void layer_norm_rows_backward(const LnInputBackwardArgs& args) {
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_layer_norm_rows_backward", [&] {
+    if (narrow_rows<scalar_t>(args.width)) {
+      layer_norm_rows_backward_typed<scalar_t, ScalarRowIO<scalar_t>>(args);
+    } else {
+      layer_norm_rows_backward_typed<scalar_t, RowIO<scalar_t>>(args);
+    }
+  });
+}
+
 // Philox4x32-10 (Salmon et al. 2011), the counter-based generator of
 // torch's CUDA random ops, over kDraws counters at once in plain arrays that
 // the compiler vectorizes (32 x 32 -> 64-bit products per lane): 16 draws,
@@ -501,11 +592,23 @@ void philox_mask(const PhiloxMaskArgs& args) {
 }
 
 void ln_rows_forward(const LnRowsForwardArgs& args) {
-  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_forward", [&] { ln_rows_forward_typed<scalar_t>(args); });
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_forward", [&] {
+    if (narrow_rows<scalar_t>(args.hidden)) {
+      ln_rows_forward_typed<scalar_t, ScalarRowIO<scalar_t>>(args);
+    } else {
+      ln_rows_forward_typed<scalar_t, RowIO<scalar_t>>(args);
+    }
+  });
 }
 
 void ln_rows_backward(const LnRowsBackwardArgs& args) {
-  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_backward", [&] { ln_rows_backward_typed<scalar_t>(args); });
+  AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_backward", [&] {
+    if (narrow_rows<scalar_t>(args.hidden)) {
+      ln_rows_backward_typed<scalar_t, ScalarRowIO<scalar_t>>(args);
+    } else {
+      ln_rows_backward_typed<scalar_t, RowIO<scalar_t>>(args);
+    }
+  });
 }
 
 // Blocks of C of kOuterRows x kOuterColumns SIMD vectors (8 accumulators),

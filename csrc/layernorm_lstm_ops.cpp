@@ -67,24 +67,10 @@ LnShape check_ln_layer(const Tensor& input, const Tensor& h0, const Tensor& c0, 
                        const std::optional<Tensor>& mask_c, const std::optional<Tensor>& mask_h, double rate_c,
                        double rate_h, const std::optional<Tensor>& batch_sizes) {
   check_floating(kOp, "weight_hh", weight_hh);
-  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * 4 == weight_hh.size(0), kOp,
-                    ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
-  const int64_t H = weight_hh.size(1);
+  const int64_t H = check_recurrent_weight(kOp, weight_hh, 4);
   const bool is_packed = batch_sizes.has_value();
-  if (is_packed) {
-    TORCH_CHECK_VALUE(input.dim() == 2, kOp, ": with batch_sizes, input must be 2-D (sum of lengths, input_size): "
-                      "a PackedSequence's data, got ", input.sizes());
-  } else {
-    TORCH_CHECK_VALUE(input.dim() == 3, kOp, ": input must be 3-D (seq_len, batch, input_size) here, got ",
-                      input.sizes());
-  }
-  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H, kOp,
-                    ": weight_ih must have shape [4*hidden_size, input_size] = [", 4 * H, ", input_size], got ",
-                    weight_ih.sizes());
-  const int64_t I = weight_ih.size(1);
-  const int64_t B = is_packed ? (h0.dim() > 0 ? h0.size(0) : 0) : input.size(1);
-  TORCH_CHECK_VALUE(input.size(-1) == I, kOp, ": input has ", input.size(-1), " features but input_size is ", I,
-                    " (input shape ", input.sizes(), ")");
+  int64_t I, B;
+  std::tie(I, B) = check_layer_input(kOp, input, weight_ih, h0, 4, H, is_packed);
   check_like(kOp, "input", input, "weight_hh", weight_hh);
   check_like(kOp, "weight_ih", weight_ih, "weight_hh", weight_hh);
   check_operand("h_0", h0, weight_hh, {B, H}, "(batch, hidden_size)");
@@ -237,10 +223,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     h_n = output.index_select(0, last);
     // Without keep only the last two steps' c are there: a sequence that ends
     // at step t left its c in block t % 2 of cells, row b (steps run in order).
-    c_n = keep ? cells.index_select(0, last) : at::empty({B, H}, options);
-    if (!keep) {
-      for (int64_t b = 0; b < B; ++b) c_n[b].copy_(cells[(shape.packed->length(b) - 1) % 2][b]);
-    }
+    std::vector<int64_t> ring_rows(static_cast<size_t>(B));  // row b of block (its last step) % 2
+    for (int64_t b = 0; b < B; ++b) ring_rows[b] = (shape.packed->length(b) - 1) % 2 * B + b;
+    c_n = keep ? cells.index_select(0, last) : cells.view({2 * B, H}).index_select(0, index_of(ring_rows));
   } else {
     const int64_t last = reverse ? 0 : T - 1;
     h_n = output[last].clone();

@@ -9,6 +9,7 @@
 
 #include <sstream>
 #include <string>
+#include <utility>
 
 namespace lstm_ext {
 
@@ -78,6 +79,36 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t, co
                    dtype_name(t.scalar_type()), " but ", like_name, " is ", dtype_name(like.scalar_type()));
   TORCH_CHECK_VALUE(t.device() == like.device(), op, ": device mismatch: ", name, " is on ", t.device(), " but ",
                     like_name, " is on ", like.device());
+}
+
+// The sequence layer's recurrent weight [gates*H, H] (4 gates: the LSTM's, 3:
+// the GRU's): returns H.
+inline int64_t check_recurrent_weight(const char* op, const at::Tensor& weight_hh, int64_t gates) {
+  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * gates == weight_hh.size(0), op,
+                    ": weight_hh must have shape [", gates, "*hidden_size, hidden_size], got ", weight_hh.sizes());
+  return weight_hh.size(1);
+}
+
+// A layer operator's input against weight_ih [gates*H, I]: (T, B, I), or a
+// PackedSequence's data (N, I) when packed, its batch then h0's rows.
+// Returns (I, B).
+inline std::pair<int64_t, int64_t> check_layer_input(const char* op, const at::Tensor& input,
+                                                     const at::Tensor& weight_ih, const at::Tensor& h0,
+                                                     int64_t gates, int64_t H, bool packed) {
+  if (packed) {
+    TORCH_CHECK_VALUE(input.dim() == 2, op, ": with batch_sizes, input must be 2-D (sum of lengths, input_size): "
+                      "a PackedSequence's data, got ", input.sizes());
+  } else {
+    TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
+                      input.sizes());
+  }
+  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == gates * H, op, ": weight_ih must have shape [",
+                    gates, "*hidden_size, input_size] = [", gates * H, ", input_size], got ", weight_ih.sizes());
+  const int64_t I = weight_ih.size(1);
+  const int64_t B = packed ? (h0.dim() > 0 ? h0.size(0) : 0) : input.size(1);
+  TORCH_CHECK_VALUE(input.size(-1) == I, op, ": input has ", input.size(-1), " features but input_size is ", I,
+                    " (input shape ", input.sizes(), ")");
+  return {I, B};
 }
 
 }  // namespace lstm_ext

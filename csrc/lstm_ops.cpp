@@ -58,14 +58,6 @@ int64_t check_packed_weight(const char* op, const Tensor& weight) {
   return weight.size(0) / 4;
 }
 
-// The sequence layer's recurrent weight [gates*H, H] (4 gates: the LSTM's, 3:
-// the GRU's): returns H.
-int64_t check_recurrent_weight(const char* op, const Tensor& weight_hh, int64_t gates) {
-  TORCH_CHECK_VALUE(weight_hh.dim() == 2 && weight_hh.size(1) * gates == weight_hh.size(0), op,
-                    ": weight_hh must have shape [", gates, "*hidden_size, hidden_size], got ", weight_hh.sizes());
-  return weight_hh.size(1);
-}
-
 // The LSTM with projections' weights: weight_hr [P, H] and weight_hh [4H, P];
 // without weight_hr, check_recurrent_weight's. Returns (H, P), P = 0
 // without projections.
@@ -459,19 +451,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   const int64_t G = gates_per_unit * H, R = P > 0 ? P : H;  // R: the width of h
   check_like_weight(op, "weight_hh", weight_hh, weight_hh);
   const bool packed = batch_sizes.has_value();
-  if (packed) {
-    TORCH_CHECK_VALUE(input.dim() == 2, op, ": with batch_sizes, input must be 2-D (sum of lengths, input_size): "
-                      "a PackedSequence's data, got ", input.sizes());
-  } else {
-    TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size) here, got ",
-                      input.sizes());
-  }
-  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(0) == G, op, ": weight_ih must have shape [",
-                    gates_per_unit, "*hidden_size, input_size] = [", G, ", input_size], got ", weight_ih.sizes());
-  const int64_t I = weight_ih.size(1);
-  const int64_t B = packed ? (h0.dim() > 0 ? h0.size(0) : 0) : input.size(1);
-  TORCH_CHECK_VALUE(input.size(-1) == I, op, ": input has ", input.size(-1), " features but input_size is ", I,
-                    " (input shape ", input.sizes(), ")");
+  int64_t I, B;  // plain variables: the lambdas below capture B
+  std::tie(I, B) = check_layer_input(op, input, weight_ih, h0, gates_per_unit, H, packed);
   const Tensor& weight = weight_hh;  // the reference for dtype and device checks
   check_like_weight(op, "input", input, weight);
   check_like_weight(op, "weight_ih", weight_ih, weight);

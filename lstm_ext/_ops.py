@@ -77,6 +77,25 @@ def _check_recurrent_weight(op: str, weight_hh: Tensor, gates: int = 4) -> int:
     return weight_hh.shape[1]
 
 
+def _check_layer_input(op: str, input: Tensor, weight_ih: Tensor, h0: Tensor, gates: int, H: int, packed: bool):
+    """check_layer_input (csrc/lstm_checks.h): input (T, B, I), or a PackedSequence's data (N, I) with the
+    batch h0's rows, against weight_ih [gates*H, I]. Returns (I, B)."""
+    if packed and input.dim() != 2:
+        raise ValueError(f"{op}: with batch_sizes, input must be 2-D (sum of lengths, input_size): a "
+                         f"PackedSequence's data, got {_shape(input.shape)}")
+    if not packed and input.dim() != 3:
+        raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
+    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == gates * H):
+        raise ValueError(f"{op}: weight_ih must have shape [{gates}*hidden_size, input_size] = [{gates * H}, "
+                         f"input_size], got {_shape(weight_ih.shape)}")
+    I = weight_ih.shape[1]
+    B = (h0.shape[0] if h0.dim() > 0 else 0) if packed else input.shape[1]
+    if input.shape[-1] != I:
+        raise ValueError(f"{op}: input has {input.shape[-1]} features but input_size is {I} (input shape "
+                         f"{_shape(input.shape)})")
+    return I, B
+
+
 def _check_recurrent_weights(op: str, weight_hh: Tensor, weight_hr: Optional[Tensor], gates: int = 4):
     """(H, P): weight_hh [4H, P] and weight_hr [P, H] with projections (P = 0 without)."""
     if weight_hr is None:
@@ -155,19 +174,7 @@ def _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, op="lstm
     R = P or H
     check_like(op, "weight_hh", weight_hh, "weight", weight_hh)
     packed = batch_sizes is not None
-    if packed and input.dim() != 2:
-        raise ValueError(f"{op}: with batch_sizes, input must be 2-D (sum of lengths, input_size): a "
-                         f"PackedSequence's data, got {_shape(input.shape)}")
-    if not packed and input.dim() != 3:
-        raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
-    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == gates * H):
-        raise ValueError(f"{op}: weight_ih must have shape [{gates}*hidden_size, input_size] = [{gates * H}, "
-                         f"input_size], got {_shape(weight_ih.shape)}")
-    I = weight_ih.shape[1]
-    B = (h0.shape[0] if h0.dim() > 0 else 0) if packed else input.shape[1]
-    if input.shape[-1] != I:
-        raise ValueError(f"{op}: input has {input.shape[-1]} features but input_size is {I} (input shape "
-                         f"{_shape(input.shape)})")
+    _, B = _check_layer_input(op, input, weight_ih, h0, gates, H, packed)
     states = (("h_0", h0),) if c0 is None else (("h_0", h0), ("c_0", c0))
     for name, t in (("input", input), ("weight_ih", weight_ih)) + states:
         check_like(op, name, t, "weight", weight_hh)
@@ -286,24 +293,9 @@ def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_
     layer_norm), lead the sequence buffers' leading shape: (T, B), or (N,) with batch_sizes."""
     op = _LN_OP
     check_floating(op, "weight_hh", weight_hh)
-    if not (weight_hh.dim() == 2 and weight_hh.shape[1] * 4 == weight_hh.shape[0]):
-        raise ValueError(f"{op}: weight_hh must have shape [4*hidden_size, hidden_size], got "
-                         f"{_shape(weight_hh.shape)}")
-    H = weight_hh.shape[1]
+    H = _check_recurrent_weight(op, weight_hh)
     packed = batch_sizes is not None
-    if packed and input.dim() != 2:
-        raise ValueError(f"{op}: with batch_sizes, input must be 2-D (sum of lengths, input_size): a "
-                         f"PackedSequence's data, got {_shape(input.shape)}")
-    if not packed and input.dim() != 3:
-        raise ValueError(f"{op}: input must be 3-D (seq_len, batch, input_size) here, got {_shape(input.shape)}")
-    if not (weight_ih.dim() == 2 and weight_ih.shape[0] == 4 * H):
-        raise ValueError(f"{op}: weight_ih must have shape [4*hidden_size, input_size] = [{4 * H}, input_size], "
-                         f"got {_shape(weight_ih.shape)}")
-    I = weight_ih.shape[1]
-    B = (h0.shape[0] if h0.dim() > 0 else 0) if packed else input.shape[1]
-    if input.shape[-1] != I:
-        raise ValueError(f"{op}: input has {input.shape[-1]} features but input_size is {I} (input shape "
-                         f"{_shape(input.shape)})")
+    _, B = _check_layer_input(op, input, weight_ih, h0, 4, H, packed)
     check_like(op, "input", input, "weight_hh", weight_hh)
     check_like(op, "weight_ih", weight_ih, "weight_hh", weight_hh)
 

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from lstm_ext import _ops  # noqa: F401  (operators, fakes and autograd)
 from lstm_ext.functional import _describe, _require_pair
-from lstm_ext.reference import layer_norm_lstm_sequence, layer_norm_lstm_stacked, zoneout_masks  # noqa: F401
+from lstm_ext.reference import layer_norm_lstm_sequence, layer_norm_lstm_stacked
 
 _ln_forward = torch.ops.lstm_ext.ln_lstm_layer_forward.default
 _ln_inference = torch.ops.lstm_ext.ln_lstm_layer_inference.default

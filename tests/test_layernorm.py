@@ -8,8 +8,8 @@ from torch import nn
 from torch.testing import assert_close
 
 import lstm_ext
-from lstm_ext.layernorm import layer_norm_lstm_layer, zoneout_masks
-from lstm_ext.reference import LayerNormLSTMCell, layer_norm_lstm_stacked
+from lstm_ext.layernorm import layer_norm_lstm_layer
+from lstm_ext.reference import LayerNormLSTMCell, layer_norm_lstm_stacked, zoneout_masks
 
 F64 = torch.float64
 EXACT = dict(rtol=1e-10, atol=1e-10)

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <string>
 
+#include <c10/util/Exception.h>
+
 #include "lstm_kernels.h"
 
 namespace lstm_ext {
@@ -36,6 +38,10 @@ LSTM_EXT_DECLARE_CAPABILITY(AVX2)
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
 LSTM_EXT_DECLARE_CAPABILITY(AVX512)
+namespace AVX512 {
+void bf16_tile(const Bf16TileArgs& args);
+void bf16_round(const Bf16RoundArgs& args);
+}
 #endif
 
 namespace {
@@ -54,24 +60,26 @@ struct KernelTable {
   void (*philox_mask)(const PhiloxMaskArgs&);
   void (*layer_norm_rows)(const LnInputArgs&);
   void (*layer_norm_rows_backward)(const LnInputBackwardArgs&);
+  void (*bf16_tile)(const Bf16TileArgs&);  // AVX512 only, and they still need AVX512-BF16
+  void (*bf16_round)(const Bf16RoundArgs&);
 };
 
 const KernelTable kTables[] = {
     {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
      DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
      DEFAULT::transpose, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
-     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward},
+     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward, nullptr, nullptr},
 #ifdef LSTM_EXT_HAVE_AVX2
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
      AVX2::transpose, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
-     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward},
+     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
      AVX512::gru_pointwise_backward, AVX512::outer_products,
      AVX512::transpose, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
-     AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward},
+     AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward, AVX512::bf16_tile, AVX512::bf16_round},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -142,6 +150,30 @@ void layer_norm_rows(const LnInputArgs& args) { active().load(std::memory_order_
 
 void layer_norm_rows(const LnInputBackwardArgs& args) {
   active().load(std::memory_order_relaxed)->layer_norm_rows_backward(args);
+}
+
+bool bf16_products() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  static const bool cpu_has_bf16 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return cpu_has_bf16 && active().load(std::memory_order_relaxed)->bf16_tile != nullptr;
+#else
+  return false;
+#endif
+}
+
+void bf16_tile(const Bf16TileArgs& args) {
+  const auto tile = active().load(std::memory_order_relaxed)->bf16_tile;
+  TORCH_INTERNAL_ASSERT(tile != nullptr && bf16_products(), "bf16_tile: needs AVX512-BF16 and the AVX512 kernels");
+  tile(args);
+}
+
+void bf16_round(const Bf16RoundArgs& args) {
+  const auto round = active().load(std::memory_order_relaxed)->bf16_round;
+  TORCH_INTERNAL_ASSERT(round != nullptr && bf16_products(), "bf16_round: needs AVX512-BF16 and the AVX512 kernels");
+  round(args);
 }
 
 const char* kernel_capability() { return active().load()->name; }

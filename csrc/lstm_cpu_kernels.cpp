@@ -14,7 +14,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
+
+#if defined(CPU_CAPABILITY_AVX512) && (defined(__x86_64__) || defined(_M_X64))
+#include <immintrin.h>
+#endif
 
 #include "lstm_kernels.h"
 #include "gru_pointwise.h"
@@ -689,6 +694,91 @@ void transpose(const TransposeArgs& a) {
     }
   });
 }
+
+#if defined(CPU_CAPABILITY_AVX512) && (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+// bf16_tile: blocks of up to kBf16Rows rows by the tile's vectors, every
+// accumulator in a register (6 x 4 of them, 4 vectors of B, one broadcast of
+// A: 29 of the 32). Per pair of k, a row's two A values are one broadcast
+// 32-bit lane, and each dot-product instruction adds both products into 16
+// float lanes.
+#define LSTM_EXT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+constexpr int kBf16Rows = 6;
+
+template <int Rows, int Vectors>
+LSTM_EXT_BF16_TARGET void bf16_block(const Bf16TileArgs& p, int64_t r0) {
+  __m512 acc[Rows][Vectors];
+  __mmask16 mask[Vectors];
+  for (int v = 0; v < Vectors; ++v) {
+    mask[v] = static_cast<__mmask16>((1u << p.columns[v]) - 1u);
+    for (int r = 0; r < Rows; ++r) {
+      acc[r][v] = p.accumulate[v] ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v]) : _mm512_setzero_ps();
+    }
+  }
+  const auto* a = reinterpret_cast<const uint16_t*>(p.a) + r0 * p.lda;
+  const int64_t pairs = p.k / 2;
+  for (int64_t kp = 0; kp < pairs; ++kp) {
+    __m512i b[Vectors];
+    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_si512(p.b[v] + kp * 2 * kBf16Vector);
+    for (int r = 0; r < Rows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * p.lda + 2 * kp, sizeof(pair));
+      const __m512i va = _mm512_set1_epi32(pair);
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
+    }
+  }
+  if (p.k % 2 != 0) {  // the last k alone: its pair's second value zero (so is B's)
+    __m512i b[Vectors];
+    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_si512(p.b[v] + pairs * 2 * kBf16Vector);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512i va = _mm512_set1_epi32(static_cast<int32_t>(a[r * p.lda + p.k - 1]));
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
+    }
+  }
+  for (int v = 0; v < Vectors; ++v)
+    for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+}
+
+// Rounds 16 floats (those in mask) to bfloat16 (nearest even), storing both
+// the bfloat16 values and, back in h, their float values.
+LSTM_EXT_BF16_TARGET inline void bf16_round_vector(float* h, uint16_t* out, __mmask16 mask) {
+  const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, h));
+  _mm256_mask_storeu_epi16(out, mask, rounded);
+  _mm512_mask_storeu_ps(h, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
+}
+
+using Bf16Block = void (*)(const Bf16TileArgs&, int64_t);
+
+template <int Vectors>
+constexpr std::array<Bf16Block, kBf16Rows> bf16_blocks() {
+  return {bf16_block<1, Vectors>, bf16_block<2, Vectors>, bf16_block<3, Vectors>,
+          bf16_block<4, Vectors>, bf16_block<5, Vectors>, bf16_block<6, Vectors>};
+}
+
+LSTM_EXT_BF16_TARGET void bf16_round(const Bf16RoundArgs& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    float* h = p.h + r * p.ld_h;
+    auto* out = reinterpret_cast<uint16_t*>(p.out + r * p.ld_out);
+    for (int64_t j = 0; j < p.width; j += 16) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, p.width - j)) - 1u);
+      bf16_round_vector(h + j, out + j, mask);
+    }
+  }
+}
+
+void bf16_tile(const Bf16TileArgs& p) {
+  static const std::array<Bf16Block, kBf16Rows> blocks[4] = {bf16_blocks<1>(), bf16_blocks<2>(), bf16_blocks<3>(),
+                                                             bf16_blocks<4>()};
+  TORCH_INTERNAL_ASSERT(p.vectors >= 1 && p.vectors <= 4, "bf16_tile: 1 to 4 vectors");
+  // Blocks of as even a height as kBf16Rows allows (32 rows: 6, 6, 5, 5, 5,
+  // 5 rather than five of 6 and one of 2, which runs at a third of the rate).
+  const int64_t count = (p.rows + kBf16Rows - 1) / kBf16Rows;
+  for (int64_t b = 0, r0 = 0; b < count; ++b) {
+    const int64_t rows = (p.rows - r0 + (count - b) - 1) / (count - b);
+    blocks[p.vectors - 1][rows - 1](p, r0);
+    r0 += rows;
+  }
+}
+#endif
 
 void pointwise_forward(const PointwiseForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.dtype, "lstm_ext_pointwise_forward",

@@ -217,6 +217,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   auto* cells = static_cast<scalar_t*>(a.cells);
   auto* hidden_n = static_cast<scalar_t*>(a.hidden_n);
   auto* hidden = static_cast<scalar_t*>(a.hidden);
+  auto* output_bf16 = static_cast<c10::BFloat16*>(a.output_bf16);
   const auto* bias_hn = static_cast<const scalar_t*>(a.bias_hn);
   const Tiling tiling(B, H, gates_per_unit, R, /*max_block_rows=*/B, /*rows_outer_order=*/false);
   const StepLayout layout(shape);
@@ -236,6 +237,38 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       }
     }
   });
+  // bfloat16 products (RecurrenceForwardArgs::output_bf16): each panel's
+  // ProductBlocks as bf16_tile's vectors of 16 columns, kVectorsPerPanel
+  // slots per panel.
+  const bool bf16 = a.output_bf16 != nullptr;
+  TORCH_INTERNAL_ASSERT(!bf16 || (std::is_same_v<scalar_t, float> && P == 0),
+                        "bfloat16 products: float state and no projections only");
+  static_assert(kPanel == kBf16Vector, "a panel's blocks are at most four vectors");
+  constexpr int kVectorsPerPanel = 4;
+  const int64_t vector_elements = bf16_vector_elements(R);
+  const PooledArray<c10::BFloat16> packed_bf16(bf16 ? static_cast<size_t>(tiling.panels * kVectorsPerPanel *
+                                                                          vector_elements)
+                                                    : 0);
+  if (bf16) {
+    const auto* w16 = static_cast<const c10::BFloat16*>(a.weight_hh_bf16);
+    for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+      const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
+      c10::BFloat16* slot = packed_bf16.data() + j0 / kPanel * kVectorsPerPanel * vector_elements;
+      for (int q = 0; q < blocks.count; ++q) {
+        for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector, slot += vector_elements) {
+          // Column c of the panel is unit j0 + c % width of gate c / width:
+          // row (c / width) * H + j0 + c % width of W_hh.
+          const int64_t count = std::min(kBf16Vector, blocks.columns[q] - c0);
+          std::fill(slot, slot + vector_elements, c10::BFloat16(0.0f));
+          for (int64_t n = 0; n < count; ++n) {
+            const int64_t column = blocks.first[q] + c0 + n;
+            const c10::BFloat16* row = w16 + ((column / width) * H + j0 + column % width) * R;
+            for (int64_t k = 0; k < R; ++k) slot[k / 2 * 2 * kBf16Vector + 2 * n + k % 2] = row[k];
+          }
+        }
+      }
+    });
+  }
   // Projections: panels of W_hr^T over the P outputs, each [H, w].
   const Tiling projection(B, P, 1, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
   const PooledArray<scalar_t> packed_hr(static_cast<size_t>(P * H));
@@ -255,6 +288,8 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const int64_t row0 = layout.offset[t];
     const scalar_t* h_prev =
         s == 0 ? static_cast<const scalar_t*>(a.h0) : output + layout.offset[t_prev] * R;
+    const c10::BFloat16* h_prev_bf16 =
+        !bf16 ? nullptr : s == 0 ? static_cast<const c10::BFloat16*>(a.h0_bf16) : output_bf16 + layout.offset[t_prev] * R;
     // Every step's c (LSTM) or hidden n (GRU), or (inference) only what the
     // next step reads: the last two steps' c, the step's own hidden n.
     const auto cells_of = [&](int64_t step, int64_t time) {
@@ -276,15 +311,33 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? gates_per_unit * j0 : j0);
       const scalar_t* panel = packed.data() + gates_per_unit * R * j0;
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
+      Bf16TileArgs tile{rows, R, bf16 ? h_prev_bf16 + r0 * R : nullptr, R, 0};
       for (int q = 0; q < blocks.count; ++q) {
         // Gate g's columns accumulate into the gates, except the GRU's n,
         // which is written into hidden_n.
         const int64_t g = blocks.first[q] / width;
         const bool to_hidden_n = gru && g == 2;
-        tile_gemm<scalar_t>(rows, blocks.columns[q], R, h_prev + r0 * R, R, false, panel + R * blocks.first[q],
-                            blocks.columns[q], to_hidden_n ? hidden_n_t + r0 * H + j0 : block + g * gate_stride,
-                            to_hidden_n ? H : G, /*accumulate=*/!to_hidden_n);
+        scalar_t* out = to_hidden_n ? hidden_n_t + r0 * H + j0 : block + g * gate_stride;
+        const int64_t ldc = to_hidden_n ? H : G;
+        if (!bf16) {
+          tile_gemm<scalar_t>(rows, blocks.columns[q], R, h_prev + r0 * R, R, false, panel + R * blocks.first[q],
+                              blocks.columns[q], out, ldc, /*accumulate=*/!to_hidden_n);
+          continue;
+        }
+        for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector) {  // one vector of the tile each
+          const int v = tile.vectors++;
+          tile.b[v] = packed_bf16.data() + (j0 / kPanel * kVectorsPerPanel + v) * vector_elements;
+          tile.c[v] = reinterpret_cast<float*>(out) + c0;
+          tile.ldc[v] = ldc;
+          tile.columns[v] = std::min(kBf16Vector, blocks.columns[q] - c0);
+          tile.accumulate[v] = !to_hidden_n;
+        }
       }
+      if (bf16) bf16_tile(tile);
+      // bfloat16: the task's h rounded, into output_bf16 and back into the float output.
+      const auto round_h = [&](scalar_t* h) {
+        if (bf16) bf16_round({rows, width, reinterpret_cast<float*>(h), H, output_bf16 + (row0 + r0) * H + j0, H});
+      };
       if (gru) {
         scalar_t* hn = hidden_n_t + r0 * H + j0;
         const GruPointwiseForwardArgs args{shape.dtype, rows, width,
@@ -296,6 +349,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
                                            /*hidden_n=*/{hn, H},
                                            /*h=*/{output + row0 * H + r0 * H + j0, H}};
         pointwise(args);
+        round_h(output + row0 * H + r0 * H + j0);
         return;
       }
       const PointwiseForwardArgs args{shape.dtype, rows, width,
@@ -306,6 +360,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
                                       /*h=*/{h_t + r0 * H + j0, H},
                                       /*c=*/{c_t + r0 * H + j0, H}};
       pointwise(args);
+      round_h(h_t + r0 * H + j0);
     });
     if (P > 0) {  // r_t = hidden @ W_hr^T, once every unit of the step is done
       scalar_t* r_t = output + row0 * P;
@@ -681,6 +736,43 @@ void long_k_gemm(const LongKGemmArgs& a) {
                                       a.c + m0 * a.ldc + n0, /*is_vnni=*/false);
         }
       }
+    }
+  });
+}
+
+void bf16_product(const Bf16ProductArgs& a) {
+  // W^T as vectors of 16 columns, packed once; tasks of kBlockRows rows by
+  // four vectors, consecutive tasks sharing their rows of A (in L2).
+  constexpr int64_t kBlockRows = 64, kTaskVectors = 4;
+  const int64_t M = a.m, N = a.n, K = a.k;
+  const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector, elements = bf16_vector_elements(K);
+  const PooledArray<c10::BFloat16> packed(static_cast<size_t>(vectors * elements));
+  at::parallel_for(0, vectors, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      const int64_t n0 = v * kBf16Vector;
+      pack_bf16_vector(a.w, K, /*k_stride=*/1, /*n_stride=*/K, n0, std::min(kBf16Vector, N - n0),
+                       packed.data() + v * elements);
+    }
+  });
+  const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();
+  const int64_t groups = (vectors + kTaskVectors - 1) / kTaskVectors, row_blocks = (M + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, row_blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t m0 = u / groups * kBlockRows, rows = std::min(kBlockRows, M - m0);
+      const int64_t v0 = u % groups * kTaskVectors;
+      Bf16TileArgs tile{rows, K, a.a + m0 * a.lda, a.lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
+      for (int v = 0; v < tile.vectors; ++v) {
+        const int64_t n0 = (v0 + v) * kBf16Vector, columns = std::min(kBf16Vector, N - n0);
+        tile.b[v] = packed.data() + (v0 + v) * elements;
+        tile.c[v] = a.c + m0 * a.ldc + n0;
+        tile.ldc[v] = a.ldc;
+        tile.columns[v] = columns;
+        tile.accumulate[v] = a.bias != nullptr;
+        if (a.bias != nullptr) {
+          for (int64_t m = 0; m < rows; ++m) std::copy(bias.begin() + n0, bias.begin() + n0 + columns, tile.c[v] + m * a.ldc);
+        }
+      }
+      bf16_tile(tile);
     }
   });
 }

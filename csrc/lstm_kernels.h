@@ -7,6 +7,7 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
 #include <cstdint>
 #include <vector>
 
@@ -330,6 +331,13 @@ struct RecurrenceForwardArgs {
   const void* bias_hn = nullptr;   // GRU: [H], never null
   const void* weight_hr = nullptr; // projections: [P, H]
   void* hidden = nullptr;          // projections: [B, H] scratch
+  // A bfloat16 layer on bf16_products() (float state, no projections): the
+  // recurrent product runs on bfloat16 copies of W_hh and h with bf16_tile;
+  // each step's h is rounded to bfloat16 into output_bf16 [.., H], and the
+  // float output holds the rounded value, the state the next step reads.
+  const void* weight_hh_bf16 = nullptr;
+  const void* h0_bf16 = nullptr;
+  void* output_bf16 = nullptr;
 };
 // Hidden units per panel of the CPU time loop.
 constexpr int64_t kRecurrencePanel = 16;
@@ -464,6 +472,70 @@ struct LongKGemmArgs {
   int64_t ldc;
 };
 void long_k_gemm(const LongKGemmArgs& args);
+
+// bfloat16 products with float32 results on AVX512-BF16's dot-product
+// instruction, which does two multiply-adds per float lane (twice a float
+// FMA's work): the products of bfloat16 layers, whose state stays float32.
+// B comes in "vectors" of kBf16Vector columns, each ceil(K/2) rows of
+// kBf16Vector pairs (B[k][n], B[k+1][n]) (the VNNI layout), zeros past K and
+// past the vector's own columns: pack_bf16_vector.
+constexpr int64_t kBf16Vector = 16;
+inline int64_t bf16_vector_elements(int64_t k) { return (k + 1) / 2 * 2 * kBf16Vector; }
+// Columns [n0, n0 + count) (count <= kBf16Vector) of B, element (k, n) at
+// b[k * k_stride + n * n_stride], as one vector at out.
+inline void pack_bf16_vector(const c10::BFloat16* b, int64_t K, int64_t k_stride, int64_t n_stride, int64_t n0,
+                             int64_t count, c10::BFloat16* out) {
+  for (int64_t k = 0; k < (K + 1) / 2 * 2; ++k) {
+    c10::BFloat16* pair_row = out + k / 2 * 2 * kBf16Vector + k % 2;
+    for (int64_t n = 0; n < kBf16Vector; ++n) {
+      pair_row[2 * n] = k < K && n < count ? b[k * k_stride + (n0 + n) * n_stride] : c10::BFloat16(0.0f);
+    }
+  }
+}
+// C (+)= A[rows, k] @ B for up to four vectors of B: vector v's columns go
+// to c[v] (row stride ldc[v]), its first columns[v] stored, added to what is
+// there when accumulate[v]. On the calling thread.
+struct Bf16TileArgs {
+  int64_t rows, k;
+  const c10::BFloat16* a;
+  int64_t lda;
+  int vectors;
+  const c10::BFloat16* b[4];
+  float* c[4];
+  int64_t ldc[4];
+  int64_t columns[4];
+  bool accumulate[4];
+};
+void bf16_tile(const Bf16TileArgs& args);
+// h [rows, width] (row stride ld_h) rounded to bfloat16 (nearest even) into
+// out (row stride ld_out), and h replaced by the rounded values. Needs
+// bf16_products().
+struct Bf16RoundArgs {
+  int64_t rows, width;
+  float* h;
+  int64_t ld_h;
+  c10::BFloat16* out;
+  int64_t ld_out;
+};
+void bf16_round(const Bf16RoundArgs& args);
+// Whether bf16_tile runs here: the AVX512 kernels are active and the CPU has
+// AVX512-BF16. Elsewhere bfloat16 layers take float32 products.
+bool bf16_products();
+// C[M, N] = [bias + bias2 +] A @ W^T for bfloat16 A [M, K] (row stride lda)
+// and W [N, K], float32 C (row stride ldc) and biases: W packed once, then
+// tasks of (64 rows, 64 columns) in parallel. The input projection of a
+// bfloat16 layer. Needs bf16_products().
+struct Bf16ProductArgs {
+  int64_t m, n, k;
+  const c10::BFloat16* a;
+  int64_t lda;
+  const c10::BFloat16* w;
+  const float* bias;   // [N] or null
+  const float* bias2;  // [N] or null
+  float* c;
+  int64_t ldc;
+};
+void bf16_product(const Bf16ProductArgs& args);
 
 // The layer norm of the LayerNorm LSTM's input part, rows [0, rows) of
 // width columns on the calling thread (float or double): forward, out =

@@ -430,6 +430,28 @@ Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Te
   return out;
 }
 
+// Whether a layer runs in float32 inside: bfloat16 or float16 on the CPU,
+// every (defined) tensor of weight's dtype and device. The time loop's
+// products and pointwise pass then run on float32 operands and keep c (and
+// the saved gates and cells) in float32; the outputs and gradients are
+// rounded to the 16-bit type once, as oneDNN's bf16 RNN does. A mismatch
+// falls through to the checks that name it.
+bool runs_in_float(const Tensor& weight, std::initializer_list<const Tensor*> tensors) {
+  const auto dtype = weight.scalar_type();
+  if (!weight.is_cpu() || (dtype != at::kBFloat16 && dtype != at::kHalf)) return false;
+  return std::all_of(tensors.begin(), tensors.end(),
+                     [&](const Tensor* t) { return !t->defined() || is_like(*t, weight); });
+}
+
+Tensor to_float(const Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
+  return t.has_value() ? std::optional<Tensor>(to_float(*t)) : t;
+}
+const Tensor& defined_or_empty(const std::optional<Tensor>& t) {
+  static const Tensor empty;
+  return t.has_value() ? *t : empty;
+}
+
 // layer_forward and layer_inference of either cell: the same checks and the
 // same time loop; keep_cells says whether every step's c (LSTM) or hidden n
 // (GRU) is kept for a backward (returned as cells [T, B, H]) or only what the
@@ -440,11 +462,29 @@ Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Te
 // batch sizes), each step over its own rows; h_n and c_n are each sequence's
 // state at its own last step; the reverse direction reverses each sequence
 // within its length and runs forward (gates and cells stay in that order).
+// A bfloat16 layer's own operands, beside the float32 copies that
+// run_layer's float32 inside runs on: with bf16_products(), the input
+// projection and the recurrent product take these.
+struct Bf16Operands {
+  Tensor input, h0, weight_ih, weight_hh;
+};
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const CellSpec& cell, const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
     bool reverse, bool keep_cells, const std::optional<Tensor>& weight_hr = std::nullopt,
-    const std::optional<Tensor>& batch_sizes = std::nullopt) {
+    const std::optional<Tensor>& batch_sizes = std::nullopt, const Bf16Operands* bf16 = nullptr) {
+  if (runs_in_float(weight_hh, {&input, &h0, &c0, &weight_ih, &defined_or_empty(bias_ih), &defined_or_empty(bias_hh),
+                                 &defined_or_empty(weight_hr)})) {
+    const Bf16Operands operands{input, h0, weight_ih, weight_hh};
+    const bool bf16_operands = input.scalar_type() == at::kBFloat16 && !weight_hr.has_value() && cpu::bf16_products();
+    auto [output, h_n, c_n, gates, cells] =
+        run_layer(cell, to_float(input), to_float(h0), to_float(c0), to_float(weight_ih), to_float(weight_hh),
+                  to_float(bias_ih), to_float(bias_hh), reverse, keep_cells, to_float(weight_hr), batch_sizes,
+                  bf16_operands ? &operands : nullptr);
+    const auto dtype = input.scalar_type();
+    return {output.to(dtype), h_n.to(dtype), c_n.defined() ? c_n.to(dtype) : c_n, gates, cells};
+  }
   const char* op = cell.op;
   const int64_t gates_per_unit = cell.gates();
   const auto [H, P] = check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit);
@@ -501,15 +541,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   // task's four LSTM gates (the GRU's r and z) are one product (lstm_kernels.h).
   const bool time_loop = cpu_time_loop(input, T, H);
   const bool interleaved = !keep_cells && time_loop && H >= cpu::kRecurrencePanel;
+  // bfloat16 products (run_layer's float32 inside on AVX512-BF16): the input
+  // projection and the recurrent product on the layer's own bfloat16 operands.
+  const bool bf16_products = bf16 != nullptr && time_loop;
+  Tensor w_ih_bf16 = bf16_products ? bf16->weight_ih : Tensor();
   if (interleaved) {
     Tensor order = at::empty({G}, input.options().dtype(at::kLong));
     int64_t* o = order.mutable_data_ptr<int64_t>();
     for (int64_t c = 0; c < G; ++c) o[c] = cpu::recurrence_gate_order(c, H, gates_per_unit);
-    w_ih = weight_ih.index_select(0, order);
+    if (bf16_products) {
+      w_ih_bf16 = w_ih_bf16.index_select(0, order);
+    } else {
+      w_ih = weight_ih.index_select(0, order);
+    }
     if (bias.defined()) bias = bias.index_select(0, order);
     if (bias2.defined()) bias2 = bias2.index_select(0, order);
   }
-  Tensor gates = product(x2d, w_ih.t(), bias, pooled_empty({N, G}, input.options()), bias2);
+  Tensor gates = pooled_empty({N, G}, input.options());
+  if (bf16_products) {
+    const Tensor x16 = packed ? (reverse ? take_rows(bf16->input, reversal) : bf16->input.contiguous())
+                              : bf16->input.reshape({N, I}).contiguous();
+    const Tensor w16 = w_ih_bf16.contiguous();
+    cpu::bf16_product({N, G, I, x16.const_data_ptr<c10::BFloat16>(), I, w16.const_data_ptr<c10::BFloat16>(),
+                       bias.defined() ? bias.const_data_ptr<float>() : nullptr,
+                       bias2.defined() ? bias2.const_data_ptr<float>() : nullptr, gates.mutable_data_ptr<float>(), G});
+  } else {
+    gates = product(x2d, w_ih.t(), bias, gates, bias2);
+  }
   gates = gates.view(sequence_shape(G));
   Tensor output = pooled_empty(sequence_shape(R), input.options());
   // The LSTM's c of every step (or of the last two); the GRU's hidden n of
@@ -534,6 +592,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   // Projections: each step's o * tanh(c) before W_hr takes it to r_t.
   const Tensor hidden = P > 0 ? at::empty({B, H}, input.options()) : Tensor();
   const Tensor weight_hr_c = P > 0 ? weight_hr->contiguous() : Tensor();
+  // The bfloat16 h of every step: what the recurrent product reads, and the output.
+  const Tensor output_bf16 = bf16_products ? pooled_empty(sequence_shape(R), bf16->input.options()) : Tensor();
+  const Tensor weight_hh_bf16 = bf16_products ? bf16->weight_hh.contiguous() : Tensor();
+  const Tensor h0_bf16 = bf16_products ? bf16->h0.contiguous() : Tensor();
   if (time_loop) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     cpu::RecurrenceForwardArgs args{shape,
@@ -549,7 +611,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
       args.weight_hr = weight_hr_c.const_data_ptr();
       args.hidden = hidden.data_ptr();
     }
+    if (bf16_products) {
+      args.weight_hh_bf16 = weight_hh_bf16.const_data_ptr();
+      args.h0_bf16 = h0_bf16.const_data_ptr();
+      args.output_bf16 = output_bf16.data_ptr();
+    }
     cpu::recurrence_forward(args);
+    // The output is the bfloat16 h (the float one holds the same values).
+    if (bf16_products) output = output_bf16;
   } else {
     // Per step the recurrent products (cuBLAS) and one pointwise kernel.
     const Tensor weight_hh_t = weight_hh.t();
@@ -595,7 +664,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     // Each sequence's state at its own last step; the output back in the
     // caller's order (copies: outputs may not alias).
     const std::vector<int64_t> last = rows->last_rows();
-    Tensor h_n = take_rows(output2d, last);
+    Tensor h_n = take_rows(output.view({N, R}), last);
     Tensor c_n;
     if (cell.lstm()) {
       if (keep_cells) {
@@ -628,6 +697,19 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
                                      const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
                                      const std::optional<Tensor>& weight_hr = std::nullopt,
                                      const std::optional<Tensor>& batch_sizes = std::nullopt) {
+  // run_layer's float32 inside: the saved gates and cells are float32.
+  if (gates.scalar_type() == at::kFloat && cells.scalar_type() == at::kFloat && gates.device() == weight_hh.device() &&
+      cells.device() == weight_hh.device() &&
+      runs_in_float(weight_hh, {&grad_output, &grad_h_n, &grad_c_n, &input, &h0, &c0, &weight_ih, &output,
+                                &defined_or_empty(weight_hr)})) {
+    auto g = backward_layer(cell, op, to_float(grad_output), to_float(grad_h_n), to_float(grad_c_n), to_float(input),
+                            to_float(h0), to_float(c0), to_float(weight_ih), to_float(weight_hh), to_float(output),
+                            gates, cells, reverse, output_mask, to_float(weight_hr), batch_sizes);
+    for (Tensor& t : g) {
+      if (t.defined()) t = t.to(weight_hh.scalar_type());
+    }
+    return g;
+  }
   const int64_t gates_per_unit = cell.gates();
   const auto [H, P] = check_recurrent_weights(op, weight_hh, weight_hr, gates_per_unit);
   const int64_t G = gates_per_unit * H, R = P > 0 ? P : H;

@@ -193,8 +193,9 @@ def _layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, r
                         batch_sizes=None):
     lead, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr,
                                  batch_sizes=batch_sizes)
+    saved = _saved_dtype(weight_hh)
     return (input.new_empty(*lead, R), input.new_empty(B, R), input.new_empty(B, H),
-            input.new_empty(*lead, 4 * H), input.new_empty(*lead, H))
+            input.new_empty(*lead, 4 * H, dtype=saved), input.new_empty(*lead, H, dtype=saved))
 
 
 @torch.library.register_fake("lstm_ext::layer_inference")
@@ -203,6 +204,15 @@ def _layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
     lead, B, H, R = _check_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr,
                                  batch_sizes=batch_sizes)
     return input.new_empty(*lead, R), input.new_empty(B, R), input.new_empty(B, H)
+
+
+def _saved_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype of a layer operator's saved gates and cells: float32 for a
+    bfloat16 or float16 layer on the CPU, which runs in float32 inside
+    (csrc/lstm_ops.cpp, runs_in_float), else the weight's."""
+    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return weight.dtype
 
 
 def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, output,
@@ -221,7 +231,11 @@ def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, we
     G = gates_per_unit
     for name, t in (("grad_output", grad_output), ("output", output)):
         _check_operand(op, name, t, weight_hh, (*lead, R), f"{prefix}{width})")
-    _check_operand(op, cells_name, cells, weight_hh, (*lead, H), f"{prefix}hidden_size)")
+    # The saved tensors are float32 where the forward ran in float32 inside.
+    saved = weight_hh
+    if _saved_dtype(weight_hh) != weight_hh.dtype and gates.dtype == cells.dtype == torch.float32:
+        saved = weight_hh.new_empty(0, dtype=torch.float32)
+    _check_operand(op, cells_name, cells, saved, (*lead, H), f"{prefix}hidden_size)")
     for name, t in (("grad_h_n", grad_h_n), ("h_0", h0)):
         if t is not None:
             _check_operand(op, name, t, weight_hh, (B, R), f"(batch, {width})")
@@ -230,7 +244,7 @@ def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, we
             _check_operand(op, name, t, weight_hh, (B, H), "(batch, hidden_size)")
     check_like(op, "input", input, "weight", weight_hh)
     _check_operand(op, "weight_ih", weight_ih, weight_hh, (G * H, I), f"({G}*hidden_size, input_size)")
-    _check_operand(op, "gates", gates, weight_hh, (*lead, G * H), f"{prefix}{G}*hidden_size)")
+    _check_operand(op, "gates", gates, saved, (*lead, G * H), f"{prefix}{G}*hidden_size)")
     return H
 
 
@@ -258,8 +272,9 @@ _GRU = {"op": "lstm_ext.GRU", "gates": 3}
 def _gru_layer_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes=None):
     lead, B, H, _ = _check_layer(input, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, **_GRU,
                                  batch_sizes=batch_sizes)
-    return (input.new_empty(*lead, H), input.new_empty(B, H), input.new_empty(*lead, 3 * H),
-            input.new_empty(*lead, H))
+    saved = _saved_dtype(weight_hh)
+    return (input.new_empty(*lead, H), input.new_empty(B, H), input.new_empty(*lead, 3 * H, dtype=saved),
+            input.new_empty(*lead, H, dtype=saved))
 
 
 @torch.library.register_fake("lstm_ext::gru_layer_inference")

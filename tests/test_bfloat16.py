@@ -1,0 +1,85 @@
+"""bfloat16 and float16 layers on the CPU: float32 state inside, and (with
+AVX512-BF16 under the AVX512 kernels) the products on bfloat16 operands.
+
+Judged against a float64 run: the error may not exceed torch.nn's own
+bfloat16 (float16) error by more than a small factor, and every gradient
+must be there and finite.
+"""
+import pytest
+import torch
+
+import lstm_ext
+
+CONFIGS = [  # B, T, I, H, layers, bidirectional
+    (4, 7, 5, 3, 1, False),      # H below a vector, odd input size
+    (3, 9, 33, 37, 1, True),     # a narrow last panel, odd K
+    (16, 12, 64, 128, 2, True),  # several panels, two layers
+]
+
+
+def _error(out, ref):
+    return ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_16bit_layers_against_float64(cpu_capability, dtype, cell, config):
+    B, T, I, H, L, bi = config
+    torch.manual_seed(0)
+    torch_cls, ours_cls = (torch.nn.LSTM, lstm_ext.LSTM) if cell == "lstm" else (torch.nn.GRU, lstm_ext.GRU)
+    truth = torch_cls(I, H, L, bidirectional=bi).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    ref, _ = truth(x)
+    reference = torch_cls(I, H, L, bidirectional=bi)
+    reference.load_state_dict(truth.state_dict())
+    reference = reference.to(dtype)
+    ours = ours_cls(I, H, L, bidirectional=bi).to(dtype)
+    ours.load_state_dict(reference.state_dict())
+    torch_error = _error(reference(x.to(dtype))[0], ref)
+    xg = x.to(dtype).requires_grad_()
+    out, _ = ours(xg)
+    assert out.dtype == dtype
+    assert _error(out, ref) <= 2 * torch_error + 1e-3
+    with torch.no_grad():  # inference: the same numbers, bitwise
+        assert torch.equal(ours(x.to(dtype))[0], out.detach())
+    out.float().square().sum().backward()
+    assert xg.grad.dtype == dtype and torch.isfinite(xg.grad).all()
+    for p in ours.parameters():
+        assert p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
+
+
+def test_bfloat16_packed_matches_each_sequence():
+    torch.manual_seed(1)
+    rnn = lstm_ext.LSTM(6, 20, bidirectional=True).bfloat16()
+    lengths = [9, 4, 7]
+    seqs = [torch.randn(n, 6).bfloat16() for n in lengths]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    with torch.no_grad():
+        out, _ = rnn(packed)
+        padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+        for b, s in enumerate(seqs):
+            alone, _ = rnn(s.unsqueeze(1))
+            assert torch.equal(padded[:lengths[b], b], alone[:, 0])
+
+
+def test_saved_tensors_are_float32_and_opcheck():
+    torch.manual_seed(2)
+    T, B, I, H = 5, 3, 7, 16
+    args = (torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, I), torch.randn(4 * H, H),
+            torch.randn(4 * H), torch.randn(4 * H), False)
+    args16 = tuple(a.bfloat16() if isinstance(a, torch.Tensor) else a for a in args)
+    output, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(*args16)
+    assert output.dtype == h_n.dtype == c_n.dtype == torch.bfloat16
+    assert gates.dtype == cells.dtype == torch.float32
+    torch.library.opcheck(torch.ops.lstm_ext.layer_forward.default, args16)
+    torch.library.opcheck(torch.ops.lstm_ext.layer_inference.default, args16)
+
+
+def test_compile_bfloat16():
+    torch.manual_seed(3)
+    rnn = lstm_ext.LSTM(8, 16).bfloat16()
+    x = torch.randn(5, 2, 8).bfloat16()
+    compiled = torch.compile(rnn, fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x)[0], rnn(x)[0])

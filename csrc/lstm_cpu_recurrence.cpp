@@ -222,27 +222,34 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   const Tiling tiling(B, H, gates_per_unit, R, /*max_block_rows=*/B, /*rows_outer_order=*/false);
   const StepLayout layout(shape);
 
-  // Forward panels: each panel's [R, gates * w] block of W_hh^T, cut into
-  // its ProductBlocks, each [R, columns] row-major.
-  const PooledArray<scalar_t> packed(static_cast<size_t>(G * R));
-  for_each_panel(tiling, [&](int64_t j0, int64_t width) {
-    const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
-    scalar_t* panel = packed.data() + gates_per_unit * R * j0;
-    for (int q = 0; q < blocks.count; ++q) {
-      scalar_t* block = panel + R * blocks.first[q];
-      for (int64_t c = 0; c < blocks.columns[q]; ++c) {
-        const int64_t column = blocks.first[q] + c, g = column / width, jj = column % width;
-        const scalar_t* row = w + (g * H + j0 + jj) * R;
-        for (int64_t k = 0; k < R; ++k) block[k * blocks.columns[q] + c] = row[k];
-      }
-    }
-  });
-  // bfloat16 products (RecurrenceForwardArgs::output_bf16): each panel's
-  // ProductBlocks as bf16_tile's vectors of 16 columns, kVectorsPerPanel
-  // slots per panel.
+  // bfloat16 products (RecurrenceForwardArgs::output_bf16) read only the
+  // bfloat16 panels below, so the float ones are not packed.
   const bool bf16 = a.output_bf16 != nullptr;
   TORCH_INTERNAL_ASSERT(!bf16 || (std::is_same_v<scalar_t, float> && P == 0),
                         "bfloat16 products: float state and no projections only");
+  // Column c of a panel of units [j0, j0 + width) is unit j0 + c % width of
+  // gate c / width: this row of W_hh.
+  const auto weight_row = [H](int64_t j0, int64_t width, int64_t column) {
+    return (column / width) * H + j0 + column % width;
+  };
+  // Forward panels: each panel's [R, gates * w] block of W_hh^T, cut into
+  // its ProductBlocks, each [R, columns] row-major.
+  const PooledArray<scalar_t> packed(bf16 ? 0 : static_cast<size_t>(G * R));
+  if (!bf16) {
+    for_each_panel(tiling, [&](int64_t j0, int64_t width) {
+      const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
+      scalar_t* panel = packed.data() + gates_per_unit * R * j0;
+      for (int q = 0; q < blocks.count; ++q) {
+        scalar_t* block = panel + R * blocks.first[q];
+        for (int64_t c = 0; c < blocks.columns[q]; ++c) {
+          const scalar_t* row = w + weight_row(j0, width, blocks.first[q] + c) * R;
+          for (int64_t k = 0; k < R; ++k) block[k * blocks.columns[q] + c] = row[k];
+        }
+      }
+    });
+  }
+  // bfloat16 products: each panel's ProductBlocks as bf16_tile's vectors of
+  // 16 columns, kVectorsPerPanel slots per panel.
   static_assert(kPanel == kBf16Vector, "a panel's blocks are at most four vectors");
   constexpr int kVectorsPerPanel = 4;
   const int64_t vector_elements = bf16_vector_elements(R);
@@ -256,13 +263,10 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       c10::BFloat16* slot = packed_bf16.data() + j0 / kPanel * kVectorsPerPanel * vector_elements;
       for (int q = 0; q < blocks.count; ++q) {
         for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector, slot += vector_elements) {
-          // Column c of the panel is unit j0 + c % width of gate c / width:
-          // row (c / width) * H + j0 + c % width of W_hh.
           const int64_t count = std::min(kBf16Vector, blocks.columns[q] - c0);
           std::fill(slot, slot + vector_elements, c10::BFloat16(0.0f));
           for (int64_t n = 0; n < count; ++n) {
-            const int64_t column = blocks.first[q] + c0 + n;
-            const c10::BFloat16* row = w16 + ((column / width) * H + j0 + column % width) * R;
+            const c10::BFloat16* row = w16 + weight_row(j0, width, blocks.first[q] + c0 + n) * R;
             for (int64_t k = 0; k < R; ++k) slot[k / 2 * 2 * kBf16Vector + 2 * n + k % 2] = row[k];
           }
         }
@@ -309,7 +313,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       // with the activated gates.
       const int64_t gate_stride = a.gates_interleaved ? width : H;
       scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? gates_per_unit * j0 : j0);
-      const scalar_t* panel = packed.data() + gates_per_unit * R * j0;
+      const scalar_t* panel = bf16 ? nullptr : packed.data() + gates_per_unit * R * j0;  // float panels only
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
       Bf16TileArgs tile{rows, R, bf16 ? h_prev_bf16 + r0 * R : nullptr, R, 0};
       for (int q = 0; q < blocks.count; ++q) {

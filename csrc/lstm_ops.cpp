@@ -452,6 +452,13 @@ const Tensor& defined_or_empty(const std::optional<Tensor>& t) {
   return t.has_value() ? *t : empty;
 }
 
+// A bfloat16 layer's own operands, beside the float32 copies that
+// run_layer's float32 inside runs on: with bf16_products(), the input
+// projection and the recurrent product take these.
+struct Bf16Operands {
+  Tensor input, h0, weight_ih, weight_hh;
+};
+
 // layer_forward and layer_inference of either cell: the same checks and the
 // same time loop; keep_cells says whether every step's c (LSTM) or hidden n
 // (GRU) is kept for a backward (returned as cells [T, B, H]) or only what the
@@ -462,13 +469,6 @@ const Tensor& defined_or_empty(const std::optional<Tensor>& t) {
 // batch sizes), each step over its own rows; h_n and c_n are each sequence's
 // state at its own last step; the reverse direction reverses each sequence
 // within its length and runs forward (gates and cells stay in that order).
-// A bfloat16 layer's own operands, beside the float32 copies that
-// run_layer's float32 inside runs on: with bf16_products(), the input
-// projection and the recurrent product take these.
-struct Bf16Operands {
-  Tensor input, h0, weight_ih, weight_hh;
-};
-
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const CellSpec& cell, const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,

@@ -2,6 +2,7 @@
 stays near torch.nn.LSTM's size, empty_cache() returns memory to the system,
 and LSTM_EXT_POOL_MB caps or turns off the pool. Each measurement runs in a
 fresh process and asserts on memory (resident set size), never on time."""
+import gc
 import json
 import os
 import subprocess
@@ -83,13 +84,21 @@ def test_fixed_shapes_are_served_from_kept_blocks():
     import torch
 
     import lstm_ext
-    lstm_ext.empty_cache()
-    rnn = lstm_ext.LSTM(128, 128)
-    x = torch.randn(100, 32, 128, requires_grad=True)
-    for _ in range(2):  # the second call accumulates into the .grad tensors the first one created
-        rnn(x)[0].sum().backward()
-    kept = lstm_ext.cached_bytes()
-    assert kept > 0
-    for _ in range(3):  # the same shape again: the same blocks, nothing new kept
-        rnn(x)[0].sum().backward()
-        assert lstm_ext.cached_bytes() == kept
+    # Tensors of earlier tests still held in reference cycles would give
+    # their pooled blocks back whenever the collector runs: collect them
+    # first, and keep the collector off while counting.
+    gc.collect()
+    gc.disable()
+    try:
+        lstm_ext.empty_cache()
+        rnn = lstm_ext.LSTM(128, 128)
+        x = torch.randn(100, 32, 128, requires_grad=True)
+        for _ in range(2):  # the second call accumulates into the .grad tensors the first one created
+            rnn(x)[0].sum().backward()
+        kept = lstm_ext.cached_bytes()
+        assert kept > 0
+        for _ in range(3):  # the same shape again: the same blocks, nothing new kept
+            rnn(x)[0].sum().backward()
+            assert lstm_ext.cached_bytes() == kept
+    finally:
+        gc.enable()

@@ -683,12 +683,18 @@ void transpose(const TransposeArgs& a) {
       for (int64_t c0 = 0; c0 < a.cols; c0 += kBlock) {
         const int64_t cols = std::min(kBlock, a.cols - c0);
         const float* src = a.src + r0 * a.ld_src + c0;
-        float* dst = a.dst + c0 * a.ld_dst + r0;
+        // bfloat16: the block transposed in float first, then rounded row by row.
+        float block_t[kBlock * kBlock];
+        float* dst = a.dst_bf16 != nullptr ? block_t : a.dst + c0 * a.ld_dst + r0;
+        const int64_t ld_dst = a.dst_bf16 != nullptr ? kBlock : a.ld_dst;
         if (rows == kBlock && cols == kBlock) {
-          at::vec::transpose_mxn<float, kBlock, kBlock>(src, a.ld_src, dst, a.ld_dst);
+          at::vec::transpose_mxn<float, kBlock, kBlock>(src, a.ld_src, dst, ld_dst);
         } else {
           for (int64_t r = 0; r < rows; ++r)
-            for (int64_t c = 0; c < cols; ++c) dst[c * a.ld_dst + r] = src[r * a.ld_src + c];
+            for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * a.ld_src + c];
+        }
+        if (a.dst_bf16 != nullptr) {
+          for (int64_t c = 0; c < cols; ++c) at::vec::convert(block_t + c * kBlock, a.dst_bf16 + (c0 + c) * a.ld_dst + r0, rows);
         }
       }
     }

@@ -746,16 +746,20 @@ void long_k_gemm(const LongKGemmArgs& a) {
 
 void bf16_product(const Bf16ProductArgs& a) {
   // W^T as vectors of 16 columns, packed once; tasks of kBlockRows rows by
-  // four vectors, consecutive tasks sharing their rows of A (in L2).
-  constexpr int64_t kBlockRows = 64, kTaskVectors = 4;
+  // four vectors, consecutive tasks sharing their rows of A (in L2), each
+  // over K in chunks of kChunk (even, so that a chunk starts a VNNI pair):
+  // the backward's weight gradients have K = T * B, whose whole rows of A
+  // and vectors of W (64 rows and 4 vectors at K = 6400: 2 MB) would not
+  // stay in L2 between the blocks of a task.
+  constexpr int64_t kBlockRows = 64, kTaskVectors = 4, kChunk = 512;
   const int64_t M = a.m, N = a.n, K = a.k;
+  const int64_t n_stride = a.w_n_stride != 0 ? a.w_n_stride : K, k_stride = a.w_k_stride != 0 ? a.w_k_stride : 1;
   const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector, elements = bf16_vector_elements(K);
   const PooledArray<c10::BFloat16> packed(static_cast<size_t>(vectors * elements));
   at::parallel_for(0, vectors, 1, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       const int64_t n0 = v * kBf16Vector;
-      pack_bf16_vector(a.w, K, /*k_stride=*/1, /*n_stride=*/K, n0, std::min(kBf16Vector, N - n0),
-                       packed.data() + v * elements);
+      pack_bf16_vector(a.w, K, k_stride, n_stride, n0, std::min(kBf16Vector, N - n0), packed.data() + v * elements);
     }
   });
   const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();
@@ -764,19 +768,25 @@ void bf16_product(const Bf16ProductArgs& a) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t m0 = u / groups * kBlockRows, rows = std::min(kBlockRows, M - m0);
       const int64_t v0 = u % groups * kTaskVectors;
-      Bf16TileArgs tile{rows, K, a.a + m0 * a.lda, a.lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
+      Bf16TileArgs tile{rows, 0, nullptr, a.lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
       for (int v = 0; v < tile.vectors; ++v) {
         const int64_t n0 = (v0 + v) * kBf16Vector, columns = std::min(kBf16Vector, N - n0);
-        tile.b[v] = packed.data() + (v0 + v) * elements;
         tile.c[v] = a.c + m0 * a.ldc + n0;
         tile.ldc[v] = a.ldc;
         tile.columns[v] = columns;
-        tile.accumulate[v] = a.bias != nullptr;
         if (a.bias != nullptr) {
           for (int64_t m = 0; m < rows; ++m) std::copy(bias.begin() + n0, bias.begin() + n0 + columns, tile.c[v] + m * a.ldc);
         }
       }
-      bf16_tile(tile);
+      for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kChunk) {
+        tile.k = std::min(kChunk, K - k0);
+        tile.a = a.a + m0 * a.lda + k0;
+        for (int v = 0; v < tile.vectors; ++v) {
+          tile.b[v] = packed.data() + (v0 + v) * elements + k0 * kBf16Vector;  // k0 / 2 pairs of 2 * kBf16Vector
+          tile.accumulate[v] = a.bias != nullptr || k0 > 0;
+        }
+        bf16_tile(tile);
+      }
     }
   });
 }

@@ -446,13 +446,16 @@ void packed_gemm(const PackedGemmArgs& args);
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for a float [rows, cols] matrix,
 // in 16 x 16 SIMD blocks, in parallel over blocks of rows: the operands and
-// results of long_k_gemm. Per CPU capability, like the pointwise passes.
+// results of long_k_gemm. With dst_bf16 the result goes there instead,
+// rounded to bfloat16 (a bfloat16 layer's gradients of the gates, as the A
+// of its weight gradients). Per CPU capability, like the pointwise passes.
 struct TransposeArgs {
   int64_t rows, cols;
   const float* src;
   int64_t ld_src;
   float* dst;
   int64_t ld_dst;
+  c10::BFloat16* dst_bf16 = nullptr;
 };
 void transpose(const TransposeArgs& args);
 
@@ -522,9 +525,11 @@ void bf16_round(const Bf16RoundArgs& args);
 // AVX512-BF16. Elsewhere bfloat16 layers take float32 products.
 bool bf16_products();
 // C[M, N] = [bias + bias2 +] A @ W^T for bfloat16 A [M, K] (row stride lda)
-// and W [N, K], float32 C (row stride ldc) and biases: W packed once, then
-// tasks of (64 rows, 64 columns) in parallel. The input projection of a
-// bfloat16 layer. Needs bf16_products().
+// and W [N, K] (element (n, k) at w[n * w_n_stride + k * w_k_stride]; zero
+// strides: row-major), float32 C (row stride ldc) and biases: W packed once,
+// then tasks of (64 rows, 64 columns) in parallel, K in chunks that keep a
+// task's operands in L2. A bfloat16 layer's input projection and its
+// backward's products over all steps. Needs bf16_products().
 struct Bf16ProductArgs {
   int64_t m, n, k;
   const c10::BFloat16* a;
@@ -534,6 +539,7 @@ struct Bf16ProductArgs {
   const float* bias2;  // [N] or null
   float* c;
   int64_t ldc;
+  int64_t w_n_stride = 0, w_k_stride = 0;
 };
 void bf16_product(const Bf16ProductArgs& args);
 

@@ -456,8 +456,36 @@ const Tensor& defined_or_empty(const std::optional<Tensor>& t) {
 // run_layer's float32 inside runs on: with bf16_products(), the input
 // projection and the recurrent product take these.
 struct Bf16Operands {
-  Tensor input, h0, weight_ih, weight_hh;
+  Tensor input, h0, weight_ih, weight_hh, output;
 };
+
+// a @ b in float32 for bfloat16 a [M, K] and b [K, N] (any strides; a is
+// read by rows), into out when given: cpu::bf16_product.
+Tensor bf16_matmul(const Tensor& a, const Tensor& b, Tensor out = Tensor()) {
+  const Tensor a_rows = a.stride(1) == 1 ? a : a.contiguous();
+  const Tensor b_mem = b.stride(0) != 0 && b.stride(1) != 0 ? b : b.contiguous();  // zero strides: row-major
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (!out.defined()) out = pooled_empty({M, N}, a.options().dtype(at::kFloat));
+  TORCH_INTERNAL_ASSERT(out.is_contiguous());
+  cpu::Bf16ProductArgs args{M, N, K, a_rows.const_data_ptr<c10::BFloat16>(), a_rows.stride(0),
+                            b_mem.const_data_ptr<c10::BFloat16>(), nullptr, nullptr, out.mutable_data_ptr<float>(), N};
+  args.w_n_stride = b_mem.stride(1);
+  args.w_k_stride = b_mem.stride(0);
+  cpu::bf16_product(args);
+  return out;
+}
+
+// A float32 matrix [rows, cols] rounded to bfloat16 and transposed, [cols,
+// rows], in one pass of cpu::transpose's 16 x 16 blocks (ATen's copy_ of
+// the transposed view takes 63 ms at 6400 x 2048 here, 17x its .to(bf16)).
+Tensor bf16_transposed(const Tensor& t2d) {
+  const Tensor src = t2d.stride(1) == 1 ? t2d : t2d.contiguous();
+  Tensor out = pooled_empty({t2d.size(1), t2d.size(0)}, t2d.options().dtype(at::kBFloat16));
+  cpu::TransposeArgs args{src.size(0), src.size(1), src.const_data_ptr<float>(), src.stride(0), nullptr, src.size(0)};
+  args.dst_bf16 = out.mutable_data_ptr<c10::BFloat16>();
+  cpu::transpose(args);
+  return out;
+}
 
 // layer_forward and layer_inference of either cell: the same checks and the
 // same time loop; keep_cells says whether every step's c (LSTM) or hidden n
@@ -696,15 +724,19 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
                                      const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
                                      const Tensor& cells, bool reverse, std::array<bool, 4> output_mask,
                                      const std::optional<Tensor>& weight_hr = std::nullopt,
-                                     const std::optional<Tensor>& batch_sizes = std::nullopt) {
+                                     const std::optional<Tensor>& batch_sizes = std::nullopt,
+                                     const Bf16Operands* bf16 = nullptr) {
   // run_layer's float32 inside: the saved gates and cells are float32.
   if (gates.scalar_type() == at::kFloat && cells.scalar_type() == at::kFloat && gates.device() == weight_hh.device() &&
       cells.device() == weight_hh.device() &&
       runs_in_float(weight_hh, {&grad_output, &grad_h_n, &grad_c_n, &input, &h0, &c0, &weight_ih, &output,
                                 &defined_or_empty(weight_hr)})) {
+    const Bf16Operands operands{input, h0, weight_ih, weight_hh, output};
+    const bool bf16_operands = input.scalar_type() == at::kBFloat16 && !weight_hr.has_value() && cpu::bf16_products();
     auto g = backward_layer(cell, op, to_float(grad_output), to_float(grad_h_n), to_float(grad_c_n), to_float(input),
                             to_float(h0), to_float(c0), to_float(weight_ih), to_float(weight_hh), to_float(output),
-                            gates, cells, reverse, output_mask, to_float(weight_hr), batch_sizes);
+                            gates, cells, reverse, output_mask, to_float(weight_hr), batch_sizes,
+                            bf16_operands ? &operands : nullptr);
     for (Tensor& t : g) {
       if (t.defined()) t = t.to(weight_hh.scalar_type());
     }
@@ -802,7 +834,8 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   const auto step_rows = [&](const Tensor& t2d, int64_t t, int64_t count) {
     return t2d.narrow(0, layout.offset[t], count);
   };
-  if (cpu_time_loop(input, T, H)) {
+  const bool time_loop = cpu_time_loop(input, T, H);
+  if (time_loop) {
     const Tensor weight_hh_c = weight_hh.contiguous();
     const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
     const Tensor output_c = cell.lstm() ? Tensor() : output_run.contiguous();  // the GRU's h_prev
@@ -880,11 +913,29 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
     grad_h0 = product(step_rows(recurrent2d, t_first, B), weight_hh);
     if (!cell.lstm()) grad_h0.add_(grad_h0_direct);
   }
+  // A bfloat16 layer (run_layer's float32 inside on AVX512-BF16): these
+  // products on the gradients of the gates rounded to bfloat16 and the
+  // layer's own bfloat16 input, weights and outputs, as the forward's.
+  const bool bf16_products = bf16 != nullptr && time_loop;
+  const Tensor grad_gates16 = bf16_products ? gates2d.to(at::kBFloat16) : Tensor();
+  const Tensor grad_gates16_t = bf16_products && want_weights ? bf16_transposed(gates2d) : Tensor();
   if (want_input) {
-    grad_input = product(gates2d, weight_ih, Tensor(), pooled_empty({N, I}, input.options()));
+    grad_input = bf16_products ? bf16_matmul(grad_gates16, bf16->weight_ih, pooled_empty({N, I}, input.options()))
+                               : product(gates2d, weight_ih, Tensor(), pooled_empty({N, I}, input.options()));
     grad_input = packed ? run_order(grad_input) : grad_input.view({T, B, I});
   }
-  if (want_weights) {
+  if (want_weights && bf16_products) {
+    const Tensor input16 = (packed ? run_order(bf16->input) : bf16->input).reshape({N, I});
+    grad_weight_ih = bf16_matmul(grad_gates16_t, input16);
+    const Tensor previous16 =
+        packed ? take_rows(bf16->h0.contiguous(),
+                           rows->indices([&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }),
+                           run_order(bf16->output).reshape({N, R}))
+               : previous_states(bf16->output, bf16->h0, reverse).view({N, R});
+    grad_weight_hh = bf16_matmul(cell.lstm() ? grad_gates16_t : bf16_transposed(recurrent2d), previous16);
+    grad_bias_ih = bias_grad(gates2d);
+    grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(recurrent2d);
+  } else if (want_weights) {
     if (long_k_weight_grads(gates2d, I)) {
       const Tensor input_c = input_run.contiguous();
       grad_weight_ih = long_k_weight_grad(gates2d, transposed(input_c.const_data_ptr<float>(), N, I, I, input.options()));

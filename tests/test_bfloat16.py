@@ -36,7 +36,12 @@ def test_16bit_layers_against_float64(cpu_capability, dtype, cell, config):
     reference = reference.to(dtype)
     ours = ours_cls(I, H, L, bidirectional=bi).to(dtype)
     ours.load_state_dict(reference.state_dict())
-    torch_error = _error(reference(x.to(dtype))[0], ref)
+    x_truth = x.clone().requires_grad_()
+    truth(x_truth)[0].square().sum().backward()
+    x_reference = x.to(dtype).requires_grad_()
+    reference_out, _ = reference(x_reference)
+    reference_out.float().square().sum().backward()
+    torch_error = _error(reference_out, ref)
     xg = x.to(dtype).requires_grad_()
     out, _ = ours(xg)
     assert out.dtype == dtype
@@ -44,9 +49,15 @@ def test_16bit_layers_against_float64(cpu_capability, dtype, cell, config):
     with torch.no_grad():  # inference: the same numbers, bitwise
         assert torch.equal(ours(x.to(dtype))[0], out.detach())
     out.float().square().sum().backward()
-    assert xg.grad.dtype == dtype and torch.isfinite(xg.grad).all()
-    for p in ours.parameters():
-        assert p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
+    # Every gradient present, 16-bit, and no further from float64's than
+    # torch.nn's own 16-bit gradient (by the same margin as the output).
+    assert xg.grad.dtype == dtype
+    assert _error(xg.grad, x_truth.grad) <= 2 * _error(x_reference.grad, x_truth.grad) + 1e-3
+    truth_params, reference_params = dict(truth.named_parameters()), dict(reference.named_parameters())
+    for name, p in ours.named_parameters():
+        assert p.grad is not None and p.grad.dtype == dtype, name
+        expected = truth_params[name].grad
+        assert _error(p.grad, expected) <= 2 * _error(reference_params[name].grad, expected) + 1e-3, name
 
 
 def test_bfloat16_packed_matches_each_sequence():
@@ -61,6 +72,26 @@ def test_bfloat16_packed_matches_each_sequence():
         for b, s in enumerate(seqs):
             alone, _ = rnn(s.unsqueeze(1))
             assert torch.equal(padded[:lengths[b], b], alone[:, 0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bfloat16_packed_gradients_against_float64(cpu_capability, cell):
+    torch.manual_seed(4)
+    cls = lstm_ext.LSTM if cell == "lstm" else lstm_ext.GRU
+    truth = cls(6, 40, bidirectional=True).double()
+    ours = cls(6, 40, bidirectional=True).bfloat16()
+    ours.load_state_dict(truth.state_dict())
+    lengths = [9, 4, 7, 1]
+    seqs = [torch.randn(n, 6, dtype=torch.float64) for n in lengths]
+    results = []
+    for model, dtype in ((truth, torch.float64), (ours, torch.bfloat16)):
+        xs = [s.detach().to(dtype).requires_grad_() for s in seqs]
+        out, _ = model(torch.nn.utils.rnn.pack_sequence(xs, enforce_sorted=False))
+        out.data.float().square().sum().backward()
+        results.append([x.grad for x in xs] + [p.grad for p in model.parameters()])
+    for ours_grad, truth_grad in zip(results[1], results[0]):
+        assert ours_grad.dtype == torch.bfloat16
+        assert _error(ours_grad, truth_grad) <= 2e-2
 
 
 def test_saved_tensors_are_float32_and_opcheck():

@@ -41,6 +41,7 @@ LSTM_EXT_DECLARE_CAPABILITY(AVX512)
 namespace AVX512 {
 void bf16_tile(const Bf16TileArgs& args);
 void bf16_round(const Bf16RoundArgs& args);
+void float_tile(const FloatTileArgs& args);
 }
 #endif
 
@@ -62,24 +63,26 @@ struct KernelTable {
   void (*layer_norm_rows_backward)(const LnInputBackwardArgs&);
   void (*bf16_tile)(const Bf16TileArgs&);  // AVX512 only, and they still need AVX512-BF16
   void (*bf16_round)(const Bf16RoundArgs&);
+  void (*float_tile)(const FloatTileArgs&);  // AVX512 only
 };
 
 const KernelTable kTables[] = {
     {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
      DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
      DEFAULT::transpose, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
-     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward, nullptr, nullptr},
+     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward, nullptr, nullptr, nullptr},
 #ifdef LSTM_EXT_HAVE_AVX2
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
      AVX2::transpose, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
-     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr},
+     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr, nullptr},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
      AVX512::gru_pointwise_backward, AVX512::outer_products,
      AVX512::transpose, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
-     AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward, AVX512::bf16_tile, AVX512::bf16_round},
+     AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward, AVX512::bf16_tile, AVX512::bf16_round,
+     AVX512::float_tile},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -174,6 +177,14 @@ void bf16_round(const Bf16RoundArgs& args) {
   const auto round = active().load(std::memory_order_relaxed)->bf16_round;
   TORCH_INTERNAL_ASSERT(round != nullptr && bf16_products(), "bf16_round: needs AVX512-BF16 and the AVX512 kernels");
   round(args);
+}
+
+bool float_tiles() { return active().load(std::memory_order_relaxed)->float_tile != nullptr; }
+
+void float_tile(const FloatTileArgs& args) {
+  const auto tile = active().load(std::memory_order_relaxed)->float_tile;
+  TORCH_INTERNAL_ASSERT(tile != nullptr, "float_tile: needs the AVX512 kernels");
+  tile(args);
 }
 
 const char* kernel_capability() { return active().load()->name; }

@@ -744,6 +744,31 @@ LSTM_EXT_BF16_TARGET void bf16_block(const Bf16TileArgs& p, int64_t r0) {
     for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
 }
 
+// float_tile's block: as bf16_block, one broadcast and one FMA per row,
+// vector and k.
+template <int Rows, int Vectors>
+void float_block(const FloatTileArgs& p, int64_t r0) {
+  __m512 acc[Rows][Vectors];
+  __mmask16 mask[Vectors];
+  for (int v = 0; v < Vectors; ++v) {
+    mask[v] = static_cast<__mmask16>((1u << p.columns[v]) - 1u);
+    for (int r = 0; r < Rows; ++r) {
+      acc[r][v] = p.accumulate[v] ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v]) : _mm512_setzero_ps();
+    }
+  }
+  const float* a = p.a + r0 * p.lda;
+  for (int64_t k = 0; k < p.k; ++k) {
+    __m512 b[Vectors];
+    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_ps(p.b[v] + k * kBf16Vector);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512 va = _mm512_set1_ps(a[r * p.lda + k]);
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_fmadd_ps(va, b[v], acc[r][v]);
+    }
+  }
+  for (int v = 0; v < Vectors; ++v)
+    for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+}
+
 // Rounds 16 floats (those in mask) to bfloat16 (nearest even), storing both
 // the bfloat16 values and, back in h, their float values.
 LSTM_EXT_BF16_TARGET inline void bf16_round_vector(float* h, uint16_t* out, __mmask16 mask) {
@@ -752,12 +777,35 @@ LSTM_EXT_BF16_TARGET inline void bf16_round_vector(float* h, uint16_t* out, __mm
   _mm512_mask_storeu_ps(h, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
 }
 
-using Bf16Block = void (*)(const Bf16TileArgs&, int64_t);
+template <typename Args>
+using TileBlock = void (*)(const Args&, int64_t);
+using Bf16Block = TileBlock<Bf16TileArgs>;
+using FloatBlock = TileBlock<FloatTileArgs>;
 
 template <int Vectors>
 constexpr std::array<Bf16Block, kBf16Rows> bf16_blocks() {
   return {bf16_block<1, Vectors>, bf16_block<2, Vectors>, bf16_block<3, Vectors>,
           bf16_block<4, Vectors>, bf16_block<5, Vectors>, bf16_block<6, Vectors>};
+}
+
+template <int Vectors>
+constexpr std::array<FloatBlock, kBf16Rows> float_blocks() {
+  return {float_block<1, Vectors>, float_block<2, Vectors>, float_block<3, Vectors>,
+          float_block<4, Vectors>, float_block<5, Vectors>, float_block<6, Vectors>};
+}
+
+// A tile's rows in blocks of as even a height as kBf16Rows allows (32 rows:
+// 6, 6, 5, 5, 5, 5 rather than five of 6 and one of 2, which runs at a third
+// of the rate).
+template <typename Args>
+void run_tile(const Args& p, const std::array<TileBlock<Args>, kBf16Rows> (&blocks)[4]) {
+  TORCH_INTERNAL_ASSERT(p.vectors >= 1 && p.vectors <= 4, "tile: 1 to 4 vectors");
+  const int64_t count = (p.rows + kBf16Rows - 1) / kBf16Rows;
+  for (int64_t b = 0, r0 = 0; b < count; ++b) {
+    const int64_t rows = (p.rows - r0 + (count - b) - 1) / (count - b);
+    blocks[p.vectors - 1][rows - 1](p, r0);
+    r0 += rows;
+  }
 }
 
 LSTM_EXT_BF16_TARGET void bf16_round(const Bf16RoundArgs& p) {
@@ -774,15 +822,13 @@ LSTM_EXT_BF16_TARGET void bf16_round(const Bf16RoundArgs& p) {
 void bf16_tile(const Bf16TileArgs& p) {
   static const std::array<Bf16Block, kBf16Rows> blocks[4] = {bf16_blocks<1>(), bf16_blocks<2>(), bf16_blocks<3>(),
                                                              bf16_blocks<4>()};
-  TORCH_INTERNAL_ASSERT(p.vectors >= 1 && p.vectors <= 4, "bf16_tile: 1 to 4 vectors");
-  // Blocks of as even a height as kBf16Rows allows (32 rows: 6, 6, 5, 5, 5,
-  // 5 rather than five of 6 and one of 2, which runs at a third of the rate).
-  const int64_t count = (p.rows + kBf16Rows - 1) / kBf16Rows;
-  for (int64_t b = 0, r0 = 0; b < count; ++b) {
-    const int64_t rows = (p.rows - r0 + (count - b) - 1) / (count - b);
-    blocks[p.vectors - 1][rows - 1](p, r0);
-    r0 += rows;
-  }
+  run_tile(p, blocks);
+}
+
+void float_tile(const FloatTileArgs& p) {
+  static const std::array<FloatBlock, kBf16Rows> blocks[4] = {float_blocks<1>(), float_blocks<2>(),
+                                                              float_blocks<3>(), float_blocks<4>()};
+  run_tile(p, blocks);
 }
 #endif
 

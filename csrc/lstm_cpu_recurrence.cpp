@@ -232,10 +232,14 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   const auto weight_row = [H](int64_t j0, int64_t width, int64_t column) {
     return (column / width) * H + j0 + column % width;
   };
+  // float under the AVX512 kernels: the product in float_tile's vectors too
+  // (ATen's brgemm call costs more than a task's product at these sizes).
+  const bool float_vectors = !bf16 && std::is_same_v<scalar_t, float> && float_tiles();
+  const bool vectors = bf16 || float_vectors;
   // Forward panels: each panel's [R, gates * w] block of W_hh^T, cut into
   // its ProductBlocks, each [R, columns] row-major.
-  const PooledArray<scalar_t> packed(bf16 ? 0 : static_cast<size_t>(G * R));
-  if (!bf16) {
+  const PooledArray<scalar_t> packed(vectors ? 0 : static_cast<size_t>(G * R));
+  if (!vectors) {
     for_each_panel(tiling, [&](int64_t j0, int64_t width) {
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
       scalar_t* panel = packed.data() + gates_per_unit * R * j0;
@@ -248,26 +252,38 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       }
     });
   }
-  // bfloat16 products: each panel's ProductBlocks as bf16_tile's vectors of
-  // 16 columns, kVectorsPerPanel slots per panel.
+  // bfloat16 or float vector products: each panel's ProductBlocks as the
+  // tiles' vectors of 16 columns, kVectorsPerPanel slots per panel.
   static_assert(kPanel == kBf16Vector, "a panel's blocks are at most four vectors");
   constexpr int kVectorsPerPanel = 4;
-  const int64_t vector_elements = bf16_vector_elements(R);
-  const PooledArray<c10::BFloat16> packed_bf16(bf16 ? static_cast<size_t>(tiling.panels * kVectorsPerPanel *
-                                                                          vector_elements)
-                                                    : 0);
-  if (bf16) {
-    const auto* w16 = static_cast<const c10::BFloat16*>(a.weight_hh_bf16);
+  const int64_t vector_elements = bf16 ? bf16_vector_elements(R) : float_vector_elements(R);
+  const int64_t slots = vectors ? tiling.panels * kVectorsPerPanel * vector_elements : 0;
+  const PooledArray<c10::BFloat16> packed_bf16(bf16 ? static_cast<size_t>(slots) : 0);
+  const PooledArray<float> packed_float(float_vectors ? static_cast<size_t>(slots) : 0);
+  if (vectors) {
     for_each_panel(tiling, [&](int64_t j0, int64_t width) {
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
-      c10::BFloat16* slot = packed_bf16.data() + j0 / kPanel * kVectorsPerPanel * vector_elements;
+      int64_t slot = j0 / kPanel * kVectorsPerPanel * vector_elements;
       for (int q = 0; q < blocks.count; ++q) {
         for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector, slot += vector_elements) {
+          // Column n of the vector is row weight_row(...) of W_hh (a narrow
+          // last panel's vector spans gates); zeros past its columns.
           const int64_t count = std::min(kBf16Vector, blocks.columns[q] - c0);
-          std::fill(slot, slot + vector_elements, c10::BFloat16(0.0f));
-          for (int64_t n = 0; n < count; ++n) {
-            const c10::BFloat16* row = w16 + weight_row(j0, width, blocks.first[q] + c0 + n) * R;
-            for (int64_t k = 0; k < R; ++k) slot[k / 2 * 2 * kBf16Vector + 2 * n + k % 2] = row[k];
+          if (bf16) {
+            c10::BFloat16* out = packed_bf16.data() + slot;
+            std::fill(out, out + vector_elements, c10::BFloat16(0.0f));
+            for (int64_t n = 0; n < count; ++n) {
+              const c10::BFloat16* row = static_cast<const c10::BFloat16*>(a.weight_hh_bf16) +
+                                         weight_row(j0, width, blocks.first[q] + c0 + n) * R;
+              for (int64_t k = 0; k < R; ++k) out[k / 2 * 2 * kBf16Vector + 2 * n + k % 2] = row[k];
+            }
+          } else {
+            float* out = packed_float.data() + slot;
+            std::fill(out, out + vector_elements, 0.0f);
+            for (int64_t n = 0; n < count; ++n) {
+              const float* row = reinterpret_cast<const float*>(w) + weight_row(j0, width, blocks.first[q] + c0 + n) * R;
+              for (int64_t k = 0; k < R; ++k) out[k * kBf16Vector + n] = row[k];
+            }
           }
         }
       }
@@ -313,9 +329,11 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       // with the activated gates.
       const int64_t gate_stride = a.gates_interleaved ? width : H;
       scalar_t* block = gates_t + r0 * G + (a.gates_interleaved ? gates_per_unit * j0 : j0);
-      const scalar_t* panel = bf16 ? nullptr : packed.data() + gates_per_unit * R * j0;  // float panels only
+      const scalar_t* panel = vectors ? nullptr : packed.data() + gates_per_unit * R * j0;  // brgemm panels only
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
       Bf16TileArgs tile{rows, R, bf16 ? h_prev_bf16 + r0 * R : nullptr, R, 0};
+      FloatTileArgs float_args{rows, R, float_vectors ? reinterpret_cast<const float*>(h_prev) + r0 * R : nullptr, R, 0};
+      const int64_t first_slot = j0 / kPanel * kVectorsPerPanel;
       for (int q = 0; q < blocks.count; ++q) {
         // Gate g's columns accumulate into the gates, except the GRU's n,
         // which is written into hidden_n.
@@ -323,21 +341,27 @@ void forward_typed(const RecurrenceForwardArgs& a) {
         const bool to_hidden_n = gru && g == 2;
         scalar_t* out = to_hidden_n ? hidden_n_t + r0 * H + j0 : block + g * gate_stride;
         const int64_t ldc = to_hidden_n ? H : G;
-        if (!bf16) {
+        if (!vectors) {
           tile_gemm<scalar_t>(rows, blocks.columns[q], R, h_prev + r0 * R, R, false, panel + R * blocks.first[q],
                               blocks.columns[q], out, ldc, /*accumulate=*/!to_hidden_n);
           continue;
         }
         for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector) {  // one vector of the tile each
           const int v = tile.vectors++;
-          tile.b[v] = packed_bf16.data() + (j0 / kPanel * kVectorsPerPanel + v) * vector_elements;
-          tile.c[v] = reinterpret_cast<float*>(out) + c0;
-          tile.ldc[v] = ldc;
-          tile.columns[v] = std::min(kBf16Vector, blocks.columns[q] - c0);
-          tile.accumulate[v] = !to_hidden_n;
+          float_args.vectors = tile.vectors;
+          if (bf16) {
+            tile.b[v] = packed_bf16.data() + (first_slot + v) * vector_elements;
+          } else {
+            float_args.b[v] = packed_float.data() + (first_slot + v) * vector_elements;
+          }
+          tile.c[v] = float_args.c[v] = reinterpret_cast<float*>(out) + c0;
+          tile.ldc[v] = float_args.ldc[v] = ldc;
+          tile.columns[v] = float_args.columns[v] = std::min(kBf16Vector, blocks.columns[q] - c0);
+          tile.accumulate[v] = float_args.accumulate[v] = !to_hidden_n;
         }
       }
       if (bf16) bf16_tile(tile);
+      if (float_vectors) float_tile(float_args);
       // bfloat16: the task's h rounded, into output_bf16 and back into the float output.
       const auto round_h = [&](scalar_t* h) {
         if (bf16) bf16_round({rows, width, reinterpret_cast<float*>(h), H, output_bf16 + (row0 + r0) * H + j0, H});

@@ -498,18 +498,29 @@ inline void pack_bf16_vector(const c10::BFloat16* b, int64_t K, int64_t k_stride
 // C (+)= A[rows, k] @ B for up to four vectors of B: vector v's columns go
 // to c[v] (row stride ldc[v]), its first columns[v] stored, added to what is
 // there when accumulate[v]. On the calling thread.
-struct Bf16TileArgs {
+template <typename T>
+struct TileArgs {
   int64_t rows, k;
-  const c10::BFloat16* a;
+  const T* a;
   int64_t lda;
   int vectors;
-  const c10::BFloat16* b[4];
+  const T* b[4];
   float* c[4];
   int64_t ldc[4];
   int64_t columns[4];
   bool accumulate[4];
 };
+using Bf16TileArgs = TileArgs<c10::BFloat16>;
 void bf16_tile(const Bf16TileArgs& args);
+// The same for float A and B, each vector of B K rows of kBf16Vector floats
+// (element (k, n) at k * kBf16Vector + n), one FMA per row, k and vector: the float time loop's
+// recurrent product under the AVX512 kernels, where ATen's brgemm call
+// costs more than the product at one step's sizes.
+using FloatTileArgs = TileArgs<float>;
+inline int64_t float_vector_elements(int64_t k) { return k * kBf16Vector; }
+void float_tile(const FloatTileArgs& args);
+// Whether float_tile runs here: the AVX512 kernels are active.
+bool float_tiles();
 // h [rows, width] (row stride ld_h) rounded to bfloat16 (nearest even) into
 // out (row stride ld_out), and h replaced by the rounded values. Needs
 // bf16_products().

@@ -710,16 +710,30 @@ void transpose(const TransposeArgs& a) {
 #define LSTM_EXT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 constexpr int kBf16Rows = 6;
 
-template <int Rows, int Vectors>
-LSTM_EXT_BF16_TARGET void bf16_block(const Bf16TileArgs& p, int64_t r0) {
-  __m512 acc[Rows][Vectors];
-  __mmask16 mask[Vectors];
+// A block's accumulators: C's values where the tile accumulates, else
+// zeros; each vector's mask of its columns. Then their store.
+template <int Rows, int Vectors, typename Args>
+inline void start_block(const Args& p, int64_t r0, __m512 (&acc)[Rows][Vectors], __mmask16 (&mask)[Vectors]) {
   for (int v = 0; v < Vectors; ++v) {
     mask[v] = static_cast<__mmask16>((1u << p.columns[v]) - 1u);
     for (int r = 0; r < Rows; ++r) {
       acc[r][v] = p.accumulate[v] ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v]) : _mm512_setzero_ps();
     }
   }
+}
+
+template <int Rows, int Vectors, typename Args>
+inline void finish_block(const Args& p, int64_t r0, const __m512 (&acc)[Rows][Vectors],
+                         const __mmask16 (&mask)[Vectors]) {
+  for (int v = 0; v < Vectors; ++v)
+    for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+}
+
+template <int Rows, int Vectors>
+LSTM_EXT_BF16_TARGET void bf16_block(const Bf16TileArgs& p, int64_t r0) {
+  __m512 acc[Rows][Vectors];
+  __mmask16 mask[Vectors];
+  start_block<Rows, Vectors>(p, r0, acc, mask);
   const auto* a = reinterpret_cast<const uint16_t*>(p.a) + r0 * p.lda;
   const int64_t pairs = p.k / 2;
   for (int64_t kp = 0; kp < pairs; ++kp) {
@@ -740,8 +754,7 @@ LSTM_EXT_BF16_TARGET void bf16_block(const Bf16TileArgs& p, int64_t r0) {
       for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
     }
   }
-  for (int v = 0; v < Vectors; ++v)
-    for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+  finish_block<Rows, Vectors>(p, r0, acc, mask);
 }
 
 // float_tile's block: as bf16_block, one broadcast and one FMA per row,
@@ -750,12 +763,7 @@ template <int Rows, int Vectors>
 void float_block(const FloatTileArgs& p, int64_t r0) {
   __m512 acc[Rows][Vectors];
   __mmask16 mask[Vectors];
-  for (int v = 0; v < Vectors; ++v) {
-    mask[v] = static_cast<__mmask16>((1u << p.columns[v]) - 1u);
-    for (int r = 0; r < Rows; ++r) {
-      acc[r][v] = p.accumulate[v] ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v]) : _mm512_setzero_ps();
-    }
-  }
+  start_block<Rows, Vectors>(p, r0, acc, mask);
   const float* a = p.a + r0 * p.lda;
   for (int64_t k = 0; k < p.k; ++k) {
     __m512 b[Vectors];
@@ -765,8 +773,7 @@ void float_block(const FloatTileArgs& p, int64_t r0) {
       for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_fmadd_ps(va, b[v], acc[r][v]);
     }
   }
-  for (int v = 0; v < Vectors; ++v)
-    for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+  finish_block<Rows, Vectors>(p, r0, acc, mask);
 }
 
 // Rounds 16 floats (those in mask) to bfloat16 (nearest even), storing both

@@ -204,6 +204,18 @@ struct ProductBlocks {
   }
 };
 
+// The next vector of a tile: its packed B, where its columns go (row stride
+// ldc), how many, and whether they add to what is there.
+template <typename T>
+void add_tile_vector(TileArgs<T>& tile, const T* b, float* c, int64_t ldc, int64_t columns, bool accumulate) {
+  const int v = tile.vectors++;
+  tile.b[v] = b;
+  tile.c[v] = c;
+  tile.ldc[v] = ldc;
+  tile.columns[v] = columns;
+  tile.accumulate[v] = accumulate;
+}
+
 template <typename scalar_t>
 void forward_typed(const RecurrenceForwardArgs& a) {
   const RecurrenceShape& shape = a.shape;
@@ -347,17 +359,15 @@ void forward_typed(const RecurrenceForwardArgs& a) {
           continue;
         }
         for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector) {  // one vector of the tile each
-          const int v = tile.vectors++;
-          float_args.vectors = tile.vectors;
+          float* c = reinterpret_cast<float*>(out) + c0;
+          const int64_t columns = std::min(kBf16Vector, blocks.columns[q] - c0);
           if (bf16) {
-            tile.b[v] = packed_bf16.data() + (first_slot + v) * vector_elements;
+            add_tile_vector(tile, packed_bf16.data() + (first_slot + tile.vectors) * vector_elements, c, ldc, columns,
+                            !to_hidden_n);
           } else {
-            float_args.b[v] = packed_float.data() + (first_slot + v) * vector_elements;
+            add_tile_vector(float_args, packed_float.data() + (first_slot + float_args.vectors) * vector_elements, c,
+                            ldc, columns, !to_hidden_n);
           }
-          tile.c[v] = float_args.c[v] = reinterpret_cast<float*>(out) + c0;
-          tile.ldc[v] = float_args.ldc[v] = ldc;
-          tile.columns[v] = float_args.columns[v] = std::min(kBf16Vector, blocks.columns[q] - c0);
-          tile.accumulate[v] = float_args.accumulate[v] = !to_hidden_n;
         }
       }
       if (bf16) bf16_tile(tile);

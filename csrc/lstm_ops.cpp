@@ -917,45 +917,46 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   // products on the gradients of the gates rounded to bfloat16 and the
   // layer's own bfloat16 input, weights and outputs, as the forward's.
   const bool bf16_products = bf16 != nullptr && time_loop;
-  const Tensor grad_gates16 = bf16_products ? gates2d.to(at::kBFloat16) : Tensor();
-  const Tensor grad_gates16_t = bf16_products && want_weights ? bf16_transposed(gates2d) : Tensor();
   if (want_input) {
-    grad_input = bf16_products ? bf16_matmul(grad_gates16, bf16->weight_ih, pooled_empty({N, I}, input.options()))
-                               : product(gates2d, weight_ih, Tensor(), pooled_empty({N, I}, input.options()));
+    grad_input = bf16_products
+                     ? bf16_matmul(gates2d.to(at::kBFloat16), bf16->weight_ih, pooled_empty({N, I}, input.options()))
+                     : product(gates2d, weight_ih, Tensor(), pooled_empty({N, I}, input.options()));
     grad_input = packed ? run_order(grad_input) : grad_input.view({T, B, I});
   }
-  if (want_weights && bf16_products) {
-    const Tensor input16 = (packed ? run_order(bf16->input) : bf16->input).reshape({N, I});
-    grad_weight_ih = bf16_matmul(grad_gates16_t, input16);
-    const Tensor previous16 =
-        packed ? take_rows(bf16->h0.contiguous(),
-                           rows->indices([&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }),
-                           run_order(bf16->output).reshape({N, R}))
-               : previous_states(bf16->output, bf16->h0, reverse).view({N, R});
-    grad_weight_hh = bf16_matmul(cell.lstm() ? grad_gates16_t : bf16_transposed(recurrent2d), previous16);
-    grad_bias_ih = bias_grad(gates2d);
-    grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(recurrent2d);
-  } else if (want_weights) {
-    if (long_k_weight_grads(gates2d, I)) {
-      const Tensor input_c = input_run.contiguous();
-      grad_weight_ih = long_k_weight_grad(gates2d, transposed(input_c.const_data_ptr<float>(), N, I, I, input.options()));
+  if (want_weights) {
+    // Packed: the row of the h each row's step started from, in [h_0;
+    // outputs]: h_0's for the first step, else the same sequence's output
+    // one step earlier (row offset[t - 1] + b).
+    const std::vector<int64_t> previous_rows =
+        packed ? rows->indices([&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; })
+               : std::vector<int64_t>();
+    if (bf16_products) {
+      const Tensor grad_gates16_t = bf16_transposed(gates2d);
+      const Tensor input16 = (packed ? run_order(bf16->input) : bf16->input).reshape({N, I});
+      grad_weight_ih = bf16_matmul(grad_gates16_t, input16);
+      const Tensor previous16 = packed ? take_rows(bf16->h0.contiguous(), previous_rows,
+                                                   run_order(bf16->output).reshape({N, R}))
+                                       : previous_states(bf16->output, bf16->h0, reverse).view({N, R});
+      grad_weight_hh = bf16_matmul(cell.lstm() ? grad_gates16_t : bf16_transposed(recurrent2d), previous16);
     } else {
-      grad_weight_ih = weight_grad(gates2d, input_run.reshape({N, I}));
-    }
-    if (packed) {
-      // The h each row's step started from: h_0 for the first step, else the
-      // same sequence's output one step earlier (row offset[t - 1] + b).
-      const Tensor previous =
-          take_rows(h0_c, rows->indices([&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }),
-                    output_run2d);
-      grad_weight_hh = long_k_weight_grads(recurrent2d, R)
-                           ? long_k_weight_grad(recurrent2d, transposed(previous.const_data_ptr<float>(), N, R, R,
-                                                                        input.options()))
-                           : weight_grad(recurrent2d, previous);
-    } else {
-      grad_weight_hh = long_k_weight_grads(recurrent2d, R)
-                           ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
-                           : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({N, R}));
+      if (long_k_weight_grads(gates2d, I)) {
+        const Tensor input_c = input_run.contiguous();
+        grad_weight_ih =
+            long_k_weight_grad(gates2d, transposed(input_c.const_data_ptr<float>(), N, I, I, input.options()));
+      } else {
+        grad_weight_ih = weight_grad(gates2d, input_run.reshape({N, I}));
+      }
+      if (packed) {
+        const Tensor previous = take_rows(h0_c, previous_rows, output_run2d);
+        grad_weight_hh = long_k_weight_grads(recurrent2d, R)
+                             ? long_k_weight_grad(recurrent2d, transposed(previous.const_data_ptr<float>(), N, R, R,
+                                                                          input.options()))
+                             : weight_grad(recurrent2d, previous);
+      } else {
+        grad_weight_hh = long_k_weight_grads(recurrent2d, R)
+                             ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
+                             : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({N, R}));
+      }
     }
     grad_bias_ih = bias_grad(gates2d);
     grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(recurrent2d);

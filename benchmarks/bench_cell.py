@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 import lstm_ext
-from common import Bench, dtypes_of, parse_common_args
+from common import Bench, dtypes_of, impls_of, parse_common_args
 
 CPU_GRID = [(100, 4, 3), (16, 32, 128), (64, 256, 256), (64, 512, 512), (16, 1024, 1024)]
 GPU_GRID = [(100, 4, 3)] + [(B, H, H) for B in (16, 64, 256) for H in (128, 512, 1024)]
@@ -163,7 +163,7 @@ def main() -> None:
     parser = parse_common_args(__doc__)
     args = parser.parse_args()
     device = args.device
-    bench = Bench("cell", device, min_run_time=args.min_run_time, cell=args.cell)
+    bench = Bench("cell", device, min_run_time=args.min_run_time, cell=args.cell, only=impls_of(args))
     grid, dtypes = (GPU_GRID if device.startswith("cuda") else CPU_GRID), dtypes_of(args)
     if args.quick:
         grid = grid[:2]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import lstm_ext
-from common import Bench, dtypes_of, parse_common_args, rnn_flops, sgemm_gflops
+from common import Bench, dtypes_of, impls_of, parse_common_args, rnn_flops, sgemm_gflops
 
 GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
 LAYERS = (1, 2)
@@ -112,12 +112,12 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     with torch.no_grad():
         bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
                       extras=extras, rounds=rounds)
-    add_gflops(bench, len(impls), forward_flops)
+    add_gflops(bench, forward_flops)
     # Inference as a server runs it: inference_mode, lstm_ext against torch.nn.LSTM.
     with torch.inference_mode():
         bench.compare({k: (lambda f=impls[k]: f(x)) for k in ("lstm_ext", "torch")}, pass_="fwd, inference_mode",
                       shape=shape, dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, 2, forward_flops)
+    add_gflops(bench, forward_flops)
     grad = torch.randn(T, B, H, device=device, dtype=dtype)
     # The usual training step of a first layer: the input is data, so no
     # gradient of it is needed (lstm_ext then skips that product).
@@ -127,7 +127,7 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     x.requires_grad_()
     bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, len(impls), training_flops)
+    add_gflops(bench, training_flops)
     # A padded batch of varying lengths (T/2 to T, the longest T), packed in
     # each call (x needs its gradient): lstm_ext runs one operator call per
     # layer and direction over each step's own sequences, torch.nn.LSTM its
@@ -165,18 +165,18 @@ def bench_proj_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, 
     with torch.no_grad():
         bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd", shape=shape, dtype=dtype,
                       extras=extras, rounds=rounds)
-    add_gflops(bench, len(impls), forward_flops)
+    add_gflops(bench, forward_flops)
     with torch.inference_mode():
         bench.compare({k: (lambda f=f: f(x)) for k, f in impls.items()}, pass_="fwd, inference_mode", shape=shape,
                       dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, len(impls), forward_flops)
+    add_gflops(bench, forward_flops)
     x.requires_grad_()
     grads = {"lstm_ext": torch.randn(T, B, P, device=device, dtype=dtype)}
     grads["torch"] = grads["lstm_ext"]
     grads["lstm_ext_lstm"] = torch.randn(T, B, H, device=device, dtype=dtype)
     bench.compare({k: (lambda f=f, g=grads[k]: torch.autograd.backward(f(x), g)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, len(impls), rnn_flops(B, T, I, H, layers, backward=True, proj=P))
+    add_gflops(bench, rnn_flops(B, T, I, H, layers, backward=True, proj=P))
 
 
 def bench_ln_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype, device: str) -> None:
@@ -219,17 +219,17 @@ def bench_ln_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dt
     with torch.no_grad():
         bench.compare({k: (lambda f=impls[k]: f(x)) for k in ("lstm_ext", "reference", "compile", "lstm_ext_lstm")},
                       pass_="fwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, 4, rnn_flops(B, T, I, H, layers))
+    add_gflops(bench, rnn_flops(B, T, I, H, layers))
     x.requires_grad_()
     grad = torch.randn(T, B, H, device=device, dtype=dtype)
     bench.compare({k: (lambda f=f: torch.autograd.backward(f(x), grad)) for k, f in impls.items()},
                   pass_="fwd+bwd", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
-    add_gflops(bench, len(impls), rnn_flops(B, T, I, H, layers, backward=True))
+    add_gflops(bench, rnn_flops(B, T, I, H, layers, backward=True))
 
 
-def add_gflops(bench: Bench, rows: int, flops: float) -> None:
-    """GFLOP/s of the last `rows` rows, and their fraction of the run's sgemm floor."""
-    for row in bench.rows[-rows:]:
+def add_gflops(bench: Bench, flops: float) -> None:
+    """GFLOP/s of the rows of the latest compare, and their fraction of the run's sgemm floor."""
+    for row in bench.last_rows:
         if row["impl"] in ("lstm_ext_lstm", "lstm_ext_zoneout", "lstm_ext_lstm_zoneout"):  # other work
             continue
         row["gflops"] = round(flops / (row["median_us"] * 1e-6) / 1e9, 1)
@@ -274,6 +274,26 @@ def peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
                            "device": bench.device, "layers": 1, "peak_mib": round(float(out.stdout), 1)})
 
 
+def cuda_peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
+    """Peak device memory that one inference forward adds (CUDA, one layer): lstm_ext against torch.nn (cuDNN)."""
+    modules = {"lstm": (lstm_ext.LSTM, nn.LSTM), "gru": (lstm_ext.GRU, nn.GRU)}[bench.cell]
+    x = torch.randn(T, B, I, device=bench.device, dtype=dtype)
+    for impl, module_type in zip(("lstm_ext", "torch"), modules):
+        module = module_type(I, H, device=bench.device, dtype=dtype)
+        with torch.inference_mode():
+            module(x)  # warm up: cuBLAS's and cuDNN's workspaces are allocated once
+            torch.cuda.synchronize(bench.device)
+            torch.cuda.reset_peak_memory_stats(bench.device)
+            before = torch.cuda.memory_allocated(bench.device)
+            module(x)
+            torch.cuda.synchronize(bench.device)
+        peak = (torch.cuda.max_memory_allocated(bench.device) - before) / 2**20
+        bench.rows.append({"bench": bench.bench, "cell": bench.cell, "impl": impl,
+                           "pass": "fwd, inference_mode, peak memory",
+                           "B": B, "I": I, "H": H, "T": T, "dtype": str(dtype).replace("torch.", ""),
+                           "device": bench.device, "layers": 1, "peak_mib": round(peak, 1)})
+
+
 def ratios(cell: str) -> list:
     """(other, lstm_ext, caption): other's time / lstm_ext's."""
     name = "LSTM" if cell == "lstm" else "GRU"
@@ -295,7 +315,7 @@ def ratios(cell: str) -> list:
 
 def main() -> None:
     args = parse_common_args(__doc__).parse_args()
-    bench = Bench("sequence", args.device, min_run_time=args.min_run_time, cell=args.cell)
+    bench = Bench("sequence", args.device, min_run_time=args.min_run_time, cell=args.cell, only=impls_of(args))
     grid = GRID[:2] if args.quick else GRID
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
@@ -307,12 +327,12 @@ def main() -> None:
             for B, T, I, H in grid:
                 run = {"lstmp": bench_proj_shape, "lnlstm": bench_ln_shape}.get(args.cell, bench_shape)
                 run(bench, B, T, I, H, layers, dtype, args.device)
-        if not args.device.startswith("cuda") and args.cell not in ("lstmp", "lnlstm"):
+        if args.cell not in ("lstmp", "lnlstm"):
             for B, T, I, H in grid:
-                peak_memory(bench, B, T, I, H, dtype)
+                (cuda_peak_memory if args.device.startswith("cuda") else peak_memory)(bench, B, T, I, H, dtype)
     bench.report(ratios(args.cell))
     print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()[:4]}) and their fraction of the sgemm floor; peak memory of one "
-          "inference forward (MiB added, fresh process)")
+          "inference forward (MiB added: resident memory in a fresh process on the CPU, allocated device memory on CUDA)")
     for row in bench.rows:
         if row["impl"] in ("lstm_ext", "torch") and ("gflops" in row or "peak_mib" in row):
             value = f"{row['gflops']} GFLOP/s ({row.get('sgemm_fraction')})" if "gflops" in row else \

@@ -74,14 +74,18 @@ class Bench:
     """Collects measurements of one benchmark script and reports them."""
 
     def __init__(self, bench: str, device: str, min_run_time: float = 0.5, verbose: bool = True,
-                 cell: str = "lstm") -> None:
+                 cell: str = "lstm", only: Optional[List[str]] = None) -> None:
         self.bench = bench
+        # Implementations to time (None: all). Floors are always timed: they are cheap
+        # and the ratio table's floor columns read them.
+        self.only = set(only) if only else None
         self.cell = cell
         self.verbose = verbose  # a line per measurement on stderr
         self.device = device
         self.min_run_time = min_run_time
         self.measurements: List[benchmark.Measurement] = []
         self.rows: List[dict] = []
+        self.last_rows: List[dict] = []  # the rows that the latest compare() added
         self.machine_extra: dict = {}  # measured once per run (the sgemm floor), merged into "machine"
         self.started = time.time()
 
@@ -90,6 +94,9 @@ class Bench:
         """Median microseconds of each fn, timed round-robin in `rounds` rounds
         so that the machine's drifts hit every implementation alike."""
         extras = extras or {}
+        if self.only is not None:
+            fns = {k: f for k, f in fns.items() if k.split(":")[0] in self.only or k.startswith("floor:")}
+        self.last_rows = []
         sub_label = " ".join(f"{k}={v}" for k, v in shape.items() if v is not None) + f" {str(dtype)[6:]}"
         timers, parts = {}, {}
         for name, fn in fns.items():
@@ -115,6 +122,7 @@ class Bench:
                         "median_us": round(median_us, 3), "min_us": round(min(m.times) * 1e6, 3)})
             row.update(extras.get(name) or {})
             self.rows.append(row)
+            self.last_rows.append(row)
             if self.verbose:
                 print(f"  [{time.time() - self.started:6.0f}s] {pass_:7s} {sub_label:32s} {m.task_spec.description:34s} "
                       f"{median_us:12.1f} us", file=sys.stderr, flush=True)
@@ -186,7 +194,14 @@ def parse_common_args(description: str):
                              "lnlstm: the LayerNorm LSTM and zoneout)")
     parser.add_argument("--dtype", default=None,
                         help="comma-separated: float32, bfloat16, float16 (default: float32; on CUDA also bfloat16)")
+    parser.add_argument("--impls", default=None,
+                        help="comma-separated implementations to time (default: all), e.g. lstm_ext,torch: "
+                             "skips the reference loops and torch.compile (minutes of compiling on a GPU)")
     return parser
+
+
+def impls_of(args) -> Optional[List[str]]:
+    return [name.strip() for name in args.impls.split(",")] if args.impls else None
 
 
 def dtypes_of(args) -> List[torch.dtype]:

@@ -1,23 +1,65 @@
 #!/usr/bin/env bash
 # On a machine with a GPU whose python3 already has a CUDA torch, nvcc, ninja
 # and pytest (no network needed): builds the extension with its CUDA kernels,
-# runs the whole test suite on the GPU, runs the benchmarks on the GPU, and
-# writes benchmarks/results/<gpu>.json plus the printed tables next to it.
+# runs the tests that use the GPU, times lstm_ext against torch.nn (cuDNN) on
+# the GPU, and writes benchmarks/results/<gpu>.json plus the logs and printed
+# tables next to it (<gpu>-*.txt).
+#
+# Sized for a short lease (GPU_CHECK_DEADLINE_S, 500 s, after the machine
+# starts): the tests are the ones that run on CUDA (-k cuda; in parallel where
+# pytest-xdist is there), the benchmarks time lstm_ext and torch.nn only (no
+# reference loops or torch.compile, whose compiles take minutes on a GPU), and
+# each stage stops at its own limit or the deadline, whichever comes first, so
+# what finished is kept when a stage overruns.
+#   GPU_CHECK_FULL=1     the whole suite and every implementation, no limits
+#   GPU_CHECK_DEADLINE_S all stages together   (default 500 s)
+#   GPU_CHECK_BUILD_S    the build             (default 300 s)
+#   GPU_CHECK_TESTS_S    the tests             (default 200 s)
+#   GPU_CHECK_BENCH_S    each benchmark script and cell (default 90 s)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD LSTM_EXT_BUILD_DIR=$PWD/build/gpu-check LSTM_EXT_CUDA=1 PYTHONUNBUFFERED=1
-"$PY" -c "import lstm_ext, torch; assert torch.cuda.is_available() and lstm_ext.backends()['cuda']; print('gpu_check:', torch.cuda.get_device_name(), 'torch', torch.__version__, lstm_ext.backends())" || exit 1
-name=$("$PY" -c "import re, torch; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+full=${GPU_CHECK_FULL:-0}
+deadline=$((SECONDS + ${GPU_CHECK_DEADLINE_S:-500}))
+# limit SECONDS COMMAND...: runs COMMAND for at most SECONDS, and not past the deadline.
+limit() {
+  [ "$full" = 1 ] && { "${@:2}"; return; }
+  local left=$((deadline - SECONDS))
+  [ "$left" -gt 5 ] || { echo "gpu_check: no time left for: ${*:2}"; return 124; }
+  timeout --kill-after=10 "$((left < $1 ? left : $1))" "${@:2}"
+}
+name=$("$PY" -c "import re, torch; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))") || exit 1
 out=benchmarks/results
 mkdir -p "$out"
 status=0
-"$PY" -m pytest -q -rs 2>&1 | tee "$out/$name-tests.txt" || status=1
-for bench in benchmarks/bench_*.py; do
-  "$PY" "$bench" --device cuda 2>&1 | tee "$out/$name-$(basename "$bench" .py).txt" || status=1
-  case "$bench" in *bench_cell.py|*bench_sequence.py)  # the GRU too
-    "$PY" "$bench" --device cuda --cell gru 2>&1 | tee "$out/$name-$(basename "$bench" .py)-gru.txt" || status=1;;
-  esac
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvcc --version | tail -2; nproc; } 2>&1 | tee "$out/$name-env.txt"
+
+started=$SECONDS
+limit "${GPU_CHECK_BUILD_S:-300}" "$PY" -c "import lstm_ext, torch
+assert torch.cuda.is_available() and lstm_ext.backends()['cuda'], lstm_ext.backends()
+print('gpu_check:', torch.cuda.get_device_name(), 'torch', torch.__version__, lstm_ext.backends())" \
+  2>&1 | tee "$out/$name-build.txt" || { echo "gpu_check: the build failed"; exit 1; }
+echo "gpu_check: built in $((SECONDS - started)) s" | tee -a "$out/$name-build.txt"
+
+started=$SECONDS
+tests=(-p no:cacheprovider -rfEs)
+[ "$full" = 1 ] || tests+=(-k "cuda or device_mismatch")
+"$PY" -c "import xdist" 2>/dev/null && tests+=(-n "${GPU_CHECK_WORKERS:-8}" -v)
+limit "${GPU_CHECK_TESTS_S:-200}" "$PY" -m pytest "${tests[@]}" 2>&1 | tee "$out/$name-tests.txt" || status=1
+echo "gpu_check: tests took $((SECONDS - started)) s" | tee -a "$out/$name-tests.txt"
+
+bench_args=(--device cuda)
+[ "$full" = 1 ] || bench_args+=(--min-run-time 0.1 --impls lstm_ext,torch,lstm_ext_pyfunc,lstm_ext_padded,lstm_ext_lstm)
+for bench in benchmarks/bench_sequence.py benchmarks/bench_cell.py; do
+  for cell in lstm gru; do
+    log="$out/$name-$(basename "$bench" .py)$([ "$cell" = lstm ] || echo "-$cell").txt"
+    limit "${GPU_CHECK_BENCH_S:-90}" "$PY" "$bench" "${bench_args[@]}" --cell "$cell" 2>&1 | tee "$log" || status=1
+  done
 done
 echo "gpu_check: results in $out/$name*.{json,txt}"
 exit $status

@@ -108,3 +108,36 @@ def test_inference_keeps_no_cells():
     assert pooled_bytes_of(training) - pooled_bytes_of(inference) >= cells
     projection_and_output = T * B * 5 * H * 4
     assert pooled_bytes_of(inference) <= projection_and_output + (1 << 20)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cuda_inference_keeps_no_cells(cell):
+    """On the GPU too, inference allocates the input projection, the output
+    and a step's working state, never every step's cells; training keeps them."""
+    T, B, H = 64, 32, 128
+    module = (lstm_ext.LSTM if cell == "lstm" else lstm_ext.GRU)(H, H, device="cuda")
+    x = torch.randn(T, B, H, device="cuda")
+
+    def peak_bytes_of(fn):
+        fn()  # warm up: cuBLAS's workspace is allocated once, on the first product
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+
+    def training():
+        output, _ = module(x)
+        del output
+
+    def inference():
+        with torch.inference_mode():
+            module(x)
+
+    gates = 4 if cell == "lstm" else 3
+    cells = T * B * H * 4
+    assert peak_bytes_of(training) - peak_bytes_of(inference) >= cells - 2 * B * H * 4
+    projection_and_output = T * B * (gates + 1) * H * 4
+    assert peak_bytes_of(inference) <= projection_and_output + (1 << 20)

@@ -331,8 +331,9 @@ def main() -> None:
             for B, T, I, H in grid:
                 (cuda_peak_memory if args.device.startswith("cuda") else peak_memory)(bench, B, T, I, H, dtype)
     bench.report(ratios(args.cell))
-    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()[:4]}) and their fraction of the sgemm floor; peak memory of one "
-          "inference forward (MiB added: resident memory in a fresh process on the CPU, allocated device memory on CUDA)")
+    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()[:4]}) and their fraction of the sgemm floor; peak memory "
+          "of one inference forward (MiB added: resident memory of a fresh process on the CPU, allocated device "
+          "memory on CUDA)")
     for row in bench.rows:
         if row["impl"] in ("lstm_ext", "torch") and ("gflops" in row or "peak_mib" in row):
             value = f"{row['gflops']} GFLOP/s ({row.get('sgemm_fraction')})" if "gflops" in row else \

@@ -26,6 +26,15 @@ def device(request) -> str:
             pytest.skip("no CUDA device")
         # A GPU is present: a build without CUDA kernels is a failure, not a skip.
         assert lstm_ext.backends()["cuda"], "a GPU is present but lstm_ext was built without CUDA"
+        # torch.nn's cuDNN RNNs compute float32 in TF32 unless told not to
+        # (torch.backends.cudnn.allow_tf32, on by default: ~1e-4 off float32 on
+        # an H200); lstm_ext's products follow torch.backends.cuda.matmul.allow_tf32
+        # (off by default). Compare float32 with float32.
+        previous = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        yield "cuda"
+        torch.backends.cudnn.allow_tf32 = previous
+        return
     if request.param == "cpu-generic":
         previous = lstm_ext._C._set_cpu_specialized(False)
         yield "cpu"

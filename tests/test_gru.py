@@ -33,14 +33,17 @@ def gru_grads(module, x, h0, output, h_n):
     return torch.autograd.grad(loss, [x] + ([h0] if h0 is not None else []) + list(module.parameters()))
 
 
-def check_against_torch(ref, fused, x, h0, tol):
+def check_against_torch(ref, fused, x, h0, tol, grad_atol_scales=False):
+    """grad_atol_scales: each gradient's atol times its largest magnitude (float32; see
+    test_float32_without_initial_state)."""
     out_ref, out_fused = ref(x, h0), fused(x, h0)
     for got, expected in zip(out_fused, out_ref):
         assert_close(got.double(), expected.double(), **tol)
     g_ref, g_fused = gru_grads(ref, x, h0, *out_ref), gru_grads(fused, x, h0, *out_fused)
     names = ["input"] + (["h_0"] if h0 is not None else []) + [n for n, _ in ref.named_parameters()]
     for name, a, b in zip(names, g_fused, g_ref):
-        assert_close(a.double(), b.double(), **tol, msg=lambda m: f"grad of {name}: {m}")
+        atol = tol["atol"] * max(1.0, b.abs().max().item()) if grad_atol_scales else tol["atol"]
+        assert_close(a.double(), b.double(), rtol=tol["rtol"], atol=atol, msg=lambda m: f"grad of {name}: {m}")
 
 
 @pytest.mark.parametrize("config", GRID, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
@@ -85,7 +88,10 @@ def test_float32_without_initial_state(device):
     config = dict(num_layers=2, bidirectional=True, batch_first=True, bias=True)
     ref, fused = gru_pair(8, 16, device=device, dtype=torch.float32, **config)
     x, _ = gru_inputs(7, 5, 8, 16, config, device, dtype=torch.float32, with_state=False)
-    check_against_torch(ref, fused, x, None, dict(rtol=1e-4, atol=1e-5))
+    # A weight gradient sums T*B rows: float32 summed in another order (cuBLAS
+    # against cuDNN) moves an element by ~1e-6 of the gradient's scale
+    # (1.3e-5 at a scale of ~8 on an H200), so atol scales with it.
+    check_against_torch(ref, fused, x, None, dict(rtol=1e-4, atol=1e-5), grad_atol_scales=True)
 
 
 def test_unbatched_input(device):

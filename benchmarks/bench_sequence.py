@@ -268,17 +268,20 @@ def peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
         out = subprocess.run([sys.executable, "-c", PEAK_MEMORY, impl, str(B), str(T), str(I), str(H),
                               str(dtype).replace("torch.", ""), bench.cell], capture_output=True, text=True,
                              check=True)
-        bench.rows.append({"bench": bench.bench, "cell": bench.cell, "impl": impl,
-                           "pass": "fwd, inference_mode, peak memory",
-                           "B": B, "I": I, "H": H, "T": T, "dtype": str(dtype).replace("torch.", ""),
-                           "device": bench.device, "layers": 1, "peak_mib": round(float(out.stdout), 1)})
+        add_peak_memory_row(bench, impl, B, T, I, H, dtype, float(out.stdout))
+
+
+def add_peak_memory_row(bench: Bench, impl: str, B: int, T: int, I: int, H: int, dtype, mib: float) -> None:
+    bench.rows.append({"bench": bench.bench, "cell": bench.cell, "impl": impl,
+                       "pass": "fwd, inference_mode, peak memory",
+                       "B": B, "I": I, "H": H, "T": T, "dtype": str(dtype).replace("torch.", ""),
+                       "device": bench.device, "layers": 1, "peak_mib": round(mib, 1)})
 
 
 def cuda_peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> None:
     """Peak device memory that one inference forward adds (CUDA, one layer): lstm_ext against torch.nn (cuDNN)."""
-    modules = {"lstm": (lstm_ext.LSTM, nn.LSTM), "gru": (lstm_ext.GRU, nn.GRU)}[bench.cell]
     x = torch.randn(T, B, I, device=bench.device, dtype=dtype)
-    for impl, module_type in zip(("lstm_ext", "torch"), modules):
+    for impl, module_type in zip(("lstm_ext", "torch"), CELLS[bench.cell][:2]):
         module = module_type(I, H, device=bench.device, dtype=dtype)
         with torch.inference_mode():
             module(x)  # warm up: cuBLAS's and cuDNN's workspaces are allocated once
@@ -287,11 +290,8 @@ def cuda_peak_memory(bench: Bench, B: int, T: int, I: int, H: int, dtype) -> Non
             before = torch.cuda.memory_allocated(bench.device)
             module(x)
             torch.cuda.synchronize(bench.device)
-        peak = (torch.cuda.max_memory_allocated(bench.device) - before) / 2**20
-        bench.rows.append({"bench": bench.bench, "cell": bench.cell, "impl": impl,
-                           "pass": "fwd, inference_mode, peak memory",
-                           "B": B, "I": I, "H": H, "T": T, "dtype": str(dtype).replace("torch.", ""),
-                           "device": bench.device, "layers": 1, "peak_mib": round(peak, 1)})
+        add_peak_memory_row(bench, impl, B, T, I, H, dtype,
+                            (torch.cuda.max_memory_allocated(bench.device) - before) / 2**20)
 
 
 def ratios(cell: str) -> list:

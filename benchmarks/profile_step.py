@@ -5,7 +5,7 @@ time per step, the layer is bound by the host (dispatch and launches), not the
 GPU.
 
     python benchmarks/profile_step.py --device cuda
-    python benchmarks/profile_step.py --device cuda --shape 16,100,128,128 --cell gru
+    python benchmarks/profile_step.py --device cuda --shapes 16,100,128,128 --cell gru
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import lstm_ext
-
-MODULES = {"lstm": (lstm_ext.LSTM, torch.nn.LSTM), "gru": (lstm_ext.GRU, torch.nn.GRU)}
+from bench_sequence import CELLS
 
 
 def wall_us(fn, device: str, repeats: int = 20) -> float:
@@ -33,7 +32,7 @@ def wall_us(fn, device: str, repeats: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--cell", default="lstm", choices=sorted(MODULES))
+    parser.add_argument("--cell", default="lstm", choices=sorted(CELLS))
     parser.add_argument("--shapes", default="16,100,128,128;64,100,512,512", help="B,T,I,H;...")
     parser.add_argument("--top", type=int, default=8, help="operators listed per implementation")
     args = parser.parse_args()
@@ -41,7 +40,7 @@ def main() -> None:
     for spec in args.shapes.split(";"):
         B, T, I, H = map(int, spec.split(","))
         torch.manual_seed(0)
-        ours_type, torch_type = MODULES[args.cell]
+        ours_type, torch_type = CELLS[args.cell][:2]
         reference = torch_type(I, H, device=args.device)
         impls = {"lstm_ext": ours_type.from_torch(reference), "torch": reference}
         x = torch.randn(T, B, I, device=args.device)

@@ -1,6 +1,10 @@
 // The LayerNorm LSTM's layer operators (and the plain LSTM's with zoneout):
 // argument checks, the input part through ATen, the time loop through
-// cpu::ln_recurrence_forward/backward (lstm_kernels.h).
+// cpu::ln_recurrence_forward/backward (lstm_kernels.h) on the CPU, or, on
+// CUDA (and on the CPU with its specialized kernels off, which is how the
+// tests run this path without a GPU), the generic loop below: per step one
+// ATen product and one row pass of the backend (cuda::rows_pass: one thread
+// block per row).
 //
 // Per layer and direction: ih = x W_ih^T for all steps as one product, its
 // layer norm with gain g_ih and shift b in one pass over its rows
@@ -17,6 +21,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -33,6 +38,21 @@ namespace {
 
 constexpr const char* kOp = "lstm_ext.LayerNormLSTM";
 constexpr double kEps = 1e-5;
+
+bool fused_device(const Tensor& t) {
+#ifdef LSTM_EXT_WITH_CUDA
+  if (t.is_cuda()) return true;
+#endif
+  return t.is_cpu();
+}
+
+const char* backends_note() {
+#ifdef LSTM_EXT_WITH_CUDA
+  return " and CUDA";
+#else
+  return " (this build has no CUDA)";
+#endif
+}
 
 void check_shape(const char* name, const Tensor& t, at::IntArrayRef expected, const char* meaning) {
   TORCH_CHECK_VALUE(t.sizes() == expected, kOp, ": ", name, " must have shape ", expected, " ", meaning, ", got ",
@@ -98,8 +118,9 @@ LnShape check_ln_layer(const Tensor& input, const Tensor& h0, const Tensor& c0, 
   }
   TORCH_CHECK_VALUE(rate_c >= 0 && rate_c <= 1 && rate_h >= 0 && rate_h <= 1, kOp,
                     ": zoneout rates must be in [0, 1], got zoneout_cell=", rate_c, " and zoneout_hidden=", rate_h);
-  TORCH_CHECK_VALUE(weight_hh.is_cpu(), kOp, ": the fused LayerNorm LSTM runs on the CPU; tensors on ",
-                    weight_hh.device(), " take lstm_ext.LayerNormLSTM's composite path");
+  TORCH_CHECK_VALUE(fused_device(weight_hh), kOp, ": the fused LayerNorm LSTM runs on the CPU",
+                    backends_note(), "; tensors on ", weight_hh.device(),
+                    " take lstm_ext.LayerNormLSTM's composite path");
   if (is_packed) {
     shape.packed.emplace(kOp, *batch_sizes, input.size(0), B);
     shape.T = shape.packed->steps();
@@ -127,7 +148,112 @@ const void* data_or_null(const std::optional<Tensor>& t) { return t.has_value() 
 // Rows per task of the input part's layer norm: ~16K elements.
 int64_t layer_norm_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)); }
 
-Tensor index_of(const std::vector<int64_t>& rows) { return at::tensor(rows, at::TensorOptions().dtype(at::kLong)); }
+// Row indices as an int64 tensor on the device of the tensors they index.
+Tensor index_of(const std::vector<int64_t>& rows, const at::Device& device) {
+  return at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+// The generic time loop's row passes: the backend's.
+template <typename Args>
+void rows_pass_on(const Tensor& like, const Args& args) {
+  if (like.is_cuda()) {
+#ifdef LSTM_EXT_WITH_CUDA
+    cuda::rows_pass(args);
+    return;
+#else
+    TORCH_CHECK(false, "lstm_ext was built without CUDA support");
+#endif
+  }
+  cpu::rows_pass(args);
+}
+
+void* row_ptr(const Tensor& t, int64_t row) {
+  return static_cast<char*>(t.data_ptr()) + row * t.stride(0) * t.element_size();
+}
+
+// The generic forward time loop, buffers as cpu::ln_recurrence_forward's
+// (2-D: [rows, width]): per step the recurrent product through ATen (into
+// hh_norm with layer norm, added into the input part without), then the row
+// pass over the step's rows. Packed rows run forward (the reverse direction
+// is reordered by the caller), as on the CPU.
+void generic_forward(const Tensor& weight_hh, const Tensor& h0, const Tensor& c0, const Tensor& gates,
+                     const Tensor& hh_norm, const Tensor& stats, const Tensor& output, const Tensor& cells, int64_t T,
+                     int64_t B, bool reverse, bool keep, const cpu::LnCellParams& cell,
+                     const std::optional<PackedRows>& packed) {
+  const int64_t H = weight_hh.size(1);
+  const cpu::StepLayout layout = packed.has_value() ? packed->layout : cpu::StepLayout(T, B, nullptr);
+  const Tensor weight_t = weight_hh.t().contiguous();  // row-major: as the LSTM's generic loop (lstm_ops.cpp)
+  const int64_t itemsize = gates.element_size();
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s, t_prev = reverse ? t + 1 : t - 1;
+    const int64_t row0 = layout.offset[t], rows_t = layout.rows[t];
+    // Step s's c: its rows of cells, or block s % 2 of the two-step ring.
+    const auto cells_of = [&](int64_t step, int64_t time) {
+      return cells.narrow(0, keep ? layout.offset[time] : step % 2 * B, rows_t);
+    };
+    const Tensor h_prev = s == 0 ? h0.narrow(0, 0, rows_t) : output.narrow(0, layout.offset[t_prev], rows_t);
+    const Tensor c_prev = s == 0 ? c0.narrow(0, 0, rows_t) : cells_of(s - 1, t_prev);
+    const Tensor gates_t = gates.narrow(0, row0, rows_t);
+    Tensor hh_t, stats_t;
+    if (cell.layer_norm) {
+      hh_t = hh_norm.narrow(0, keep ? row0 : 0, rows_t);
+      stats_t = stats.narrow(0, keep ? row0 : 0, rows_t);
+      at::mm_out(hh_t, h_prev, weight_t);
+    } else {
+      gates_t.addmm_(h_prev, weight_t);
+    }
+    rows_pass_on(weight_hh, cpu::LnRowsForwardArgs{
+                                gates.scalar_type(), rows_t, H, kEps, cell.at_row(row0, H, itemsize),
+                                gates_t.data_ptr(), cell.layer_norm ? hh_t.data_ptr() : nullptr, c_prev.data_ptr(),
+                                h_prev.data_ptr(), cells_of(s, t).data_ptr(), row_ptr(output, row0),
+                                cell.layer_norm ? stats_t.data_ptr() : nullptr});
+  }
+}
+
+// The generic backward through time, buffers as cpu::ln_recurrence_backward's
+// (2-D). Returns the gains' gradients (layer norm): [4H], [H], [H].
+std::tuple<Tensor, Tensor, Tensor> generic_backward(
+    const Tensor& weight_hh, const Tensor& c0, const Tensor& gates, const Tensor& hh_norm, const Tensor& stats,
+    const Tensor& cells, const Tensor& grad_h, const Tensor& grad_c, const Tensor& grad_h0, const Tensor& grad_pre,
+    const Tensor& grad_hh, int64_t T, int64_t B, bool reverse, const cpu::LnCellParams& cell,
+    const std::optional<PackedRows>& packed) {
+  const int64_t H = weight_hh.size(1), G = 4 * H;
+  const bool layer_norm = cell.layer_norm;
+  const cpu::StepLayout layout = packed.has_value() ? packed->layout : cpu::StepLayout(T, B, nullptr);
+  const bool zoneout_h = cell.mask_h != nullptr || cell.rate_h != 0;
+  const int64_t itemsize = gates.element_size();
+  // The gains' gradients [4H | H | H]: one row per batch row on CUDA (its
+  // row passes run rows in parallel), one row on the CPU; summed at the end.
+  const int64_t acc_rows = weight_hh.is_cuda() ? B : 1, width = 6 * H;
+  const Tensor acc = layer_norm ? at::zeros({acc_rows, width}, gates.options()) : Tensor();
+  const int64_t acc_stride = weight_hh.is_cuda() ? width : 0;
+  const Tensor& grad_rec = layer_norm ? grad_hh : grad_pre;  // what the recurrent product's gradient is
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = reverse ? T - 1 - s : s, t_prev = reverse ? t + 1 : t - 1;
+    const int64_t row = layout.offset[t], rows_t = layout.rows[t];
+    const Tensor c_prev = s == 0 ? c0.narrow(0, 0, rows_t) : cells.narrow(0, layout.offset[t_prev], rows_t);
+    // h_prev's gradient: the previous step's grad_h, or grad_h0. The rows
+    // past rows_t of grad_c keep their c_n's gradient until their own step.
+    const Tensor grad_h_prev =
+        s == 0 ? grad_h0.narrow(0, 0, rows_t) : grad_h.narrow(0, layout.offset[t_prev], rows_t);
+    char* acc_base = layer_norm ? static_cast<char*>(acc.data_ptr()) : nullptr;
+    cpu::LnRowsBackwardArgs args{gates.scalar_type(), rows_t, H, cell.at_row(row, H, itemsize), row_ptr(gates, row),
+                                 layer_norm ? row_ptr(hh_norm, row) : nullptr,
+                                 layer_norm ? row_ptr(stats, row) : nullptr, c_prev.data_ptr(), row_ptr(grad_h, row),
+                                 grad_c.data_ptr(), row_ptr(grad_pre, row),
+                                 layer_norm ? row_ptr(grad_hh, row) : nullptr,
+                                 zoneout_h ? grad_h_prev.data_ptr() : nullptr, acc_base,
+                                 layer_norm ? acc_base + G * itemsize : nullptr,
+                                 layer_norm ? acc_base + (G + H) * itemsize : nullptr};
+    args.gamma_row_stride = acc_stride;
+    rows_pass_on(weight_hh, args);
+    // The gradient reaching h_prev through this step's recurrent product.
+    grad_h_prev.addmm_(grad_rec.narrow(0, row, rows_t), weight_hh);
+  }
+  if (!layer_norm) return {};
+  const Tensor total = acc.sum(0);
+  return {total.narrow(0, 0, G), total.narrow(0, G, H), total.narrow(0, G + H, H)};
+}
 
 // A packed [N, ...] buffer's rows in the order the time loop runs them (each
 // sequence reversed within its length for the reverse direction; its own
@@ -142,9 +268,9 @@ std::optional<Tensor> in_run_order(const std::optional<Tensor>& t, const std::op
 }
 
 // The reverse direction of a PackedSequence: the reversal as an index.
-std::optional<Tensor> packed_reversal_index(const LnShape& shape, bool reverse) {
+std::optional<Tensor> packed_reversal_index(const LnShape& shape, bool reverse, const at::Device& device) {
   if (!shape.packed.has_value() || !reverse) return std::nullopt;
-  return index_of(shape.packed->reversal());
+  return index_of(shape.packed->reversal(), device);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> run_ln_layer(
@@ -154,11 +280,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const std::optional<Tensor>& batch_sizes) {
   // The ATen calls below are the kernel's own work, not for autograd to record.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const c10::DeviceGuard guard(weight_hh_.device());
   const LnShape shape = check_ln_layer(input_, h0_, c0_, weight_ih_, weight_hh_, bias_, ln_, mask_c_, mask_h_,
                                        rate_c, rate_h, batch_sizes);
   const int64_t T = shape.T, B = shape.B, I = shape.I, H = shape.H, G = 4 * H, N = shape.rows();
   const bool is_packed = shape.packed.has_value();
-  const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse);
+  const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse, weight_hh_.device());
   const at::ScalarType dtype = compute_type(weight_hh_), out_dtype = weight_hh_.scalar_type();
   const Tensor input = as_compute(in_run_order(input_, reversal), dtype);
   const Tensor h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
@@ -173,7 +300,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
   // The input part of the pre-activations, [N, 4H].
   Tensor gates, ih, ih_mean, ih_rstd;
-  if (shape.layer_norm) {
+  if (shape.layer_norm && !cpu_specialized(weight_hh)) {
+    // ATen's layer norm: gain g_ih, the bias as its shift, and the row statistics.
+    ih = sequence_product(x2d, weight_ih.t());
+    std::tie(gates, ih_mean, ih_rstd) =
+        at::native_layer_norm(ih, {G}, gamma_ih, bias.has_value() ? *bias : Tensor(), kEps);
+    ih_mean = ih_mean.reshape({N, 1});
+    ih_rstd = ih_rstd.reshape({N, 1});
+  } else if (shape.layer_norm) {
     ih = sequence_product(x2d, weight_ih.t());
     gates = at::empty({N, G}, options);
     ih_mean = at::empty({N, 1}, options);
@@ -202,7 +336,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor stats = !shape.layer_norm ? at::empty({0}, options)
                  : keep            ? at::empty(shape.of(3), options)
                                    : at::empty({B, 3}, options);
-  if (T > 0 && B > 0) {
+  if (T > 0 && B > 0 && !cpu_specialized(weight_hh)) {
+    const cpu::LnCellParams cell{shape.layer_norm, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
+                                 data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
+    const auto rows2d = [](const Tensor& t) { return t.numel() == 0 ? t : t.view({-1, t.size(-1)}); };
+    generic_forward(weight_hh, h0, c0, rows2d(gates), rows2d(hh_norm), rows2d(stats), rows2d(output), rows2d(cells),
+                    T, B, reverse && !is_packed, keep, cell, shape.packed);
+  } else if (T > 0 && B > 0) {
     const cpu::LnCellParams cell{shape.layer_norm, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
                                  data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
     cpu::LnRecurrenceForwardArgs args{dtype, T, B, H, reverse && !is_packed, kEps, keep, cell,
@@ -219,13 +359,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     h_n = h0.clone();
     c_n = c0.clone();
   } else if (is_packed) {
-    const Tensor last = index_of(shape.packed->last_rows());
+    const Tensor last = index_of(shape.packed->last_rows(), output.device());
     h_n = output.index_select(0, last);
     // Without keep only the last two steps' c are there: a sequence that ends
     // at step t left its c in block t % 2 of cells, row b (steps run in order).
     std::vector<int64_t> ring_rows(static_cast<size_t>(B));  // row b of block (its last step) % 2
     for (int64_t b = 0; b < B; ++b) ring_rows[b] = (shape.packed->length(b) - 1) % 2 * B + b;
-    c_n = keep ? cells.index_select(0, last) : cells.view({2 * B, H}).index_select(0, index_of(ring_rows));
+    c_n = keep ? cells.index_select(0, last) : cells.view({2 * B, H}).index_select(0, index_of(ring_rows, output.device()));
   } else {
     const int64_t last = reverse ? 0 : T - 1;
     h_n = output[last].clone();
@@ -294,6 +434,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& cells, const Tensor& ih, const Tensor& ih_mean, const Tensor& ih_rstd, const Tensor& hh_norm,
     const Tensor& stats, const std::optional<Tensor>& batch_sizes) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const c10::DeviceGuard guard(weight_hh_.device());
   const LnParams ln_{ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias};
   const LnShape shape = check_ln_layer(input_, h0_, c0_, weight_ih_, weight_hh_, std::nullopt, ln_,
                                        zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden,
@@ -325,7 +466,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
   // Everything in the order the forward's loop ran (packed reverse: each
   // sequence reversed), as what it saved is.
-  const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse);
+  const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse, weight_hh_.device());
   const Tensor input = as_compute(in_run_order(input_, reversal), dtype);
   const Tensor h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
   const Tensor weight_ih = as_compute(weight_ih_, dtype), weight_hh = as_compute(weight_hh_, dtype);
@@ -339,7 +480,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   if (grad_h_n_.has_value() && T > 0) {
     const Tensor grad_h_n = grad_h_n_->to(dtype);
     if (is_packed) {
-      grad_h.index_add_(0, index_of(shape.packed->last_rows()), grad_h_n);
+      grad_h.index_add_(0, index_of(shape.packed->last_rows(), grad_h.device()), grad_h_n);
     } else {
       grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
     }
@@ -354,7 +495,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     grad_gamma_c = at::zeros({H}, options);
     grad_beta_c = at::zeros({H}, options);
   }
-  if (T > 0 && B > 0) {
+  if (T > 0 && B > 0 && !cpu_specialized(weight_hh)) {
+    const cpu::LnCellParams cell{ln, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
+                                 data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
+    const auto rows2d = [](const Tensor& t) { return t.view({-1, t.size(-1)}); };
+    std::tie(grad_gamma_hh, grad_gamma_c, grad_beta_c) = generic_backward(
+        weight_hh, c0, gates.contiguous().view({N, G}), ln ? rows2d(hh_norm.contiguous()) : hh_norm,
+        ln ? rows2d(stats.contiguous()) : stats, rows2d(cells.contiguous()), rows2d(grad_h), grad_c, grad_h0,
+        rows2d(grad_pre), ln ? rows2d(grad_hh) : grad_hh, T, B, reverse && !is_packed, cell, shape.packed);
+  } else if (T > 0 && B > 0) {
     const cpu::LnCellParams cell{ln, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
                                  data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
     cpu::LnRecurrenceBackwardArgs args{
@@ -373,7 +522,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   // The input part: through its layer norm (ATen's backward), then the product.
   const Tensor grad_pre2d = grad_pre.reshape({N, G});
   Tensor grad_ih, grad_gamma_ih, grad_bias;
-  if (ln) {
+  if (ln && !cpu_specialized(weight_hh)) {
+    Tensor unused;
+    std::tie(grad_ih, grad_gamma_ih, unused) = at::native_layer_norm_backward(
+        grad_pre2d, ih.reshape({N, G}), {G}, ih_mean.reshape({N, 1}), ih_rstd.reshape({N, 1}), gamma_ih,
+        Tensor(), {true, true, false});
+  } else if (ln) {
     // Through the input part's layer norm; its shift's gradient is the bias's, summed below.
     const Tensor ih_c = ih.contiguous(), mean_c = ih_mean.contiguous(), rstd_c = ih_rstd.contiguous();
     grad_ih = at::empty({N, G}, options);
@@ -403,7 +557,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   } else if (is_packed) {
     const cpu::StepLayout& layout = shape.packed->layout;
     const Tensor index = index_of(shape.packed->indices(
-        [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }));
+        [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }), output.device());
     previous = at::cat({h0, output}).index_select(0, index);
   } else {
     previous = (reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)

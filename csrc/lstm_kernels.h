@@ -167,7 +167,10 @@ struct LnRowsForwardArgs {
 // raw recurrent product's grad_hh (LN only: without it that is grad_pre),
 // adds zoneout's d_h * grad_h to grad_h_prev when it is not null, and adds
 // this call's share of the gains' and shift's gradients into grad_gamma_hh
-// [4H], grad_gamma_c [H], grad_beta_c [H] (LN only).
+// [4H], grad_gamma_c [H], grad_beta_c [H] (LN only). With gamma_row_stride
+// > 0 (the CUDA pass, whose rows run in parallel) row r adds into its own
+// row r of each, gamma_row_stride elements apart, for the caller to sum:
+// no atomics, the same sums on every run.
 struct LnRowsBackwardArgs {
   c10::ScalarType dtype;
   int64_t rows, hidden;
@@ -184,6 +187,7 @@ struct LnRowsBackwardArgs {
   void* grad_gamma_hh;
   void* grad_gamma_c;
   void* grad_beta_c;
+  int64_t gamma_row_stride = 0;
 };
 
 // The time loop of one LayerNorm LSTM layer and direction on the CPU: per
@@ -614,6 +618,11 @@ void pointwise(const PointwiseForwardArgs& args);
 void pointwise(const PointwiseBackwardArgs& args);
 void pointwise(const GruPointwiseForwardArgs& args);
 void pointwise(const GruPointwiseBackwardArgs& args);
+// The LayerNorm LSTM's row passes (cpu::rows_pass's contract), float or
+// double, one thread block per row; the backward's gain gradients per row
+// (gamma_row_stride > 0).
+void rows_pass(const cpu::LnRowsForwardArgs& args);
+void rows_pass(const cpu::LnRowsBackwardArgs& args);
 }  // namespace cuda
 #endif
 

@@ -25,13 +25,6 @@ namespace {
 
 std::atomic<bool> cpu_specialized_enabled{true};
 
-// Whether a tensor takes the CPU's own code (the fused time loop, small and
-// packed products, plain copies) rather than the device-generic path that
-// CUDA tensors take: on the CPU, unless tests switched to the generic path.
-bool cpu_specialized(const Tensor& t) {
-  return t.is_cpu() && cpu_specialized_enabled.load(std::memory_order_relaxed);
-}
-
 // Every tensor argument: floating point, the weight's dtype, the weight's device.
 void check_like_weight(const char* op, const char* name, const Tensor& t, const Tensor& weight) {
   check_like(op, name, t, "weight", weight);
@@ -264,6 +257,10 @@ Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows) {
                                                rows_c.size(1), rows_c.options()));
   }
   return weight_grad(grad, rows);
+}
+
+bool cpu_specialized(const Tensor& t) {
+  return t.is_cpu() && cpu_specialized_enabled.load(std::memory_order_relaxed);
 }
 
 bool set_cpu_specialized(bool enabled) { return cpu_specialized_enabled.exchange(enabled); }

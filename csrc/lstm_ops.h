@@ -112,6 +112,11 @@ std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::Tenso
 // path's logic on a machine without a GPU. Returns the previous setting.
 bool set_cpu_specialized(bool enabled);
 
+// Whether a tensor takes the CPU's own code (the fused time loop, small and
+// packed products, plain copies) rather than the device-generic path that
+// CUDA tensors take: on the CPU, unless tests switched to the generic path.
+bool cpu_specialized(const Tensor& t);
+
 // The products of a whole sequence as the layer operators form them (on the
 // CPU: packed brgemm panels for float with many rows, the long-K path for
 // weight gradients, small products on the calling thread; else ATen's):

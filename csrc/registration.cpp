@@ -101,7 +101,9 @@ TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   LSTM_EXT_DEVICE_KERNELS(m)
-  // CPU only: other devices run lstm_ext.LayerNormLSTM's composite of torch ops.
+  // The LayerNorm LSTM on the CPU and CUDA (below); other devices run
+  // lstm_ext.LayerNormLSTM's composite of torch ops. Zoneout's masks are
+  // drawn here on the CPU, by bernoulli_ elsewhere.
   m.impl("ln_lstm_layer_forward", &lstm_ext::ln_lstm_layer_forward);
   m.impl("ln_lstm_layer_inference", &lstm_ext::ln_lstm_layer_inference);
   m.impl("ln_lstm_layer_backward", &lstm_ext::ln_lstm_layer_backward);
@@ -195,7 +197,12 @@ LSTM_EXT_UNSUPPORTED_TENSORS(SparseCsrCUDA)
 #undef LSTM_EXT_UNSUPPORTED_TENSORS
 
 #ifdef LSTM_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) { LSTM_EXT_DEVICE_KERNELS(m) }
+TORCH_LIBRARY_IMPL(lstm_ext, CUDA, m) {
+  LSTM_EXT_DEVICE_KERNELS(m)
+  m.impl("ln_lstm_layer_forward", &lstm_ext::ln_lstm_layer_forward);
+  m.impl("ln_lstm_layer_inference", &lstm_ext::ln_lstm_layer_inference);
+  m.impl("ln_lstm_layer_backward", &lstm_ext::ln_lstm_layer_backward);
+}
 #endif
 #undef LSTM_EXT_DEVICE_KERNELS
 

@@ -2,7 +2,8 @@
 it and for ``lstm_ext.LSTM``: what torch.nn does not have.
 
 Each layer and direction is one operator call (csrc/layernorm_lstm_ops.cpp)
-on the CPU; on other devices the same maths runs as a loop of torch ops
+on the CPU and on CUDA (in a build with CUDA); on other devices the same
+maths runs as a loop of torch ops
 (``lstm_ext.reference.layer_norm_lstm_sequence``).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from lstm_ext import _ops  # noqa: F401  (operators, fakes and autograd)
+from lstm_ext._native import native as _C
 from lstm_ext.functional import _describe, _require_pair
 from lstm_ext.reference import layer_norm_lstm_sequence, layer_norm_lstm_stacked
 
@@ -26,7 +28,7 @@ _LN_PARAMETERS = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
 
 def _fused_device(t: Tensor) -> bool:
     """Whether the fused operator takes tensors on t's device (meta and fake tensors: its fakes)."""
-    return t.device.type in ("cpu", "meta")
+    return t.device.type in ("cpu", "meta") or (t.device.type == "cuda" and _C.with_cuda())
 
 
 def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
@@ -53,7 +55,7 @@ def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: T
             input its data (N, I) of sequences sorted by length and the masks
             (N, H): each step runs over its own sequences, h_n and c_n are
             each sequence's state at its own end, and the reverse direction
-            starts each sequence at its own last step (CPU only).
+            starts each sequence at its own last step (CPU and CUDA).
 
     Returns:
         (output (T, B, H), (h_n, c_n)); output (N, H) with batch_sizes. The
@@ -65,7 +67,7 @@ def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: T
     if not _fused_device(weight_hh):
         if batch_sizes is not None:
             raise NotImplementedError(f"lstm_ext.layer_norm_lstm_layer: PackedSequence input on {weight_hh.device} "
-                                      "is not supported (the fused operator is CPU-only); pad the batch")
+                                      "is not supported (the fused operator runs on the CPU and CUDA); pad the batch")
         return layer_norm_lstm_sequence(input, hx, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
                                         ln_c_weight, ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask,
                                         zoneout_cell, zoneout_hidden, reverse)

@@ -16,6 +16,9 @@
 #   GPU_CHECK_BUILD_S    the build             (default 300 s)
 #   GPU_CHECK_TESTS_S    the tests             (default 200 s)
 #   GPU_CHECK_BENCH_S    each benchmark script and cell (default 90 s)
+#   GPU_CHECK_BENCHES    which, as script:cell (default: sequence and cell for
+#                        lstm and gru, sequence for lnlstm)
+#   GPU_CHECK_BENCH_ARGS more arguments for each (e.g. "--dtype float32")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -53,13 +56,21 @@ tests=(-p no:cacheprovider -rfEs)
 limit "${GPU_CHECK_TESTS_S:-200}" "$PY" -m pytest "${tests[@]}" 2>&1 | tee "$out/$name-tests.txt" || status=1
 echo "gpu_check: tests took $((SECONDS - started)) s" | tee -a "$out/$name-tests.txt"
 
-bench_args=(--device cuda)
-[ "$full" = 1 ] || bench_args+=(--min-run-time 0.1 --impls lstm_ext,torch,lstm_ext_pyfunc,lstm_ext_padded,lstm_ext_lstm)
-for bench in benchmarks/bench_sequence.py benchmarks/bench_cell.py; do
-  for cell in lstm gru; do
-    log="$out/$name-$(basename "$bench" .py)$([ "$cell" = lstm ] || echo "-$cell").txt"
-    limit "${GPU_CHECK_BENCH_S:-90}" "$PY" "$bench" "${bench_args[@]}" --cell "$cell" 2>&1 | tee "$log" || status=1
-  done
+# script:cell pairs; the LayerNorm LSTM against its reference loop of torch
+# ops (what CUDA ran before its fused kernels) and lstm_ext.LSTM.
+for entry in ${GPU_CHECK_BENCHES:-sequence:lstm sequence:gru cell:lstm cell:gru sequence:lnlstm}; do
+  bench=benchmarks/bench_${entry%%:*}.py cell=${entry#*:}
+  bench_args=(--device cuda)
+  impls=lstm_ext,torch,lstm_ext_pyfunc,lstm_ext_padded,lstm_ext_lstm
+  [ "$cell" = lnlstm ] && impls=lstm_ext,reference,lstm_ext_lstm,lstm_ext_zoneout,lstm_ext_lstm_zoneout && bench_args+=(--dtype float32)
+  [ "$full" = 1 ] || bench_args+=(--min-run-time 0.1 --impls "$impls")
+  # shellcheck disable=SC2206  # words on purpose: extra arguments, later ones win
+  bench_args+=(${GPU_CHECK_BENCH_ARGS:-})
+  log="$out/$name-$(basename "$bench" .py)$([ "$cell" = lstm ] || echo "-$cell").txt"
+  limit "${GPU_CHECK_BENCH_S:-90}" "$PY" "$bench" "${bench_args[@]}" --cell "$cell" 2>&1 | tee "$log" || status=1
 done
+# Which layout and library run one step's recurrent product fastest.
+limit "${GPU_CHECK_BENCH_S:-90}" "$PY" benchmarks/cuda_step_products.py 2>&1 | tee "$out/$name-step-products.txt" \
+  || status=1
 echo "gpu_check: results in $out/$name*.{json,txt}"
 exit $status

@@ -57,7 +57,7 @@ def compare(module, x, hx, ref_out, tol=EXACT, fused_out=None):
         assert_close(a, b, **tol)
     wrt = [x] + (list(hx) if hx is not None else []) + list(module.parameters())
     names = ["input"] + (["h_0", "c_0"] if hx is not None else []) + [n for n, _ in module.named_parameters()]
-    weights = torch.linspace(-1, 1, out[0].numel(), dtype=x.dtype).reshape(out[0].shape)
+    weights = torch.linspace(-1, 1, out[0].numel(), dtype=x.dtype, device=x.device).reshape(out[0].shape)
     grads = []
     for o, (h, c) in (out, ref_out):
         loss = (o * weights).sum() + 2 * h.sum() + 3 * c.sum()
@@ -69,13 +69,13 @@ def compare(module, x, hx, ref_out, tol=EXACT, fused_out=None):
         assert_close(a, b, **tol, msg=lambda m: f"grad of {name}: {m}")
 
 
-def inputs(module, T, B, I, with_state=True, dtype=F64, seed=2):
+def inputs(module, T, B, I, with_state=True, dtype=F64, seed=2, device="cpu"):
     torch.manual_seed(seed)
     D = 2 if module.bidirectional else 1
-    x = torch.randn(*((B, T, I) if module.batch_first else (T, B, I)), dtype=dtype, requires_grad=True)
+    x = torch.randn(*((B, T, I) if module.batch_first else (T, B, I)), dtype=dtype).to(device).requires_grad_()
     hx = None
     if with_state:
-        hx = tuple(torch.randn(module.num_layers * D, B, module.hidden_size, dtype=dtype, requires_grad=True)
+        hx = tuple(torch.randn(module.num_layers * D, B, module.hidden_size, dtype=dtype).to(device).requires_grad_()
                    for _ in range(2))
     return x, hx
 
@@ -350,16 +350,17 @@ def per_sequence(module, sequences, hx):
 @pytest.mark.parametrize("config", [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
                                     dict(num_layers=2, bidirectional=True, bias=False)], ids=str)
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
-def test_packed_sequence_matches_each_sequence_alone(cls, config, lengths):
+def test_packed_sequence_matches_each_sequence_alone(device, cls, config, lengths):
     """Each packed sequence runs over its own length: outputs, h_n, c_n and every gradient as if alone (eval:
     zoneout by its rates)."""
-    module = getattr(lstm_ext, cls)(3, 5, dtype=F64, zoneout_cell=0.2, zoneout_hidden=0.1, **config).eval()
+    module = getattr(lstm_ext, cls)(3, 5, dtype=F64, device=device, zoneout_cell=0.2, zoneout_hidden=0.1,
+                                    **config).eval()
     if cls == "LayerNormLSTM":
         randomized(module)
     torch.manual_seed(4)
-    sequences = [torch.randn(n, 3, dtype=F64, requires_grad=True) for n in LENGTHS[lengths]]
+    sequences = [torch.randn(n, 3, dtype=F64).to(device).requires_grad_() for n in LENGTHS[lengths]]
     D = 2 if module.bidirectional else 1
-    hx = tuple(torch.randn(module.num_layers * D, len(sequences), 5, dtype=F64, requires_grad=True)
+    hx = tuple(torch.randn(module.num_layers * D, len(sequences), 5, dtype=F64).to(device).requires_grad_()
                for _ in range(2))
     packed = nn.utils.rnn.pack_sequence(sequences, enforce_sorted=False)
     out, (h, c) = module(packed, hx)
@@ -370,7 +371,7 @@ def test_packed_sequence_matches_each_sequence_alone(cls, config, lengths):
     assert_close(h, ref_h, **EXACT)
     assert_close(c, ref_c, **EXACT)
     wrt = sequences + list(hx) + list(module.parameters())
-    weights = [torch.linspace(-1, 1, o.numel(), dtype=F64).reshape(o.shape) for o in ref_out]
+    weights = [torch.linspace(-1, 1, o.numel(), dtype=F64, device=device).reshape(o.shape) for o in ref_out]
     loss = sum((padded[:o.shape[0], b] * w).sum() for b, (o, w) in enumerate(zip(ref_out, weights)))
     got = torch.autograd.grad(loss + 2 * h.sum() + 3 * c.sum(), wrt)
     ref_loss = sum((o * w).sum() for o, w in zip(ref_out, weights))
@@ -441,3 +442,103 @@ def test_autocast_and_parametrizations():
         plain.weight_hh_l0.mul_(2)
     nn.utils.parametrize.register_parametrization(scaled, "weight_hh_l0", Twice())
     assert_close(scaled(x)[0], plain(x)[0])
+
+
+# ---- On every device -------------------------------------------------------
+# The fused operator on the CPU ("cpu"), the generic time loop that CUDA
+# tensors take, run on the CPU ("cpu-generic": ATen products and the CPU's
+# row pass), and CUDA (its row kernels), each against the reference's loop
+# of torch ops on the same device.
+
+DEVICE_GRID = [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
+               dict(num_layers=2, bidirectional=True, batch_first=True, bias=False)]
+
+
+def _fused_calls(module, x, hx):
+    """The module's outputs, asserting that the fused operator ran (not the composite loop)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = module(x, hx)
+    names = {e.name for e in prof.events()}
+    assert any(n.startswith("lstm_ext::ln_lstm_layer") for n in names), sorted(names)[:20]
+    return out
+
+
+@pytest.mark.parametrize("config", DEVICE_GRID, ids=str)
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (4, 1, 3, 1), (3, 0, 2, 4), (3, 5, 7, 33), (2, 20, 9, 300)],
+                         ids=str)
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
+def test_fused_on_device_matches_reference(device, cls, config, shape):
+    T, B, I, H = shape
+    module = getattr(lstm_ext, cls)(I, H, dtype=F64, device=device, **config)
+    if cls == "LayerNormLSTM":
+        randomized(module)
+    else:
+        module.zoneout_cell, module.zoneout_hidden = 0.2, 0.1  # the row engine (eval: by the rates)
+        module.eval()
+    x, hx = inputs(module, T, B, I, device=device)
+    compare(module, x, hx, reference_forward(module, x, hx), fused_out=_fused_calls(module, x, hx))
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
+def test_zoneout_on_device_matches_reference_with_the_same_masks(device, cls):
+    module = getattr(lstm_ext, cls)(4, 6, num_layers=2, bidirectional=True, dtype=F64, device=device,
+                                    zoneout_cell=0.25, zoneout_hidden=0.15)
+    if cls == "LayerNormLSTM":
+        randomized(module)
+    x, hx = inputs(module, 5, 3, 4, device=device)
+    torch.manual_seed(7)
+    out = _fused_calls(module, x, hx)
+    torch.manual_seed(7)  # the same masks
+    compare(module, x, hx, reference_forward(module, x, hx), fused_out=out)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_gradcheck_on_device(device, layer_norm):
+    torch.manual_seed(0)
+    T, B, I, H = 3, 2, 3, 4
+
+    def r(*s, shift=0.0):
+        return (shift + 0.5 * torch.randn(*s, dtype=F64)).to(device).requires_grad_()
+
+    ln = (r(4 * H, shift=1), r(4 * H, shift=1), r(H, shift=1), r(H)) if layer_norm else ()
+    masks = [(torch.rand(T, B, H, dtype=F64) < 0.3).to(F64).to(device) for _ in range(2)]
+    args = (r(T, B, I), r(B, H), r(B, H), r(4 * H, I), r(4 * H, H), r(4 * H)) + ln
+
+    def fn(x, h0, c0, w_ih, w_hh, b, *ln_params):
+        out, (h, c) = layer_norm_lstm_layer(x, (h0, c0), w_ih, w_hh, b, *(ln_params or (None,) * 4), *masks,
+                                            0.3, 0.3, reverse=True)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_opcheck_on_device(device):
+    from torch.library import opcheck
+
+    def moved(args):
+        return [a.to(device).requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+
+    opcheck(torch.ops.lstm_ext.ln_lstm_layer_forward.default, moved(_op_args(True, requires_grad=True)))
+    opcheck(torch.ops.lstm_ext.ln_lstm_layer_inference.default, moved(_op_args(True)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_on_device_is_the_training_forward_and_close_to_float64(device, dtype):
+    reference = randomized(lstm_ext.LayerNormLSTM(8, 48, num_layers=2, bidirectional=True, dtype=F64))
+    torch.manual_seed(5)
+    x = torch.randn(6, 4, 8, dtype=F64)
+    expected = reference(x)[0]
+    module = lstm_ext.LayerNormLSTM(8, 48, num_layers=2, bidirectional=True, dtype=dtype, device=device)
+    module.load_state_dict(reference.state_dict())
+    x_low = x.to(device=device, dtype=dtype).requires_grad_()
+    train = module(x_low)
+    with torch.no_grad():
+        infer = module(x_low)
+    for a, b in zip((train[0], *train[1]), (infer[0], *infer[1])):
+        assert torch.equal(a, b)
+    tol = {torch.bfloat16: 5e-2, torch.float32: 1e-5}[dtype]
+    assert_close(train[0].double().cpu(), expected, rtol=tol, atol=tol)
+    train[0].float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype and p.grad.isfinite().all() for p in module.parameters())

@@ -646,7 +646,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     if (bf16_products) output = output_bf16;
   } else {
     // Per step the recurrent products (cuBLAS) and one pointwise kernel.
-    const Tensor weight_hh_t = weight_hh.t();
+    // W_hh^T copied row-major once per call: for the transposed view cuBLAS
+    // picks, in float32 on an H200, a kernel of 24 us at B=16, H=128 against
+    // 4.7 us on the copy, and is no faster on the view at any grid size
+    // (benchmarks/cuda_step_products.py).
+    const Tensor weight_hh_t = weight_hh.t().contiguous();
+    const Tensor weight_hr_t = P > 0 ? weight_hr_c.t().contiguous() : Tensor();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = backwards ? T - 1 - s : s;
       const int64_t t_prev = backwards ? t + 1 : t - 1;
@@ -666,7 +671,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
                                         /*h=*/{P > 0 ? hidden.data_ptr() : out_t.data_ptr(), H},
                                         /*c=*/{cell_of(s, t, n).data_ptr(), H}};
         launch(input, args);
-        if (P > 0) at::mm_out(out_t, hidden.narrow(0, 0, n), weight_hr_c.t());
+        if (P > 0) at::mm_out(out_t, hidden.narrow(0, 0, n), weight_hr_t);
         continue;
       }
       // GRU: r and z in place into the gates, n into the step's hidden n.

@@ -164,9 +164,9 @@ class LayerNormLSTM(nn.Module):
         ln_ih_weight_l{k}, ln_hh_weight_l{k} [4H]: gains, ones.
         ln_c_weight_l{k}, ln_c_bias_l{k} [H]: the cell's gain (ones) and shift (zeros).
 
-    On the CPU each layer and direction is one fused operator (float32,
-    float64; bfloat16 and float16 computed in float32 inside); elsewhere a
-    loop of torch ops with the same maths.
+    On the CPU and CUDA each layer and direction is one fused operator
+    (float32, float64; bfloat16 and float16 computed in float32 inside);
+    on other devices a loop of torch ops with the same maths.
 
     Example::
 

@@ -399,25 +399,13 @@ Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size
   return mask;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_lstm_layer_forward(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
-    const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
-    const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
-    const std::optional<Tensor>& batch_sizes) {
+LnLayerOutputs ln_lstm_layer_forward(LSTM_EXT_LN_LAYER_PARAMS) {
   return run_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, {ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias},
                       zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/true,
                       batch_sizes);
 }
 
-std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
-    const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
-    const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
-    const std::optional<Tensor>& batch_sizes) {
+std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(LSTM_EXT_LN_LAYER_PARAMS) {
   auto result = run_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
                              {ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias}, zoneout_cell_mask,
                              zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/false, batch_sizes);

@@ -7,6 +7,8 @@
 #include <optional>
 #include <tuple>
 
+#include "lstm_ops.h"
+
 namespace lstm_ext {
 
 using at::Tensor;
@@ -15,6 +17,22 @@ using at::Tensor;
 struct LnParams {
   std::optional<Tensor> ih_weight, hh_weight, c_weight, c_bias;
 };
+
+// The layer operators' parameters, in their schema's order
+// (LSTM_EXT_LN_LAYER_ARGS in registration.cpp), and their names.
+#define LSTM_EXT_LN_LAYER_PARAMS                                                                                       \
+  const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,           \
+      const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,                                    \
+      const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,                             \
+      const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,                          \
+      const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,      \
+      const std::optional<Tensor>& batch_sizes
+#define LSTM_EXT_LN_LAYER_NAMES                                                                                        \
+  input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,                       \
+      zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, batch_sizes
+
+// (output, h_n, c_n, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats).
+using LnLayerOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // One layer and direction over the sequence: input [T, B, I], h0 and c0
 // [B, H], weight_ih [4H, I], weight_hh [4H, H], bias [4H] (the one bias),
@@ -29,22 +47,10 @@ struct LnParams {
 // h_n and c_n in the input's dtype. batch_sizes: a PackedSequence's, as the
 // LSTM's layer operators take it (lstm_ops.h): input [N, I], every [T, B,
 // ...] buffer [N, ...] instead (masks included).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ln_lstm_layer_forward(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
-    const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
-    const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
-    const std::optional<Tensor>& batch_sizes);
+LnLayerOutputs ln_lstm_layer_forward(LSTM_EXT_LN_LAYER_PARAMS);
 
 // The same output, h_n and c_n (bitwise), keeping nothing for a backward.
-std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const std::optional<Tensor>& bias, const std::optional<Tensor>& ln_ih_weight,
-    const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,
-    const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,
-    const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,
-    const std::optional<Tensor>& batch_sizes);
+std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(LSTM_EXT_LN_LAYER_PARAMS);
 
 // Backpropagation through time. Returns (grad_input, grad_h0, grad_c0,
 // grad_weight_ih, grad_weight_hh, grad_bias, grad_ln_ih_weight,
@@ -60,6 +66,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     double zoneout_cell, double zoneout_hidden, bool reverse, const Tensor& output, const Tensor& gates,
     const Tensor& cells, const Tensor& ih, const Tensor& ih_mean, const Tensor& ih_rstd, const Tensor& hh_norm,
     const Tensor& stats, const std::optional<Tensor>& batch_sizes);
+
+// Their handles through the dispatcher, each looked up once.
+#define LSTM_EXT_LN_OPERATOR_HANDLE(NAME)                                                                              \
+  inline const c10::TypedOperatorHandle<decltype(NAME)>& NAME##_op() {                                                 \
+    static const auto op = find_op<decltype(NAME)>("lstm_ext::" #NAME);                                                \
+    return op;                                                                                                         \
+  }
+LSTM_EXT_LN_OPERATOR_HANDLE(ln_lstm_layer_forward)
+LSTM_EXT_LN_OPERATOR_HANDLE(ln_lstm_layer_inference)
+LSTM_EXT_LN_OPERATOR_HANDLE(ln_lstm_layer_backward)
+#undef LSTM_EXT_LN_OPERATOR_HANDLE
+
+// The Autograd-key kernels (lstm_autograd.cpp): the forward's node calls
+// ln_lstm_layer_backward; the inference operator runs as the forward where
+// a graph is needed.
+LnLayerOutputs ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_PARAMS);
+std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference_autograd(LSTM_EXT_LN_LAYER_PARAMS);
 
 // Zoneout's masks: a tensor of `size` with like's dtype and device (CPU)
 // holding 1 with probability rate, else 0, drawn by Philox4x32-10 from seed

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "layernorm_lstm_ops.h"
 #include "lstm_kernels.h"
 #include "lstm_ops.h"
 
@@ -399,6 +400,37 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
   }
 };
 
+// Edges to input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight,
+// ln_hh_weight, ln_c_weight, ln_c_bias (the masks are zoneout's draws: no
+// gradient).
+struct LnLayerBackward final : SavingNode<19> {  // input, h0, c0, weight_ih, weight_hh, the four LN tensors,
+                                                 // mask_c, mask_h, output, gates, cells, ih, ih_mean, ih_rstd,
+                                                 // hh_norm, stats
+  bool reverse = false, has_bias = false;
+  double rate_c = 0, rate_h = 0;
+  std::optional<Tensor> batch_sizes;
+
+  std::string name() const override { return "LayerNormLSTMLayerBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
+                                "lstm_ext.LayerNormLSTM: double backward (create_graph=True) is not supported; "
+                                "its backward is not itself differentiable");
+    const auto s = unpack();
+    const auto maybe = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
+    const at::AutoDispatchBelowADInplaceOrView below;
+    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(s[11]);
+    // grads[1] / grads[2] are undefined for an unused h_n / c_n: the operator takes them as zeros.
+    const auto g = ln_lstm_layer_backward_op().call(
+        grad_output, maybe(grads[1]), maybe(grads[2]), s[0], s[1], s[2], s[3], s[4], has_bias, maybe(s[5]),
+        maybe(s[6]), maybe(s[7]), maybe(s[8]), maybe(s[9]), maybe(s[10]), rate_c, rate_h, reverse, s[11], s[12],
+        s[13], s[14], s[15], s[16], s[17], s[18], batch_sizes);
+    return {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g),
+            std::get<5>(g), std::get<6>(g), std::get<7>(g), std::get<8>(g), std::get<9>(g)};
+  }
+};
+
 // A new node: torch 2.11 holds nodes by std::shared_ptr, later versions by
 // c10::intrusive_ptr (Node::getptr() returns the one in use).
 template <typename T>
@@ -547,6 +579,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
     node->has_bias = present(bias);
   }
   return {h, c, gates, input_hidden};
+}
+
+LnLayerOutputs ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_PARAMS) {
+  const bool graph = needs_graph("lstm_ext.LayerNormLSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
+                                 {&bias, &ln_ih_weight, &ln_hh_weight, &ln_c_weight, &ln_c_bias});
+  LnLayerOutputs result;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    result = ln_lstm_layer_forward_op().call(LSTM_EXT_LN_LAYER_NAMES);
+  }
+  if (graph) {
+    auto& [output, h_n, c_n, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats] = result;
+    auto node = make_node<LnLayerBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight,
+                                                             ln_hh_weight, ln_c_weight, ln_c_bias));
+    torch::autograd::set_history({output, h_n, c_n}, node);
+    const Tensor none;
+    const auto or_none = [&](const std::optional<Tensor>& t) { return present(t) ? &*t : &none; };
+    node->save({{&input, false}, {&h0, false}, {&c0, false}, {&weight_ih, false}, {&weight_hh, false},
+                {or_none(ln_ih_weight), false}, {or_none(ln_hh_weight), false}, {or_none(ln_c_weight), false},
+                {or_none(ln_c_bias), false}, {or_none(zoneout_cell_mask), false},
+                {or_none(zoneout_hidden_mask), false}, {&output, true}, {&gates, false}, {&cells, false},
+                {&ih, false}, {&ih_mean, false}, {&ih_rstd, false}, {&hh_norm, false}, {&stats, false}});
+    node->reverse = reverse;
+    node->has_bias = present(bias);
+    node->rate_c = zoneout_cell;
+    node->rate_h = zoneout_hidden;
+    node->batch_sizes = batch_sizes;
+  }
+  return result;
+}
+
+std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference_autograd(LSTM_EXT_LN_LAYER_PARAMS) {
+  // As layer_inference_autograd: where a graph is needed it runs as the
+  // forward that keeps what the backward reads.
+  if (needs_graph("lstm_ext.LayerNormLSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
+                  {&bias, &ln_ih_weight, &ln_hh_weight, &ln_c_weight, &ln_c_bias})) {
+    const auto result = ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_NAMES);
+    return {std::get<0>(result), std::get<1>(result), std::get<2>(result)};
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return ln_lstm_layer_inference_op().call(LSTM_EXT_LN_LAYER_NAMES);
 }
 
 }  // namespace lstm_ext

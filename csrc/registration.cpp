@@ -116,6 +116,8 @@ TORCH_LIBRARY_IMPL(lstm_ext, Autograd, m) {
   m.impl("layer_inference", &lstm_ext::layer_inference_autograd);
   m.impl("gru_layer_forward", &lstm_ext::gru_layer_forward_autograd);
   m.impl("gru_layer_inference", &lstm_ext::gru_layer_inference_autograd);
+  m.impl("ln_lstm_layer_forward", &lstm_ext::ln_lstm_layer_forward_autograd);
+  m.impl("ln_lstm_layer_inference", &lstm_ext::ln_lstm_layer_inference_autograd);
   // Zoneout's masks are draws, not a function of `like` (its dtype and device only).
   m.impl("zoneout_mask", torch::CppFunction::makeFallthrough());
 }
@@ -424,6 +426,43 @@ PyObject* gru_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t
   END_HANDLE_TH_ERRORS
 }
 
+// ln_layer_forward(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight,
+// ln_hh_weight, ln_c_weight, ln_c_bias, zoneout_cell_mask,
+// zoneout_hidden_mask (each a Tensor or None after weight_hh), zoneout_cell,
+// zoneout_hidden, reverse, batch_sizes or None) -> (output, (h_n, c_n));
+// ln_lstm_layer_inference when nothing needs a gradient.
+PyObject* ln_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  constexpr const char* name = "lstm_ext.layer_norm_lstm_layer";
+  check_nargs(nargs, 16, "ln_layer_forward");
+  const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
+  const at::Tensor* t[5];
+  for (int k = 0; k < 5; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
+  const char* optional_names[] = {"bias", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias",
+                                  "zoneout_cell_mask", "zoneout_hidden_mask"};
+  std::optional<at::Tensor> o[7];
+  for (int k = 0; k < 7; ++k) o[k] = optional_tensor_arg(args[5 + k], name, optional_names[k]);
+  const double rate_c = PyFloat_AsDouble(args[12]), rate_h = PyFloat_AsDouble(args[13]);
+  if (PyErr_Occurred()) throw python_error();
+  const bool reverse = bool_arg(args[14]);
+  const auto batch_sizes = optional_tensor_arg(args[15], name, "batch_sizes");
+  at::Tensor output, h_n, c_n;
+  if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&o[0], &o[1], &o[2], &o[3], &o[4]})) {
+    std::tie(output, h_n, c_n) = without_gil([&] {
+      return lstm_ext::ln_lstm_layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], o[0], o[1], o[2], o[3],
+                                                         o[4], o[5], o[6], rate_c, rate_h, reverse, batch_sizes);
+    });
+  } else {
+    std::tie(output, h_n, c_n, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore,
+             std::ignore) = without_gil([&] {
+      return lstm_ext::ln_lstm_layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], o[0], o[1], o[2], o[3],
+                                                       o[4], o[5], o[6], rate_c, rate_h, reverse, batch_sizes);
+    });
+  }
+  return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
+  END_HANDLE_TH_ERRORS
+}
+
 // cell_forward(input, h_prev, c_prev, weight, bias or None) -> (h, c)
 PyObject* cell_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -449,6 +488,8 @@ PyMethodDef kMethods[] = {
      "torch.ops.lstm_ext.gru without the argument parsing of torch.ops; returns (output, h_n)."},
     {"gru_layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gru_layer_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.gru_layer_forward, directly; returns (output, h_n)."},
+    {"ln_layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ln_layer_forward_binding)),
+     METH_FASTCALL, "torch.ops.lstm_ext.ln_lstm_layer_forward, directly; returns (output, (h_n, c_n))."},
     {"cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cell_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.cell_forward, directly; returns (h, c)."},
     {"cpu_capability", cpu_capability, METH_NOARGS, "CPU kernels in use: DEFAULT, AVX2 or AVX512."},

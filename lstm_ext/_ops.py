@@ -408,52 +408,8 @@ def _ln_lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0,
             *((t.new_empty(t.shape) for t in ln) if layer_norm else (None,) * 4))
 
 
-def _ln_setup_context(ctx, inputs, output):
-    (input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
-     mask_c, mask_h, rate_c, rate_h, reverse, *rest) = inputs
-    out, _, _, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats = output
-    ctx.save_for_backward(input, h0, c0, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
-                          mask_c, mask_h, out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats,
-                          rest[0] if rest else None)
-    ctx.has_bias = bias is not None
-    ctx.rates = (rate_c, rate_h)
-    ctx.reverse = reverse
-    # What the backward reads is not differentiable, and unused gradients stay None: materializing zeros
-    # for the seven saved outputs filled ~45 MB per backward at (32, 100, 256, 256).
-    ctx.mark_non_differentiable(gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats)
-    ctx.set_materialize_grads(False)
-
-
-def _ln_backward(ctx, grad_output, grad_h_n, grad_c_n, *unused):
-    if torch.is_grad_enabled():
-        raise NotImplementedError("lstm_ext.LayerNormLSTM: double backward (create_graph=True) is not supported; "
-                                  "its backward is not itself differentiable")
-    (input, h0, c0, weight_ih, weight_hh, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias, mask_c, mask_h,
-     out, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats, batch_sizes) = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = torch.zeros_like(out)
-    grads = torch.ops.lstm_ext.ln_lstm_layer_backward(
-        grad_output, grad_h_n, grad_c_n, input, h0, c0, weight_ih, weight_hh, ctx.has_bias, ln_ih_weight,
-        ln_hh_weight, ln_c_weight, ln_c_bias, mask_c, mask_h, ctx.rates[0], ctx.rates[1], ctx.reverse, out, gates,
-        cells, ih, ih_mean, ih_rstd, hh_norm, stats, batch_sizes)
-    # The masks are zoneout's draws, not differentiable; nor are the rates, reverse and batch_sizes.
-    return (*grads, None, None, None, None, None, None)
-
-
-torch.library.register_autograd("lstm_ext::ln_lstm_layer_forward", _ln_backward, setup_context=_ln_setup_context)
-
-
-def _ln_inference_setup_context(ctx, inputs, output):
-    pass
-
-
-def _ln_inference_backward(ctx, *grads):
-    raise RuntimeError("lstm_ext::ln_lstm_layer_inference keeps nothing for a backward; call "
-                       "lstm_ext::ln_lstm_layer_forward (or lstm_ext.layer_norm_lstm_layer) where gradients are needed")
-
-
-torch.library.register_autograd("lstm_ext::ln_lstm_layer_inference", _ln_inference_backward,
-                                setup_context=_ln_inference_setup_context)
+# Their autograd is in C++ (csrc/lstm_autograd.cpp, LnLayerBackward): torch.library's Python autograd
+# cost ~0.3 ms per layer and direction at the course's size, more than the operators themselves.
 
 
 @torch.library.register_fake("lstm_ext::zoneout_mask")

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from lstm_ext import _ops  # noqa: F401  (operators, fakes and autograd)
 from lstm_ext._native import native as _C
-from lstm_ext.functional import _describe, _require_pair
+from lstm_ext.functional import _describe, _direct, _require_pair
 from lstm_ext.reference import layer_norm_lstm_sequence, layer_norm_lstm_stacked
 
 _ln_forward = torch.ops.lstm_ext.ln_lstm_layer_forward.default
@@ -71,7 +71,9 @@ def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: T
         return layer_norm_lstm_sequence(input, hx, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
                                         ln_c_weight, ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask,
                                         zoneout_cell, zoneout_hidden, reverse)
-    tensors = [t for t in args[:12] if isinstance(t, Tensor)]
+    tensors = tuple(t for t in args[:12] if isinstance(t, Tensor))
+    if _direct(tensors) and not torch.jit.is_tracing():
+        return _C.ln_layer_forward(*args)  # the same operators, without torch.ops' argument parsing
     # A trace records one operator whatever grad mode its checks run in (else its graphs differ).
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if not (needs_grad or torch.jit.is_tracing()):

@@ -57,11 +57,14 @@ def machine_info(device: str) -> dict:
 
 
 def machine_name(device: str) -> str:
-    """File name for a machine's results: the GPU's name, or the CPU's and its thread count."""
+    """File name for a machine's results: the GPU's name, or the CPU's and its thread count (and its vector
+    capability below AVX-512: hosts of one model name differ, and their numbers do not compare)."""
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu {cpu_model()} {torch.get_num_threads()}t"
+        capability = torch.backends.cpu.get_cpu_capability()
+        vectors = "" if capability.startswith("AVX512") else f" {capability}"
+        name = f"cpu {cpu_model()}{vectors} {torch.get_num_threads()}t"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 

@@ -271,6 +271,9 @@ def test_double_backward_is_an_error():
     (g,) = torch.autograd.grad(module(x)[0].sum(), x, create_graph=False)
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
+    # torch.func's transforms differentiate the backward too: the same clear error, never a wrong gradient.
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.func.grad(lambda x: module(x)[0].sum())(x.detach())
 
 
 def test_module_conventions():

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #if defined(CPU_CAPABILITY_AVX512) && (defined(__x86_64__) || defined(_M_X64))
 #include <immintrin.h>
@@ -596,9 +597,78 @@ void philox_mask(const PhiloxMaskArgs& args) {
                                   [&] { philox_mask_typed<scalar_t>(args); });
 }
 
+// Zoneout without layer norm on rows narrower than a SIMD vector (the
+// course's H = 3): every element is then independent of its row, so
+// for_each_element takes a vector of rows at a time, as the LSTM's pointwise
+// pass does, instead of the row pass's scalar loop. The formulas are the row
+// pass's, in its order.
+
+// Zoneout's d as a stream: the mask's rows, or the rate in a row of stride 0.
+template <typename scalar_t>
+Stream<const scalar_t> zoneout_stream(const void* mask, double rate, int64_t hidden,
+                                      std::vector<scalar_t>& constant) {
+  if (mask != nullptr) return {static_cast<const scalar_t*>(mask), hidden};
+  constant.assign(static_cast<size_t>(hidden), static_cast<scalar_t>(rate));
+  return {constant.data(), 0};
+}
+
+template <typename scalar_t>
+void zoneout_rows_forward_narrow(const LnRowsForwardArgs& a) {
+  using Vec = typename VecIO<scalar_t>::Vec;
+  const int64_t H = a.hidden, G = 4 * H;
+  auto* gates = static_cast<scalar_t*>(a.gates);
+  std::vector<scalar_t> rate_c, rate_h;
+  const std::array<Stream<const scalar_t>, 8> in{
+      {{gates, G}, {gates + H, G}, {gates + 2 * H, G}, {gates + 3 * H, G},
+       {static_cast<const scalar_t*>(a.c_prev), H}, {static_cast<const scalar_t*>(a.h_prev), H},
+       zoneout_stream<scalar_t>(a.cell.mask_c, a.cell.rate_c, H, rate_c),
+       zoneout_stream<scalar_t>(a.cell.mask_h, a.cell.rate_h, H, rate_h)}};
+  const std::array<Stream<scalar_t>, 6> out{{{gates, G}, {gates + H, G}, {gates + 2 * H, G}, {gates + 3 * H, G},
+                                             {static_cast<scalar_t*>(a.c), H}, {static_cast<scalar_t*>(a.h), H}}};
+  for_each_element<scalar_t, 8, 6>(0, a.rows, H, in, out, [](const Vec* x, Vec* y) {
+    Vec c_candidate;
+    ln_lstm_gates_point(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], c_candidate);
+    const Vec h_candidate = y[3] * lstm_tanh(c_candidate);
+    y[4] = zoneout_point(c_candidate, x[4], x[6]);
+    y[5] = zoneout_point(h_candidate, x[5], x[7]);
+  });
+}
+
+template <typename scalar_t>
+void zoneout_rows_backward_narrow(const LnRowsBackwardArgs& a) {
+  using Vec = typename VecIO<scalar_t>::Vec;
+  const int64_t H = a.hidden, G = 4 * H;
+  const auto* gates = static_cast<const scalar_t*>(a.gates);
+  auto* grad_pre = static_cast<scalar_t*>(a.grad_pre);
+  auto* grad_c = static_cast<scalar_t*>(a.grad_c);
+  std::vector<scalar_t> rate_c, rate_h, unused;  // unused: h_prev's share when no zoneout of h asks for it
+  if (a.grad_h_prev == nullptr) unused.assign(static_cast<size_t>(a.rows * H), scalar_t(0));
+  auto* grad_h_prev = a.grad_h_prev != nullptr ? static_cast<scalar_t*>(a.grad_h_prev) : unused.data();
+  const std::array<Stream<const scalar_t>, 10> in{
+      {{gates, G}, {gates + H, G}, {gates + 2 * H, G}, {gates + 3 * H, G},
+       {static_cast<const scalar_t*>(a.c_prev), H}, {static_cast<const scalar_t*>(a.grad_h), H}, {grad_c, H},
+       zoneout_stream<scalar_t>(a.cell.mask_c, a.cell.rate_c, H, rate_c),
+       zoneout_stream<scalar_t>(a.cell.mask_h, a.cell.rate_h, H, rate_h), {grad_h_prev, H}}};
+  const std::array<Stream<scalar_t>, 6> out{{{grad_pre, G}, {grad_pre + H, G}, {grad_pre + 2 * H, G},
+                                             {grad_pre + 3 * H, G}, {grad_c, H}, {grad_h_prev, H}}};
+  for_each_element<scalar_t, 10, 6>(0, a.rows, H, in, out, [](const Vec* x, Vec* y) {
+    const Vec one(1);
+    const Vec c_candidate = ln_lstm_candidate(x[0], x[1], x[2], x[4]);
+    const Vec gh = x[5], gc = x[6], d_c = x[7], d_h = x[8];
+    y[5] = x[9] + d_h * gh;
+    Vec grad_y;
+    ln_lstm_output_backward_point(x[3], c_candidate, (one - d_h) * gh, y[3], grad_y);
+    Vec grad_c_prev;
+    ln_lstm_cell_backward_point(x[0], x[1], x[2], x[4], grad_y + (one - d_c) * gc, y[0], y[1], y[2], grad_c_prev);
+    y[4] = grad_c_prev + d_c * gc;
+  });
+}
+
 void ln_rows_forward(const LnRowsForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_forward", [&] {
-    if (narrow_rows<scalar_t>(args.hidden)) {
+    if (!args.cell.layer_norm && narrow_rows<scalar_t>(args.hidden)) {
+      zoneout_rows_forward_narrow<scalar_t>(args);
+    } else if (narrow_rows<scalar_t>(args.hidden)) {
       ln_rows_forward_typed<scalar_t, ScalarRowIO<scalar_t>>(args);
     } else {
       ln_rows_forward_typed<scalar_t, RowIO<scalar_t>>(args);
@@ -608,7 +678,9 @@ void ln_rows_forward(const LnRowsForwardArgs& args) {
 
 void ln_rows_backward(const LnRowsBackwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_ln_rows_backward", [&] {
-    if (narrow_rows<scalar_t>(args.hidden)) {
+    if (!args.cell.layer_norm && narrow_rows<scalar_t>(args.hidden)) {
+      zoneout_rows_backward_narrow<scalar_t>(args);
+    } else if (narrow_rows<scalar_t>(args.hidden)) {
       ln_rows_backward_typed<scalar_t, ScalarRowIO<scalar_t>>(args);
     } else {
       ln_rows_backward_typed<scalar_t, RowIO<scalar_t>>(args);

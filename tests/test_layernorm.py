@@ -1,5 +1,6 @@
 """lstm_ext.LayerNormLSTM and zoneout (for it and for lstm_ext.LSTM) against
 the pure-Python reference of the same formulas (lstm_ext.reference)."""
+import contextlib
 import itertools
 
 import pytest
@@ -89,19 +90,55 @@ def test_layernorm_lstm_matches_reference(config, shape):
     compare(module, x, hx, reference_forward(module, x, hx))
 
 
-@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
-def test_layernorm_lstm_every_cpu_capability(capability):
+@contextlib.contextmanager
+def cpu_kernels(capability):
+    """lstm_ext's CPU kernels of capability for the block (skips where this CPU lacks it)."""
     previous = lstm_ext.cpu_capability()
     try:
         lstm_ext.set_cpu_capability(capability)
     except ValueError:
         pytest.skip(f"{capability} not supported here")
     try:
+        yield
+    finally:
+        lstm_ext.set_cpu_capability(previous)
+
+
+@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
+def test_layernorm_lstm_every_cpu_capability(capability):
+    with cpu_kernels(capability):
         module = randomized(lstm_ext.LayerNormLSTM(5, 37, dtype=F64, bidirectional=True))
         x, hx = inputs(module, 4, 6, 5)
         compare(module, x, hx, reference_forward(module, x, hx))
-    finally:
-        lstm_ext.set_cpu_capability(previous)
+
+
+@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
+@pytest.mark.parametrize("H", [1, 3])
+def test_zoneout_on_rows_narrower_than_a_vector(capability, H):
+    """LSTM with zoneout where a row is narrower than a SIMD vector (an elementwise pass over a vector of rows at
+    a time, not the row pass): training masks and eval rates against the reference, and gradcheck, on every CPU
+    capability; 9 rows, so that a partial block of rows is there too."""
+    with cpu_kernels(capability):
+        for training in (True, False):
+            module = lstm_ext.LSTM(4, H, num_layers=2, bidirectional=True, dtype=F64, zoneout_cell=0.3,
+                                   zoneout_hidden=0.2).train(training)
+            x, hx = inputs(module, 5, 9, 4)
+            torch.manual_seed(7)
+            out = module(x, hx)
+            torch.manual_seed(7)  # the same masks
+            compare(module, x, hx, reference_forward(module, x, hx), fused_out=out)
+        torch.manual_seed(0)
+        T, B = 3, 9
+        masks = [(torch.rand(T, B, H, dtype=F64) < 0.3).to(F64) for _ in range(2)]
+        args = tuple((0.5 * torch.randn(*shape, dtype=F64)).requires_grad_()
+                     for shape in ((T, B, 2), (B, H), (B, H), (4 * H, 2), (4 * H, H), (4 * H,)))
+
+        def fn(x, h0, c0, w_ih, w_hh, b):
+            out, (h, c) = layer_norm_lstm_layer(x, (h0, c0), w_ih, w_hh, b, None, None, None, None, *masks,
+                                                0.3, 0.2, reverse=True)
+            return out, h, c
+
+        assert torch.autograd.gradcheck(fn, args)
 
 
 @pytest.mark.parametrize("rates", [(0.3, 0.0), (0.0, 0.2), (0.25, 0.15)])

@@ -11,6 +11,8 @@
 # reference loops or torch.compile, whose compiles take minutes on a GPU), and
 # each stage stops at its own limit or the deadline, whichever comes first, so
 # what finished is kept when a stage overruns.
+# Through a lease that returns only a few files, bring the results back as one
+# archive: bash scripts/gpu_check.sh; tar czf "$OUT/results.tgz" benchmarks/results/<gpu>*
 #   GPU_CHECK_FULL=1     the whole suite and every implementation, no limits
 #   GPU_CHECK_DEADLINE_S all stages together   (default 500 s)
 #   GPU_CHECK_BUILD_S    the build             (default 300 s)

@@ -300,15 +300,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 
   // The input part of the pre-activations, [N, 4H].
   Tensor gates, ih, ih_mean, ih_rstd;
+  if (shape.layer_norm) ih = sequence_product(x2d, weight_ih.t());
   if (shape.layer_norm && !cpu_specialized(weight_hh)) {
     // ATen's layer norm: gain g_ih, the bias as its shift, and the row statistics.
-    ih = sequence_product(x2d, weight_ih.t());
     std::tie(gates, ih_mean, ih_rstd) =
         at::native_layer_norm(ih, {G}, gamma_ih, bias.has_value() ? *bias : Tensor(), kEps);
     ih_mean = ih_mean.reshape({N, 1});
     ih_rstd = ih_rstd.reshape({N, 1});
   } else if (shape.layer_norm) {
-    ih = sequence_product(x2d, weight_ih.t());
     gates = at::empty({N, G}, options);
     ih_mean = at::empty({N, 1}, options);
     ih_rstd = at::empty({N, 1}, options);
@@ -336,15 +335,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor stats = !shape.layer_norm ? at::empty({0}, options)
                  : keep            ? at::empty(shape.of(3), options)
                                    : at::empty({B, 3}, options);
+  const cpu::LnCellParams cell{shape.layer_norm, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
+                               data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
   if (T > 0 && B > 0 && !cpu_specialized(weight_hh)) {
-    const cpu::LnCellParams cell{shape.layer_norm, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
-                                 data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
     const auto rows2d = [](const Tensor& t) { return t.numel() == 0 ? t : t.view({-1, t.size(-1)}); };
     generic_forward(weight_hh, h0, c0, rows2d(gates), rows2d(hh_norm), rows2d(stats), rows2d(output), rows2d(cells),
                     T, B, reverse && !is_packed, keep, cell, shape.packed);
   } else if (T > 0 && B > 0) {
-    const cpu::LnCellParams cell{shape.layer_norm, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
-                                 data_or_null(mask_c), data_or_null(mask_h), rate_c, rate_h};
     cpu::LnRecurrenceForwardArgs args{dtype, T, B, H, reverse && !is_packed, kEps, keep, cell,
                                       weight_hh.const_data_ptr(), h0.const_data_ptr(), c0.const_data_ptr(),
                                       gates.mutable_data_ptr(), shape.layer_norm ? hh_norm.mutable_data_ptr() : nullptr,
@@ -365,7 +362,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     // at step t left its c in block t % 2 of cells, row b (steps run in order).
     std::vector<int64_t> ring_rows(static_cast<size_t>(B));  // row b of block (its last step) % 2
     for (int64_t b = 0; b < B; ++b) ring_rows[b] = (shape.packed->length(b) - 1) % 2 * B + b;
-    c_n = keep ? cells.index_select(0, last) : cells.view({2 * B, H}).index_select(0, index_of(ring_rows, output.device()));
+    c_n = keep ? cells.index_select(0, last)
+               : cells.view({2 * B, H}).index_select(0, index_of(ring_rows, output.device()));
   } else {
     const int64_t last = reverse ? 0 : T - 1;
     h_n = output[last].clone();
@@ -483,17 +481,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     grad_gamma_c = at::zeros({H}, options);
     grad_beta_c = at::zeros({H}, options);
   }
+  const cpu::LnCellParams cell{ln, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
+                               data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
   if (T > 0 && B > 0 && !cpu_specialized(weight_hh)) {
-    const cpu::LnCellParams cell{ln, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
-                                 data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
     const auto rows2d = [](const Tensor& t) { return t.view({-1, t.size(-1)}); };
     std::tie(grad_gamma_hh, grad_gamma_c, grad_beta_c) = generic_backward(
         weight_hh, c0, gates.contiguous().view({N, G}), ln ? rows2d(hh_norm.contiguous()) : hh_norm,
         ln ? rows2d(stats.contiguous()) : stats, rows2d(cells.contiguous()), rows2d(grad_h), grad_c, grad_h0,
         rows2d(grad_pre), ln ? rows2d(grad_hh) : grad_hh, T, B, reverse && !is_packed, cell, shape.packed);
   } else if (T > 0 && B > 0) {
-    const cpu::LnCellParams cell{ln, data_or_null(gamma_hh), data_or_null(gamma_c), data_or_null(beta_c),
-                                 data_or_null(mask_c), data_or_null(mask_h), zoneout_cell, zoneout_hidden};
     cpu::LnRecurrenceBackwardArgs args{
         dtype, T, B, H, reverse && !is_packed, cell, weight_hh.const_data_ptr(), c0.const_data_ptr(),
         gates.const_data_ptr(), ln ? hh_norm.const_data_ptr() : nullptr, ln ? stats.const_data_ptr() : nullptr,

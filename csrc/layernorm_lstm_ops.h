@@ -67,16 +67,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& cells, const Tensor& ih, const Tensor& ih_mean, const Tensor& ih_rstd, const Tensor& hh_norm,
     const Tensor& stats, const std::optional<Tensor>& batch_sizes);
 
-// Their handles through the dispatcher, each looked up once.
-#define LSTM_EXT_LN_OPERATOR_HANDLE(NAME)                                                                              \
-  inline const c10::TypedOperatorHandle<decltype(NAME)>& NAME##_op() {                                                 \
-    static const auto op = find_op<decltype(NAME)>("lstm_ext::" #NAME);                                                \
-    return op;                                                                                                         \
-  }
-LSTM_EXT_LN_OPERATOR_HANDLE(ln_lstm_layer_forward)
-LSTM_EXT_LN_OPERATOR_HANDLE(ln_lstm_layer_inference)
-LSTM_EXT_LN_OPERATOR_HANDLE(ln_lstm_layer_backward)
-#undef LSTM_EXT_LN_OPERATOR_HANDLE
+// Their handles through the dispatcher, each looked up once (lstm_ops.h).
+LSTM_EXT_OPERATOR_HANDLE(ln_lstm_layer_forward)
+LSTM_EXT_OPERATOR_HANDLE(ln_lstm_layer_inference)
+LSTM_EXT_OPERATOR_HANDLE(ln_lstm_layer_backward)
 
 // The Autograd-key kernels (lstm_autograd.cpp): the forward's node calls
 // ln_lstm_layer_backward; the inference operator runs as the forward where

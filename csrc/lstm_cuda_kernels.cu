@@ -1,8 +1,10 @@
-// CUDA pointwise passes: the formulas of lstm_pointwise.h and gru_pointwise.h, one thread per
-// element (b, j) of the [B, H] state, computing in float for the 16-bit
-// types; and the LayerNorm LSTM's row passes (layernorm_lstm_pointwise.h),
-// one thread block per row, whose layer norms reduce over the row. Launched on the current stream of the current device (the ATen glue
-// sets the device guard), 64-bit indexing, every launch checked.
+// CUDA pointwise passes: the formulas of lstm_pointwise.h and gru_pointwise.h,
+// one thread per element (b, j) of the [B, H] state, computing in float for
+// the 16-bit types; and the LayerNorm LSTM's row passes
+// (layernorm_lstm_pointwise.h), one thread block per row, whose layer norms
+// reduce over the row. Launched on the current stream of the current device
+// (the ATen glue sets the device guard), 64-bit indexing, every launch
+// checked.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>

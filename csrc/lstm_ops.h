@@ -137,7 +137,8 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-// The handles of the operators above, each looked up once for the library.
+// The handles of the operators above, each looked up once for the library
+// (layernorm_lstm_ops.h makes its operators' the same way).
 #define LSTM_EXT_OPERATOR_HANDLE(NAME)                                      \
   inline const c10::TypedOperatorHandle<decltype(NAME)>& NAME##_op() {      \
     static const auto op = find_op<decltype(NAME)>("lstm_ext::" #NAME);     \
@@ -153,7 +154,6 @@ LSTM_EXT_OPERATOR_HANDLE(gru_layer_forward)
 LSTM_EXT_OPERATOR_HANDLE(gru_layer_inference)
 LSTM_EXT_OPERATOR_HANDLE(gru_layer_backward)
 LSTM_EXT_OPERATOR_HANDLE(gru)
-#undef LSTM_EXT_OPERATOR_HANDLE
 
 // The Autograd-key kernels (lstm_autograd.cpp).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(

@@ -366,8 +366,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
                : cells.view({2 * B, H}).index_select(0, index_of(ring_rows, output.device()));
   } else {
     const int64_t last = reverse ? 0 : T - 1;
-    h_n = output[last].clone();
-    c_n = cells[keep ? last : (T - 1) % 2].clone();
+    h_n = copy_step(output, last);
+    c_n = copy_step(cells, keep ? last : (T - 1) % 2);
   }
   output = in_run_order(output, reversal);
   if (!keep) gates = cells = at::empty({0}, options);
@@ -531,7 +531,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   } else {
     grad_ih = grad_pre2d;
   }
-  if (has_bias) grad_bias = grad_pre2d.sum(0);
+  if (has_bias) grad_bias = bias_grad(grad_pre2d.contiguous());
   Tensor grad_input = in_run_order(sequence_product(grad_ih.contiguous(), weight_ih), reversal).reshape(input_.sizes());
   Tensor grad_weight_ih = sequence_weight_grad(grad_ih.contiguous(), input.reshape({N, I}));
   // The h each row's step started from, [N, H]: h_0, or the sequence's output a step earlier.
@@ -544,9 +544,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
         [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }), output.device());
     previous = at::cat({h0, output}).index_select(0, index);
   } else {
-    previous = (reverse ? at::cat({output.narrow(0, 1, T - 1), h0.unsqueeze(0)}, 0)
-                        : at::cat({h0.unsqueeze(0), output.narrow(0, 0, T - 1)}, 0))
-                   .reshape({N, H});
+    previous = previous_states(output, h0, reverse).reshape({N, H});
   }
   Tensor grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), previous);
   const auto back = [](const Tensor& t, const Tensor& like) { return t.defined() ? t.to(like.scalar_type()) : t; };

@@ -173,6 +173,8 @@ Tensor long_k_weight_grad(const Tensor& grad_gates2d, const Tensor& sequence_t) 
   return transposed(product_t.const_data_ptr<float>(), M, N, N, sequence_t.options());
 }
 
+}  // namespace
+
 // The bias gradient: the column sums of grad_gates [rows, 4H]. Small ones on
 // the CPU in a plain loop, where ATen's reduction costs more to set up than
 // to run.
@@ -215,6 +217,8 @@ Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse) {
   std::memcpy(reverse ? dst : dst + step, reverse ? out + step : out, (T - 1) * step);
   return states;
 }
+
+namespace {
 
 // previous_states transposed, [H, T*B]: column block t is the h step t
 // started from; float on the CPU only (long_k_weight_grad's operand).

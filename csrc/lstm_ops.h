@@ -96,9 +96,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
 // each (layers * directions, B, H); params per layer and direction
 // weight_ih, weight_hh[, bias_ih, bias_hh]. Returns (output, h_n, c_n). A
 // composite of layer_forward calls, so autograd and torch.compile see those.
+// With a zoneout rate above 0, each layer and direction runs
+// ln_lstm_layer_forward without layer norms instead, with masks drawn from
+// torch's generator in training (lstm_ext.reference.zoneout_masks' draws).
 std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
                                         bool has_biases, int64_t num_layers, double dropout, bool train,
-                                        bool bidirectional, bool batch_first);
+                                        bool bidirectional, bool batch_first, double zoneout_cell = 0.0,
+                                        double zoneout_hidden = 0.0);
 
 // torch.nn.GRU's forward, the same driver over the GRU's layer operators:
 // hx empty or (h_0,); params per layer and direction weight_ih, weight_hh[,
@@ -124,6 +128,16 @@ bool cpu_specialized(const Tensor& t);
 // [K, N] contiguous and rows [K, C] (K = the sequence's rows).
 Tensor sequence_product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor());
 Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows);
+
+// The layer operators' small pieces, shared by every cell (on the CPU plain
+// loops and copies where an ATen call costs more than the work at small
+// sizes): the bias gradient, the column sums of grad_gates [rows, G];
+// step t of a contiguous [T, B, H] sequence as a tensor of its own; and the
+// h each step started from, in time order [T, B, H] (h_0, then the outputs
+// shifted by one step; the other way round when reverse).
+Tensor bias_grad(const Tensor& grad_gates);
+Tensor copy_step(const Tensor& sequence, int64_t t);
+Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse);
 
 // For a PackedSequence's batch_sizes: the row of (t, b) once each sequence is
 // reversed within its length (what the reverse direction runs over; its own

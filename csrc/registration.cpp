@@ -47,7 +47,8 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor grad_bias, Tensor grad_weight_hr)");
   m.def(
       "lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
-      "bool train, bool bidirectional, bool batch_first) -> (Tensor output, Tensor h_n, Tensor c_n)");
+      "bool train, bool bidirectional, bool batch_first, float zoneout_cell=0., float zoneout_hidden=0.) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "gru_layer_forward(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, bool reverse, Tensor? batch_sizes=None) "
@@ -330,24 +331,32 @@ struct StackArgs {
     batch_first = bool_arg(args[6]);
   }
 
-  // op(input, hx, these arguments), the GIL released.
-  template <typename Op>
-  auto call(const Op& op, const at::Tensor& input, const std::vector<at::Tensor>& hx) const {
+  // op(input, hx, these arguments, then extra), the GIL released.
+  template <typename Op, typename... Extra>
+  auto call(const Op& op, const at::Tensor& input, const std::vector<at::Tensor>& hx, Extra... extra) const {
     return without_gil([&] {
-      return op.call(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first);
+      return op.call(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+                     extra...);
     });
   }
 };
 
 // lstm(input, hx or None, params, has_biases, num_layers, dropout, train,
-// bidirectional, batch_first) -> (output, (h_n, c_n))
+// bidirectional, batch_first[, zoneout_cell, zoneout_hidden]) -> (output, (h_n, c_n))
 PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   constexpr const char* name = "lstm_ext.LSTM";
-  check_nargs(nargs, 9, "lstm");
+  TORCH_CHECK_TYPE(nargs == 9 || nargs == 11, "lstm_ext._C.lstm takes 9 or 11 arguments, got ", nargs);
   const at::Tensor& input = tensor_arg(args[0], name, "input");
   const std::vector<at::Tensor> hx = tensor_list_arg(args[1], name, "hx");
-  auto [output, h_n, c_n] = StackArgs(args + 2, name).call(lstm_ext::lstm_op(), input, hx);
+  const StackArgs stack(args + 2, name);
+  double zoneout_cell = 0.0, zoneout_hidden = 0.0;
+  if (nargs == 11) {
+    zoneout_cell = PyFloat_AsDouble(args[9]);
+    zoneout_hidden = PyFloat_AsDouble(args[10]);
+    if (PyErr_Occurred()) throw python_error();
+  }
+  auto [output, h_n, c_n] = stack.call(lstm_ext::lstm_op(), input, hx, zoneout_cell, zoneout_hidden);
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
   END_HANDLE_TH_ERRORS
 }

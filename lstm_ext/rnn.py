@@ -338,8 +338,13 @@ class LSTM(_RNNBase):
                              "zoneout_hidden to 0 first (the parameters are the same)")
         return super().to_torch()
 
+    def _op_args(self, params) -> tuple:
+        return super()._op_args(params) + (getattr(self, "zoneout_cell", 0.0), getattr(self, "zoneout_hidden", 0.0))
+
     def _zoneout_forward(self, input, hx):
-        """With zoneout: each layer and direction through layer_norm_lstm_layer without its layer norms."""
+        """A PackedSequence with zoneout: each layer and direction through
+        layer_norm_lstm_layer without its layer norms (a padded input runs
+        them from the lstm operator)."""
         from lstm_ext.layernorm import run_stacked
 
         layers = []
@@ -357,9 +362,9 @@ class LSTM(_RNNBase):
             for name, state in zip(("h_0", "c_0"), hx):
                 if not isinstance(state, Tensor):
                     raise ValueError(f"lstm_ext.LSTM: expected {name} to be a tensor, got {_describe(state)}")
-        if getattr(self, "zoneout_cell", 0.0) or getattr(self, "zoneout_hidden", 0.0):
-            return self._zoneout_forward(input, hx)
         if isinstance(input, PackedSequence):
+            if getattr(self, "zoneout_cell", 0.0) or getattr(self, "zoneout_hidden", 0.0):
+                return self._zoneout_forward(input, hx)
             from lstm_ext.packed import rnn_packed  # packed.py imports this module
 
             output, (h_n, c_n) = rnn_packed(self, input, hx)

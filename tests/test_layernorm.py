@@ -287,6 +287,51 @@ def test_compile_fullgraph_forward_and_backward():
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_lstm_zoneout_compiles_fullgraph(training):
+    """lstm_ext.LSTM with zoneout is one lstm operator call (its masks drawn inside): it compiles without a
+    graph break; in eval mode (d = the rates) the compiled forward and backward equal eager's. In training
+    the compiled graph draws its own masks, so only their effect is checked: not the eval result."""
+    torch._dynamo.reset()
+    module = lstm_ext.LSTM(4, 6, num_layers=2, batch_first=True, bidirectional=True, zoneout_cell=0.3,
+                           zoneout_hidden=0.2).train(training)
+    compiled = torch.compile(module, fullgraph=True)
+    x = torch.randn(3, 5, 4, requires_grad=True)
+    out = compiled(x)
+    grads = torch.autograd.grad(out[0].sum(), [x, *module.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+    eval_out = module.eval()(x)
+    if training:
+        assert not torch.equal(out[0], eval_out[0])
+        return
+    assert_close(out[0], eval_out[0])
+    for a, b in zip(grads, torch.autograd.grad(eval_out[0].sum(), [x, *module.parameters()])):
+        assert_close(a, b)
+
+
+def test_lstm_operator_with_zoneout_opcheck_and_errors():
+    """The lstm operator's zoneout arguments: opcheck in eval mode (deterministic), the same result as the
+    module, and clear errors for a rate outside [0, 1] and for zoneout with projections."""
+    from torch.library import opcheck
+
+    module = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True, dtype=F64, zoneout_cell=0.3,
+                           zoneout_hidden=0.2).eval()
+    x = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
+    params = list(module._flat_weights)
+    args = [x, [], params, True, 2, 0.0, False, True, False, 0.3, 0.2]
+    opcheck(torch.ops.lstm_ext.lstm.default, args)
+    output, h_n, c_n = torch.ops.lstm_ext.lstm(*args)
+    expected = module(x)
+    assert torch.equal(output, expected[0]) and torch.equal(h_n, expected[1][0]) and torch.equal(c_n, expected[1][1])
+    direct = lstm_ext._native.native.lstm(x, None, *args[2:])  # the binding the module calls
+    assert torch.equal(direct[0], output) and torch.equal(direct[1][0], h_n) and torch.equal(direct[1][1], c_n)
+    with pytest.raises(ValueError, match=r"lstm_ext.LSTM: zoneout rates must be in \[0, 1\], got zoneout_cell=1.5"):
+        torch.ops.lstm_ext.lstm(*args[:9], 1.5, 0.2)
+    proj = lstm_ext.LSTM(4, 6, proj_size=3, dtype=F64)
+    with pytest.raises(NotImplementedError, match="zoneout with proj_size > 0 is not supported"):
+        torch.ops.lstm_ext.lstm(x, [], list(proj._flat_weights), True, 1, 0.0, True, False, False, 0.1, 0.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_low_precision_close_to_float64(dtype):
     module = randomized(lstm_ext.LayerNormLSTM(8, 16, dtype=F64))

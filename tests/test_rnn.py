@@ -270,7 +270,7 @@ def test_bad_input_lstm_op():
         native.lstm(x, None, {}, *args[3:])
     with pytest.raises(TypeError, match=r"params must be a Tensor, got int"):
         native.lstm(x, None, [1, 2, 3, 4], *args[3:])
-    with pytest.raises(TypeError, match=r"takes 9 arguments, got 2"):
+    with pytest.raises(TypeError, match=r"takes 9 or 11 arguments, got 2"):
         native.lstm(x, None)
     with pytest.raises(ValueError, match=r"expected h_0 to be a tensor, got a list of length 1"):
         fused(x, ([0], torch.zeros(1, 2, 4)))

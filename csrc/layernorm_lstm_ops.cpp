@@ -19,12 +19,16 @@
 #include "layernorm_lstm_ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -277,12 +281,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& input_, const Tensor& h0_, const Tensor& c0_, const Tensor& weight_ih_, const Tensor& weight_hh_,
     const std::optional<Tensor>& bias_, const LnParams& ln_, const std::optional<Tensor>& mask_c_,
     const std::optional<Tensor>& mask_h_, double rate_c, double rate_h, bool reverse, bool keep,
-    const std::optional<Tensor>& batch_sizes) {
+    const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& bias_hh_) {
   // The ATen calls below are the kernel's own work, not for autograd to record.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::DeviceGuard guard(weight_hh_.device());
   const LnShape shape = check_ln_layer(input_, h0_, c0_, weight_ih_, weight_hh_, bias_, ln_, mask_c_, mask_h_,
                                        rate_c, rate_h, batch_sizes);
+  TORCH_CHECK_VALUE(!bias_hh_.has_value() || bias_.has_value(), kOp, ": bias_hh is given only with bias");
+  if (bias_hh_.has_value()) check_operand("bias_hh", *bias_hh_, weight_hh_, {4 * shape.H}, "(4*hidden_size,)");
   const int64_t T = shape.T, B = shape.B, I = shape.I, H = shape.H, G = 4 * H, N = shape.rows();
   const bool is_packed = shape.packed.has_value();
   const std::optional<Tensor> reversal = packed_reversal_index(shape, reverse, weight_hh_.device());
@@ -290,7 +296,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const Tensor input = as_compute(in_run_order(input_, reversal), dtype);
   const Tensor h0 = as_compute(h0_, dtype), c0 = as_compute(c0_, dtype);
   const Tensor weight_ih = as_compute(weight_ih_, dtype), weight_hh = as_compute(weight_hh_, dtype);
-  const std::optional<Tensor> bias = as_compute(bias_, dtype);
+  // One bias: bias_hh (the plain LSTM's second) added here, below autograd,
+  // rather than by the caller, whose sum would be a graph node of its own.
+  const std::optional<Tensor> bias =
+      bias_hh_.has_value() ? as_compute(*bias_, dtype) + as_compute(*bias_hh_, dtype) : as_compute(bias_, dtype);
   const std::optional<Tensor> gamma_ih = as_compute(ln_.ih_weight, dtype), gamma_hh = as_compute(ln_.hh_weight, dtype),
                               gamma_c = as_compute(ln_.c_weight, dtype), beta_c = as_compute(ln_.c_bias, dtype);
   const std::optional<Tensor> mask_c = as_compute(in_run_order(mask_c_, reversal), dtype),
@@ -385,11 +394,14 @@ Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size
                    "lstm_ext.zoneout_mask: seed must be one int64 on the CPU, got ", seed.sizes(), " ",
                    dtype_name(seed.scalar_type()), " on ", seed.device());
   check_floating("lstm_ext.zoneout_mask", "like", like);
+  return philox_zoneout_mask(like, static_cast<uint64_t>(seed.item<int64_t>()), size, rate);
+}
+
+Tensor philox_zoneout_mask(const Tensor& like, uint64_t key, at::IntArrayRef size, double rate) {
   Tensor mask = at::empty(size, like.options());
   // Element n is 1 where the 24 high bits of a Philox word, as a uniform in
   // [0, 1), fall below rate: Bernoulli(rate) to 2^-24 (lstm_kernels.h).
   const auto threshold = static_cast<uint32_t>(rate * 16777216.0);
-  const auto key = static_cast<uint64_t>(seed.item<int64_t>());
   const int64_t n = mask.numel(), draws = (n + 3) / 4;  // 4 elements per draw
   at::parallel_for(0, draws, 16384, [&](int64_t begin, int64_t end) {
     cpu::philox_mask({mask.scalar_type(), mask.data_ptr(), 4 * begin, std::min(4 * end, n), key, threshold});
@@ -397,16 +409,64 @@ Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size
   return mask;
 }
 
+// Zoneout's d for one layer and direction in training (c's, then h's),
+// drawn as lstm_ext.reference.zoneout_masks draws them, so that
+// torch.manual_seed gives the reference the same masks: on the CPU (and for
+// fakes) a seed from torch's generator per mask (both seeds in one draw,
+// which takes the same numbers from the generator as two), then
+// zoneout_mask's Philox; elsewhere bernoulli_. None where the rate itself is
+// d (eval mode) or is 0.
+std::array<std::optional<Tensor>, 2> zoneout_draws(const std::array<double, 2>& rates, const Tensor& like,
+                                                   at::IntArrayRef size) {
+  std::array<std::optional<Tensor>, 2> masks;
+  const int64_t count = (rates[0] > 0) + (rates[1] > 0);
+  if (count == 0) return masks;
+  const bool philox = like.is_cpu() || like.is_meta();
+  // Plain CPU tensors take the kernel straight away, seeded as randint(0,
+  // 2^62) seeds on the CPU: one 64-bit draw of the default generator modulo
+  // the range (ATen's random_from_to for ranges from 2^32); fakes and meta
+  // tensors the randint and zoneout_mask operators, whose fakes give the
+  // shapes. At the course's size the operators' calls were ~5% of LSTM's
+  // forward+backward.
+  const bool direct = like.is_cpu() && !like.key_set().has(c10::DispatchKey::Python) &&
+                      !like.key_set().has(c10::DispatchKey::Functionalize) &&
+                      !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python);
+  uint64_t seeds[2] = {0, 0};
+  Tensor seed_tensor;
+  if (direct) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    const std::lock_guard<std::mutex> lock(generator.mutex());
+    auto* cpu_generator = at::check_generator<at::CPUGeneratorImpl>(generator);
+    for (int64_t k = 0; k < count; ++k) seeds[k] = cpu_generator->random64() % (uint64_t{1} << 62);
+  } else if (philox) {
+    seed_tensor = at::randint(0, int64_t{1} << 62, {count}, at::TensorOptions().dtype(at::kLong));
+  }
+  static const auto mask_op = find_op<decltype(zoneout_mask)>("lstm_ext::zoneout_mask");
+  for (int k = 0, drawn = 0; k < 2; ++k) {
+    if (rates[k] == 0.0) continue;
+    if (!philox) {
+      masks[k] = at::empty(size, like.options()).bernoulli_(rates[k]);
+    } else if (direct) {
+      masks[k] = philox_zoneout_mask(like, seeds[drawn], size, rates[k]);
+    } else {
+      masks[k] = mask_op.call(like, seed_tensor.narrow(0, drawn, 1), size, rates[k]);
+    }
+    ++drawn;
+  }
+  return masks;
+}
+
 LnLayerOutputs ln_lstm_layer_forward(LSTM_EXT_LN_LAYER_PARAMS) {
   return run_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, {ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias},
                       zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/true,
-                      batch_sizes);
+                      batch_sizes, bias_hh);
 }
 
 std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference(LSTM_EXT_LN_LAYER_PARAMS) {
   auto result = run_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
                              {ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias}, zoneout_cell_mask,
-                             zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/false, batch_sizes);
+                             zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, /*keep=*/false, batch_sizes,
+                             bias_hh);
   return {std::get<0>(result), std::get<1>(result), std::get<2>(result)};
 }
 
@@ -462,7 +522,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const std::optional<Tensor> mask_c = as_compute(in_run_order(zoneout_cell_mask, reversal), dtype),
                               mask_h = as_compute(in_run_order(zoneout_hidden_mask, reversal), dtype);
   // grad_h: the output's gradient, h_n's joining at each sequence's last step; consumed by the loop.
-  Tensor grad_h = in_run_order(grad_output_, reversal).to(dtype).contiguous().clone();
+  Tensor grad_h = owned_copy(in_run_order(grad_output_, reversal), dtype);
   if (grad_h_n_.has_value() && T > 0) {
     const Tensor grad_h_n = grad_h_n_->to(dtype);
     if (is_packed) {
@@ -471,8 +531,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       grad_h[reverse ? 0 : T - 1].add_(grad_h_n);
     }
   }
-  Tensor grad_c = grad_c_n_.has_value() ? grad_c_n_->to(dtype).contiguous().clone() : at::zeros({B, H}, options);
-  Tensor grad_h0 = at::zeros({B, H}, options);
+  Tensor grad_c = grad_c_n_.has_value() ? owned_copy(*grad_c_n_, dtype) : zeros_of({B, H}, options);
+  Tensor grad_h0 = zeros_of({B, H}, options);
   Tensor grad_pre = at::empty(shape.of(G), options);
   Tensor grad_hh = ln ? at::empty(shape.of(G), options) : grad_pre;
   Tensor grad_gamma_hh, grad_gamma_c, grad_beta_c;

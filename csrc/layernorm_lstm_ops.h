@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -26,10 +27,10 @@ struct LnParams {
       const std::optional<Tensor>& ln_hh_weight, const std::optional<Tensor>& ln_c_weight,                             \
       const std::optional<Tensor>& ln_c_bias, const std::optional<Tensor>& zoneout_cell_mask,                          \
       const std::optional<Tensor>& zoneout_hidden_mask, double zoneout_cell, double zoneout_hidden, bool reverse,      \
-      const std::optional<Tensor>& batch_sizes
+      const std::optional<Tensor>& batch_sizes, const std::optional<Tensor>& bias_hh
 #define LSTM_EXT_LN_LAYER_NAMES                                                                                        \
   input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,                       \
-      zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, batch_sizes
+      zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden, reverse, batch_sizes, bias_hh
 
 // (output, h_n, c_n, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats).
 using LnLayerOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
@@ -44,7 +45,9 @@ using LnLayerOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
 // norm's), hh_norm [T, B, 4H] (each step's normalized W_hh h), stats
 // [T, B, 3] (rstd of that, mean and rstd of c~); the LN ones [0] without
 // layer norm. In the compute type (float for the 16-bit types); output,
-// h_n and c_n in the input's dtype. batch_sizes: a PackedSequence's, as the
+// h_n and c_n in the input's dtype. bias_hh: a second bias [4H], added to
+// bias (the plain LSTM's b_hh beside b_ih; only with bias): one gradient,
+// grad_bias, for both. batch_sizes: a PackedSequence's, as the
 // LSTM's layer operators take it (lstm_ops.h): input [N, I], every [T, B,
 // ...] buffer [N, ...] instead (masks included).
 LnLayerOutputs ln_lstm_layer_forward(LSTM_EXT_LN_LAYER_PARAMS);
@@ -83,5 +86,17 @@ std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference_autograd(LSTM_EXT_LN_
 // (one int64 on the CPU, itself drawn from torch's generator by the caller):
 // several times faster than bernoulli_ (a full-rate draw per element).
 Tensor zoneout_mask(const Tensor& like, const Tensor& seed, at::IntArrayRef size, double rate);
+
+// Zoneout's masks (c's, then h's) for one layer and direction in training,
+// of `size` ([T, B, H], or [N, H] packed), drawn as
+// lstm_ext.reference.zoneout_masks draws them one after the other (the same
+// numbers from torch's generator): none where a rate is 0. The lstm
+// operator's driver and, through lstm_ext._C.zoneout_masks, LayerNormLSTM's.
+std::array<std::optional<Tensor>, 2> zoneout_draws(const std::array<double, 2>& rates, const Tensor& like,
+                                                   at::IntArrayRef size);
+
+// zoneout_mask's kernel on a CPU tensor's options, the seed a value (the
+// lstm operator's driver, which has it at hand: no dispatch, no item()).
+Tensor philox_zoneout_mask(const Tensor& like, uint64_t seed, at::IntArrayRef size, double rate);
 
 }  // namespace lstm_ext

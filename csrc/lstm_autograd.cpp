@@ -401,12 +401,12 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
 };
 
 // Edges to input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight,
-// ln_hh_weight, ln_c_weight, ln_c_bias (the masks are zoneout's draws: no
-// gradient).
+// ln_hh_weight, ln_c_weight, ln_c_bias, bias_hh (the masks are zoneout's
+// draws: no gradient). bias_hh's gradient is bias's.
 struct LnLayerBackward final : SavingNode<19> {  // input, h0, c0, weight_ih, weight_hh, the four LN tensors,
                                                  // mask_c, mask_h, output, gates, cells, ih, ih_mean, ih_rstd,
                                                  // hh_norm, stats
-  bool reverse = false, has_bias = false;
+  bool reverse = false, has_bias = false, has_bias_hh = false;
   double rate_c = 0, rate_h = 0;
   std::optional<Tensor> batch_sizes;
 
@@ -427,7 +427,8 @@ struct LnLayerBackward final : SavingNode<19> {  // input, h0, c0, weight_ih, we
         maybe(s[6]), maybe(s[7]), maybe(s[8]), maybe(s[9]), maybe(s[10]), rate_c, rate_h, reverse, s[11], s[12],
         s[13], s[14], s[15], s[16], s[17], s[18], batch_sizes);
     return {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g),
-            std::get<5>(g), std::get<6>(g), std::get<7>(g), std::get<8>(g), std::get<9>(g)};
+            std::get<5>(g), std::get<6>(g), std::get<7>(g), std::get<8>(g), std::get<9>(g),
+            has_bias_hh ? std::get<5>(g) : Tensor()};
   }
 };
 
@@ -583,7 +584,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cell_forward_autograd(
 
 LnLayerOutputs ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_PARAMS) {
   const bool graph = needs_graph("lstm_ext.LayerNormLSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
-                                 {&bias, &ln_ih_weight, &ln_hh_weight, &ln_c_weight, &ln_c_bias});
+                                 {&bias, &ln_ih_weight, &ln_hh_weight, &ln_c_weight, &ln_c_bias, &bias_hh});
   LnLayerOutputs result;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -593,7 +594,7 @@ LnLayerOutputs ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_PARAMS) {
     auto& [output, h_n, c_n, gates, cells, ih, ih_mean, ih_rstd, hh_norm, stats] = result;
     auto node = make_node<LnLayerBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight,
-                                                             ln_hh_weight, ln_c_weight, ln_c_bias));
+                                                             ln_hh_weight, ln_c_weight, ln_c_bias, bias_hh));
     torch::autograd::set_history({output, h_n, c_n}, node);
     const Tensor none;
     const auto or_none = [&](const std::optional<Tensor>& t) { return present(t) ? &*t : &none; };
@@ -604,6 +605,7 @@ LnLayerOutputs ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_PARAMS) {
                 {&ih, false}, {&ih_mean, false}, {&ih_rstd, false}, {&hh_norm, false}, {&stats, false}});
     node->reverse = reverse;
     node->has_bias = present(bias);
+    node->has_bias_hh = present(bias_hh);
     node->rate_c = zoneout_cell;
     node->rate_h = zoneout_hidden;
     node->batch_sizes = batch_sizes;
@@ -615,7 +617,7 @@ std::tuple<Tensor, Tensor, Tensor> ln_lstm_layer_inference_autograd(LSTM_EXT_LN_
   // As layer_inference_autograd: where a graph is needed it runs as the
   // forward that keeps what the backward reads.
   if (needs_graph("lstm_ext.LayerNormLSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
-                  {&bias, &ln_ih_weight, &ln_hh_weight, &ln_c_weight, &ln_c_bias})) {
+                  {&bias, &ln_ih_weight, &ln_hh_weight, &ln_c_weight, &ln_c_bias, &bias_hh})) {
     const auto result = ln_lstm_layer_forward_autograd(LSTM_EXT_LN_LAYER_NAMES);
     return {std::get<0>(result), std::get<1>(result), std::get<2>(result)};
   }

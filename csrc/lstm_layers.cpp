@@ -7,6 +7,7 @@
 // the dispatcher, cat, dropout, stack) carries the autograd.
 #include <ATen/ATen.h>
 
+#include <array>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -190,25 +191,6 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
   return {batch_first ? layer_input.transpose(0, 1) : layer_input, stacked};
 }
 
-// Zoneout's d for one layer and direction in training, drawn as
-// lstm_ext.reference.zoneout_masks draws it (so that torch.manual_seed gives
-// the reference the same masks): on the CPU (and for fakes) one seed from
-// torch's generator, then zoneout_mask's Philox; elsewhere bernoulli_. None
-// where the rate itself is d (eval mode) or is 0.
-std::optional<Tensor> zoneout_draw(double rate, const Tensor& like, int64_t hidden, bool train) {
-  if (!train || rate == 0.0) return std::nullopt;
-  // The mask's (T, B) are the layer input's; symbolic sizes are fixed here,
-  // as a zoneout mask's shape is an int[].
-  const std::vector<int64_t> size{like.sym_size(0).guard_int(__FILE__, __LINE__),
-                                  like.sym_size(1).guard_int(__FILE__, __LINE__), hidden};
-  if (like.is_cpu() || like.is_meta()) {
-    const Tensor seed = at::randint(0, int64_t{1} << 62, {1}, at::TensorOptions().dtype(at::kLong));
-    static const auto mask_op = find_op<decltype(zoneout_mask)>("lstm_ext::zoneout_mask");
-    return mask_op.call(like, seed, size, rate);
-  }
-  return at::empty(size, like.options()).bernoulli_(rate);
-}
-
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
@@ -228,22 +210,26 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
         Tensor output, h, c;
         if (zoneout) {
           // Zoneout runs on the LayerNorm LSTM's operators without their layer
-          // norms (one bias, b_ih + b_hh), whose row pass applies the masks.
+          // norms, whose row pass applies the masks; they add b_hh to b_ih
+          // themselves (a sum here would be a graph node of its own: ~10 us
+          // of a forward+backward at the course's size).
           TORCH_CHECK_NOT_IMPLEMENTED(!weight_hr, spec.op, ": zoneout with proj_size > 0 is not supported");
-          const int64_t hidden = p[1].size(1);
-          const std::optional<Tensor> mask_c = zoneout_draw(zoneout_cell, x, hidden, train);
-          const std::optional<Tensor> mask_h = zoneout_draw(zoneout_hidden, x, hidden, train);
-          const std::optional<Tensor> bias = bias_ih ? std::optional<Tensor>(*bias_ih + *bias_hh) : std::nullopt;
+          // The masks' (T, B) are the layer input's; symbolic sizes are fixed
+          // here, as a zoneout mask's shape is an int[].
+          const std::vector<int64_t> size{x.sym_size(0).guard_int(__FILE__, __LINE__),
+                                          x.sym_size(1).guard_int(__FILE__, __LINE__), p[1].size(1)};
+          const auto [mask_c, mask_h] =
+              train ? zoneout_draws({zoneout_cell, zoneout_hidden}, x, size) : std::array<std::optional<Tensor>, 2>{};
           if (needs_grad) {
             std::tie(output, h, c, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore,
-                     std::ignore) = ln_lstm_layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias, std::nullopt,
+                     std::ignore) = ln_lstm_layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, std::nullopt,
                                                                     std::nullopt, std::nullopt, std::nullopt, mask_c,
                                                                     mask_h, zoneout_cell, zoneout_hidden, reverse,
-                                                                    std::nullopt);
+                                                                    std::nullopt, bias_hh);
           } else {
             std::tie(output, h, c) = ln_lstm_layer_inference_op().call(
-                x, s[0], s[1], p[0], p[1], bias, std::nullopt, std::nullopt, std::nullopt, std::nullopt, mask_c,
-                mask_h, zoneout_cell, zoneout_hidden, reverse, std::nullopt);
+                x, s[0], s[1], p[0], p[1], bias_ih, std::nullopt, std::nullopt, std::nullopt, std::nullopt, mask_c,
+                mask_h, zoneout_cell, zoneout_hidden, reverse, std::nullopt, bias_hh);
           }
         } else if (needs_grad) {
           std::tie(output, h, c, std::ignore, std::ignore) =

@@ -199,6 +199,26 @@ Tensor copy_step(const Tensor& sequence, int64_t t) {
   return step;
 }
 
+// A new contiguous tensor of dtype holding t's values, and a zero-filled
+// one: on the CPU a memcpy and a memset where they do (ATen's copy_ and
+// fill_ set up a TensorIterator each, which costs more than the work at the
+// course's size).
+Tensor owned_copy(const Tensor& t, at::ScalarType dtype) {
+  if (!cpu_specialized(t) || t.scalar_type() != dtype || !t.is_contiguous()) {
+    return at::empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
+  }
+  Tensor copy = at::empty(t.sizes(), t.options());
+  if (t.numel() > 0) std::memcpy(copy.data_ptr(), t.const_data_ptr(), t.nbytes());
+  return copy;
+}
+
+Tensor zeros_of(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (options.device().type() != at::kCPU) return at::zeros(sizes, options);
+  Tensor zeros = at::empty(sizes, options);
+  if (zeros.numel() > 0) std::memset(zeros.data_ptr(), 0, zeros.nbytes());
+  return zeros;
+}
+
 // The h each step started from, in time order [T, B, H]: h_0, then the
 // outputs shifted by one step (the other way round when reverse).
 Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse) {

@@ -137,6 +137,9 @@ Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows);
 // shifted by one step; the other way round when reverse).
 Tensor bias_grad(const Tensor& grad_gates);
 Tensor copy_step(const Tensor& sequence, int64_t t);
+// A new contiguous copy of t in dtype; a new zero-filled tensor.
+Tensor owned_copy(const Tensor& t, at::ScalarType dtype);
+Tensor zeros_of(at::IntArrayRef sizes, const at::TensorOptions& options);
 Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse);
 
 // For a PackedSequence's batch_sizes: the row of (t, b) once each sequence is

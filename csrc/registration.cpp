@@ -21,7 +21,7 @@
   "Tensor input, Tensor h0, Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias, "                \
   "Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? ln_c_bias, "                  \
   "Tensor? zoneout_cell_mask, Tensor? zoneout_hidden_mask, float zoneout_cell, float zoneout_hidden, bool " \
-  "reverse, Tensor? batch_sizes=None"
+  "reverse, Tensor? batch_sizes=None, Tensor? bias_hh=None"
 
 TORCH_LIBRARY(lstm_ext, m) {
   m.def(
@@ -459,16 +459,43 @@ PyObject* ln_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t 
   if (!lstm_ext::needs_graph(name, {t[0], t[1], t[2], t[3], t[4]}, {&o[0], &o[1], &o[2], &o[3], &o[4]})) {
     std::tie(output, h_n, c_n) = without_gil([&] {
       return lstm_ext::ln_lstm_layer_inference_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], o[0], o[1], o[2], o[3],
-                                                         o[4], o[5], o[6], rate_c, rate_h, reverse, batch_sizes);
+                                                         o[4], o[5], o[6], rate_c, rate_h, reverse, batch_sizes,
+                                                         std::nullopt);
     });
   } else {
     std::tie(output, h_n, c_n, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore,
              std::ignore) = without_gil([&] {
       return lstm_ext::ln_lstm_layer_forward_op().call(*t[0], *t[1], *t[2], *t[3], *t[4], o[0], o[1], o[2], o[3],
-                                                       o[4], o[5], o[6], rate_c, rate_h, reverse, batch_sizes);
+                                                       o[4], o[5], o[6], rate_c, rate_h, reverse, batch_sizes,
+                                                       std::nullopt);
     });
   }
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
+  END_HANDLE_TH_ERRORS
+}
+
+// zoneout_masks(like, size, rate_c, rate_h) -> (mask_c or None, mask_h or
+// None): one layer and direction's masks in training, drawn as the lstm
+// operator draws them (lstm_ext.reference.zoneout_masks' numbers).
+PyObject* zoneout_masks_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  check_nargs(nargs, 4, "zoneout_masks");
+  const at::Tensor& like = tensor_arg(args[0], "lstm_ext.zoneout_masks", "like");
+  std::vector<int64_t> size;
+  PyObject* sequence = PySequence_Fast(args[1], "lstm_ext._C.zoneout_masks: size must be a sequence of ints");
+  if (sequence == nullptr) throw python_error();
+  for (Py_ssize_t k = 0; k < PySequence_Fast_GET_SIZE(sequence); ++k) {
+    size.push_back(PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sequence, k)));
+  }
+  Py_DECREF(sequence);
+  const double rate_c = PyFloat_AsDouble(args[2]), rate_h = PyFloat_AsDouble(args[3]);
+  if (PyErr_Occurred()) throw python_error();
+  const auto masks = without_gil([&] { return lstm_ext::zoneout_draws({rate_c, rate_h}, like, size); });
+  const auto wrap = [](const std::optional<at::Tensor>& t) -> PyObject* {
+    if (!t.has_value()) Py_RETURN_NONE;
+    return THPVariable_Wrap(*t);
+  };
+  return Py_BuildValue("(NN)", wrap(masks[0]), wrap(masks[1]));
   END_HANDLE_TH_ERRORS
 }
 
@@ -499,6 +526,8 @@ PyMethodDef kMethods[] = {
      METH_FASTCALL, "torch.ops.lstm_ext.gru_layer_forward, directly; returns (output, h_n)."},
     {"ln_layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ln_layer_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.ln_lstm_layer_forward, directly; returns (output, (h_n, c_n))."},
+    {"zoneout_masks", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(zoneout_masks_binding)),
+     METH_FASTCALL, "Zoneout's two masks for one layer and direction in training, as the lstm operator draws them."},
     {"cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cell_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.cell_forward, directly; returns (h, c)."},
     {"cpu_capability", cpu_capability, METH_NOARGS, "CPU kernels in use: DEFAULT, AVX2 or AVX512."},

@@ -303,7 +303,8 @@ _LN_OP = "lstm_ext.LayerNormLSTM"
 _LN_NAMES = ("ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
 
 
-def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_h, rate_c, rate_h, batch_sizes=None):
+def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_h, rate_c, rate_h, batch_sizes=None,
+                    bias_hh=None):
     """The checks of check_ln_layer (csrc/layernorm_lstm_ops.cpp), in its order; returns (lead, B, H,
     layer_norm), lead the sequence buffers' leading shape: (T, B), or (N,) with batch_sizes."""
     op = _LN_OP
@@ -339,6 +340,10 @@ def _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias, ln, mask_c, mask_
         raise ValueError(f"{op}: zoneout rates must be in [0, 1], got zoneout_cell={rate_c:g} and "
                          f"zoneout_hidden={rate_h:g}")
     _check_batch_sizes(op, batch_sizes)
+    if bias_hh is not None:
+        if bias is None:
+            raise ValueError(f"{op}: bias_hh is given only with bias")
+        operand("bias_hh", bias_hh, (4 * H,), "(4*hidden_size,)")
     return lead, B, H, present == 4
 
 
@@ -349,10 +354,10 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 @torch.library.register_fake("lstm_ext::ln_lstm_layer_forward")
 def _ln_lstm_layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight, ln_c_weight,
                                 ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden,
-                                reverse, batch_sizes=None):
+                                reverse, batch_sizes=None, bias_hh=None):
     lead, B, H, ln = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
                                      (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
-                                     zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes)
+                                     zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes, bias_hh)
     saved = {"dtype": _compute_dtype(weight_hh), "device": input.device}
 
     def kept(last):
@@ -366,10 +371,10 @@ def _ln_lstm_layer_forward_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih
 @torch.library.register_fake("lstm_ext::ln_lstm_layer_inference")
 def _ln_lstm_layer_inference_fake(input, h0, c0, weight_ih, weight_hh, bias, ln_ih_weight, ln_hh_weight,
                                   ln_c_weight, ln_c_bias, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell,
-                                  zoneout_hidden, reverse, batch_sizes=None):
+                                  zoneout_hidden, reverse, batch_sizes=None, bias_hh=None):
     lead, B, H, _ = _check_ln_layer(input, h0, c0, weight_ih, weight_hh, bias,
                                     (ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias), zoneout_cell_mask,
-                                    zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes)
+                                    zoneout_hidden_mask, zoneout_cell, zoneout_hidden, batch_sizes, bias_hh)
     return input.new_empty(*lead, H), input.new_empty(B, H), input.new_empty(B, H)
 
 

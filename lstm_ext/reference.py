@@ -273,7 +273,7 @@ def zoneout_masks(rate: float, shape, like: Tensor, training: bool):
 
 def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_first: bool = False,
                             dropout: float = 0.0, training: bool = False, zoneout_cell: float = 0.0,
-                            zoneout_hidden: float = 0.0, layer_fn=None, batch_sizes=None):
+                            zoneout_hidden: float = 0.0, layer_fn=None, batch_sizes=None, masks_fn=None):
     """Stacked layers of layer_norm_lstm_sequence (or layer_fn, with its
     arguments: lstm_ext.layer_norm_lstm_layer is how lstm_ext.LayerNormLSTM
     runs): layers[layer * D + direction] maps weight_ih, weight_hh, bias and
@@ -281,8 +281,12 @@ def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_fi
     hx (h_0, c_0) each (len(layers), B, H) or None. In training, zoneout's
     masks are drawn per layer and direction (c's, then h's) and dropout
     follows each layer but the last. With batch_sizes (layer_fn's), x is a
-    PackedSequence's data (N, I) and the masks (N, H)."""
+    PackedSequence's data (N, I) and the masks (N, H). masks_fn(rate_c,
+    rate_h, shape, like, training) -> (mask_c, mask_h) draws them instead of
+    zoneout_masks (lstm_ext's draws the same numbers in one call)."""
     layer_fn = layer_fn or layer_norm_lstm_sequence
+    masks_fn = masks_fn or (lambda rate_c, rate_h, shape, like, training: [
+        zoneout_masks(rate, shape, like, training) for rate in (rate_c, rate_h)])
     directions = 2 if bidirectional else 1
     if batch_first and batch_sizes is None:
         x = x.transpose(0, 1)
@@ -298,7 +302,7 @@ def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_fi
         for direction in range(directions):
             k = layer * directions + direction
             w = layers[k]
-            masks = [zoneout_masks(rate, mask_shape, x, training) for rate in (zoneout_cell, zoneout_hidden)]
+            masks = masks_fn(zoneout_cell, zoneout_hidden, mask_shape, x, training)
             out, (h, c) = layer_fn(layer_input, (hx[0][k], hx[1][k]), w["weight_ih"], w["weight_hh"], w.get("bias"),
                                    *(w.get(name) for name in _LN_NAMES), masks[0], masks[1], zoneout_cell,
                                    zoneout_hidden, reverse=direction == 1, **packed)

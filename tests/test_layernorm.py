@@ -157,6 +157,30 @@ def test_zoneout_training_matches_reference_with_the_same_masks(cls, rates):
 
 
 @pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
+def test_packed_zoneout_training_draws_the_reference_masks(cls):
+    """A PackedSequence in training: the masks (N, H) per layer and direction are the reference's draws for
+    the same seed (drawn natively for LayerNormLSTM), so the fused layers over them give the reference's
+    results to 1e-10."""
+    from lstm_ext.layernorm import layer_norm_lstm_layer
+
+    module = getattr(lstm_ext, cls)(4, 6, num_layers=2, bidirectional=True, dtype=F64, zoneout_cell=0.3,
+                                    zoneout_hidden=0.2)
+    x = torch.randn(5, 4, 4, dtype=F64)
+    packed = nn.utils.rnn.pack_padded_sequence(x, [5, 2, 4, 1], enforce_sorted=False)
+    torch.manual_seed(7)
+    out, (h_n, c_n) = module(packed)
+    D = 2
+    layers = [layer_tensors(module, layer, d) for layer in range(2) for d in range(D)]
+    torch.manual_seed(7)
+    ref_out, (ref_h, ref_c) = layer_norm_lstm_stacked(
+        packed.data, None, layers, True, False, 0.0, True, 0.3, 0.2, layer_fn=layer_norm_lstm_layer,
+        batch_sizes=packed.batch_sizes)
+    assert_close(out.data, ref_out, **EXACT)
+    assert_close(h_n, ref_h.index_select(1, packed.unsorted_indices), **EXACT)
+    assert_close(c_n, ref_c.index_select(1, packed.unsorted_indices), **EXACT)
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LSTM"])
 def test_zoneout_eval_is_the_expectation(cls):
     module = getattr(lstm_ext, cls)(4, 6, num_layers=2, dtype=F64, zoneout_cell=0.3, zoneout_hidden=0.1).eval()
     x, hx = inputs(module, 5, 3, 4)
@@ -261,6 +285,37 @@ def test_zoneout_mask_is_a_function_of_its_seed():
     assert torch.ops.lstm_ext.zoneout_mask(like, torch.tensor([1]), [100], 1.0).all()
 
 
+def philox_mask_reference(seed: int, n: int, rate: float) -> torch.Tensor:
+    """zoneout_mask's definition in Python: element 4 d + k is 1 where word k of Philox4x32-10 draw d (counter
+    d, key seed), shifted right by 8, falls below rate * 2^24."""
+    M = 0xFFFFFFFF
+    threshold = int(rate * 16777216.0)
+    out = []
+    for d in range((n + 3) // 4):
+        c = [d & M, d >> 32, 0, 0]
+        k0, k1 = seed & M, (seed >> 32) & M
+        for _ in range(10):
+            p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+            c = [((p1 >> 32) ^ c[1] ^ k0) & M, p1 & M, ((p0 >> 32) ^ c[3] ^ k1) & M, p0 & M]
+            k0, k1 = (k0 + 0x9E3779B9) & M, (k1 + 0xBB67AE85) & M
+        out += [1.0 if (w >> 8) < threshold else 0.0 for w in c]
+    return torch.tensor(out[:n], dtype=F64)
+
+
+@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
+def test_zoneout_mask_is_philox_on_every_capability(capability):
+    """The mask kernels (a vector Philox on AVX2 and AVX-512, the scalar loop elsewhere and in the tails) give
+    the words of Philox4x32-10 in the documented order, in every dtype: sizes around the vector blocks of 128
+    elements and the parallel tasks' boundaries."""
+    seed = 0x1234_5678_9ABC_DEF
+    expected = philox_mask_reference(seed, 70000, 0.3)
+    with cpu_kernels(capability):
+        for dtype in (torch.float32, F64, torch.bfloat16, torch.float16):
+            for n in (1, 5, 127, 128, 129, 300, 70000):
+                mask = torch.ops.lstm_ext.zoneout_mask(torch.empty(0, dtype=dtype), torch.tensor([seed]), [n], 0.3)
+                assert mask.dtype == dtype and torch.equal(mask.to(F64), expected[:n]), (dtype, n)
+
+
 def test_inference_is_bitwise_the_training_forward():
     module = randomized(lstm_ext.LayerNormLSTM(6, 40, num_layers=2, bidirectional=True))
     x = torch.randn(7, 5, 6, requires_grad=True)
@@ -307,6 +362,42 @@ def test_lstm_zoneout_compiles_fullgraph(training):
     assert_close(out[0], eval_out[0])
     for a, b in zip(grads, torch.autograd.grad(eval_out[0].sum(), [x, *module.parameters()])):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_second_bias_adds_to_the_first_and_shares_its_gradient(layer_norm):
+    """bias_hh (the plain LSTM's b_hh, which LSTM's zoneout passes beside b_ih): the result of bias + bias_hh
+    as one bias, each getting that bias's gradient (gradcheck), opcheck, and its errors on the fake path too."""
+    from torch.library import opcheck
+
+    torch.manual_seed(0)
+    T, B, I, H = 4, 3, 5, 6
+    x, h0, c0 = torch.randn(T, B, I, dtype=F64), torch.randn(B, H, dtype=F64), torch.randn(B, H, dtype=F64)
+    w_ih, w_hh = 0.4 * torch.randn(4 * H, I, dtype=F64), 0.4 * torch.randn(4 * H, H, dtype=F64)
+    b1, b2 = torch.randn(4 * H, dtype=F64), torch.randn(4 * H, dtype=F64)
+    ln = ([1 + 0.2 * torch.randn(n, dtype=F64) for n in (4 * H, 4 * H, H)] + [0.1 * torch.randn(H, dtype=F64)]
+          if layer_norm else [None] * 4)
+    masks = [(torch.rand(T, B, H) < 0.3).to(F64), None]
+    op = torch.ops.lstm_ext.ln_lstm_layer_forward
+
+    def run(x, h0, c0, w_ih, w_hh, b1, b2):
+        return op(x, h0, c0, w_ih, w_hh, b1, *ln, *masks, 0.3, 0.2, False, None, b2)[:3]
+
+    one_bias = op(x, h0, c0, w_ih, w_hh, b1 + b2, *ln, *masks, 0.3, 0.2, False)[:3]
+    for a, b in zip(run(x, h0, c0, w_ih, w_hh, b1, b2), one_bias):
+        assert_close(a, b, **EXACT)
+    args = [t.clone().requires_grad_() for t in (x, h0, c0, w_ih, w_hh, b1, b2)]
+    assert torch.autograd.gradcheck(run, args)
+    opcheck(op.default, [*args[:6], *ln, *masks, 0.3, 0.2, False, None, args[6]])
+    for device in ("cpu", "meta"):
+        def on(t):
+            return None if t is None else t.detach().to(device)
+
+        common = [on(t) for t in (x, h0, c0, w_ih, w_hh)]
+        with pytest.raises(ValueError, match="bias_hh is given only with bias"):
+            op(*common, None, *map(on, ln), None, None, 0.0, 0.0, False, None, on(b2))
+        with pytest.raises(ValueError, match=r"bias_hh must have shape"):
+            op(*common, on(b1), *map(on, ln), None, None, 0.0, 0.0, False, None, on(b2[:-1]))
 
 
 def test_lstm_operator_with_zoneout_opcheck_and_errors():

@@ -214,12 +214,16 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
           // themselves (a sum here would be a graph node of its own: ~10 us
           // of a forward+backward at the course's size).
           TORCH_CHECK_NOT_IMPLEMENTED(!weight_hr, spec.op, ": zoneout with proj_size > 0 is not supported");
-          // The masks' (T, B) are the layer input's; symbolic sizes are fixed
-          // here, as a zoneout mask's shape is an int[].
-          const std::vector<int64_t> size{x.sym_size(0).guard_int(__FILE__, __LINE__),
-                                          x.sym_size(1).guard_int(__FILE__, __LINE__), p[1].size(1)};
-          const auto [mask_c, mask_h] =
-              train ? zoneout_draws({zoneout_cell, zoneout_hidden}, x, size) : std::array<std::optional<Tensor>, 2>{};
+          // In training, the masks; their (T, B) are the layer input's, and
+          // symbolic sizes are fixed there, as a mask's shape is an int[]
+          // (in eval, d is the rate and batch and time stay symbolic).
+          std::array<std::optional<Tensor>, 2> masks;
+          if (train) {
+            const std::vector<int64_t> size{x.sym_size(0).guard_int(__FILE__, __LINE__),
+                                            x.sym_size(1).guard_int(__FILE__, __LINE__), p[1].size(1)};
+            masks = zoneout_draws({zoneout_cell, zoneout_hidden}, x, size);
+          }
+          const auto& [mask_c, mask_h] = masks;
           if (needs_grad) {
             std::tie(output, h, c, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore, std::ignore,
                      std::ignore) = ln_lstm_layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, std::nullopt,

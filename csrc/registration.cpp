@@ -7,6 +7,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <vector>
 
@@ -361,6 +362,15 @@ PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// The tensors an LSTM layer binding starts with: input, h_0, c_0, weight_ih,
+// weight_hh (named so in messages).
+std::array<const at::Tensor*, 5> lstm_layer_operands(PyObject* const* args, const char* op) {
+  static constexpr const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
+  std::array<const at::Tensor*, 5> operands;
+  for (int k = 0; k < 5; ++k) operands[k] = &tensor_arg(args[k], op, names[k]);
+  return operands;
+}
+
 // layer_forward(input, h0, c0, weight_ih, weight_hh, bias_ih or None,
 // bias_hh or None, reverse, weight_hr or None, batch_sizes or None) -> (output, (h_n, c_n)); layer_inference when
 // nothing needs a gradient, which keeps nothing for a backward.
@@ -368,9 +378,7 @@ PyObject* layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
   HANDLE_TH_ERRORS
   constexpr const char* name = "lstm_ext.lstm_layer";
   check_nargs(nargs, 10, "layer_forward");
-  const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
-  const at::Tensor* t[5];
-  for (int k = 0; k < 5; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
+  const auto t = lstm_layer_operands(args, name);
   const auto bias_ih = optional_tensor_arg(args[5], name, "bias_ih");
   const auto bias_hh = optional_tensor_arg(args[6], name, "bias_hh");
   const bool reverse = bool_arg(args[7]);
@@ -444,9 +452,7 @@ PyObject* ln_layer_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t 
   HANDLE_TH_ERRORS
   constexpr const char* name = "lstm_ext.layer_norm_lstm_layer";
   check_nargs(nargs, 16, "ln_layer_forward");
-  const char* names[] = {"input", "h_0", "c_0", "weight_ih", "weight_hh"};
-  const at::Tensor* t[5];
-  for (int k = 0; k < 5; ++k) t[k] = &tensor_arg(args[k], name, names[k]);
+  const auto t = lstm_layer_operands(args, name);
   const char* optional_names[] = {"bias", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias",
                                   "zoneout_cell_mask", "zoneout_hidden_mask"};
   std::optional<at::Tensor> o[7];

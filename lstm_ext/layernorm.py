@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import PackedSequence
 from lstm_ext import _ops  # noqa: F401  (operators, fakes and autograd)
 from lstm_ext._native import native as _C
 from lstm_ext.functional import _describe, _direct, _require_pair
-from lstm_ext.reference import layer_norm_lstm_sequence, layer_norm_lstm_stacked, zoneout_masks
+from lstm_ext.reference import layer_norm_lstm_sequence, layer_norm_lstm_stacked, zoneout_mask_pair
 
 _ln_forward = torch.ops.lstm_ext.ln_lstm_layer_forward.default
 _ln_inference = torch.ops.lstm_ext.ln_lstm_layer_inference.default
@@ -84,12 +84,12 @@ def layer_norm_lstm_layer(input: Tensor, hx: Tuple[Tensor, Tensor], weight_ih: T
 
 
 def _zoneout_mask_pair(rate_c: float, rate_h: float, shape, like: Tensor, training: bool):
-    """A layer and direction's zoneout masks, as lstm_ext.reference.zoneout_masks draws them one after the
-    other; for plain CPU tensors in one native call (at the course's size the two draws through torch.ops
+    """A layer and direction's zoneout masks, as lstm_ext.reference.zoneout_mask_pair draws them; for plain
+    CPU tensors in one native call (at the course's size the two draws through torch.ops
     cost ~5% of a LayerNormLSTM forward+backward)."""
     if training and (rate_c or rate_h) and like.device.type == "cpu" and _direct((like,)):
         return _C.zoneout_masks(like, list(shape), float(rate_c), float(rate_h))
-    return [zoneout_masks(rate, shape, like, training) for rate in (rate_c, rate_h)]
+    return zoneout_mask_pair(rate_c, rate_h, shape, like, training)
 
 
 def _check_rate(name: str, value) -> float:

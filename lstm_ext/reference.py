@@ -271,6 +271,11 @@ def zoneout_masks(rate: float, shape, like: Tensor, training: bool):
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(rate)
 
 
+def zoneout_mask_pair(rate_c: float, rate_h: float, shape, like: Tensor, training: bool):
+    """One layer and direction's [mask_c, mask_h]: zoneout_masks for each rate, c's first."""
+    return [zoneout_masks(rate, shape, like, training) for rate in (rate_c, rate_h)]
+
+
 def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_first: bool = False,
                             dropout: float = 0.0, training: bool = False, zoneout_cell: float = 0.0,
                             zoneout_hidden: float = 0.0, layer_fn=None, batch_sizes=None, masks_fn=None):
@@ -283,10 +288,9 @@ def layer_norm_lstm_stacked(x: Tensor, hx, layers, bidirectional: bool, batch_fi
     follows each layer but the last. With batch_sizes (layer_fn's), x is a
     PackedSequence's data (N, I) and the masks (N, H). masks_fn(rate_c,
     rate_h, shape, like, training) -> (mask_c, mask_h) draws them instead of
-    zoneout_masks (lstm_ext's draws the same numbers in one call)."""
+    zoneout_mask_pair (lstm_ext's draws the same numbers in one call)."""
     layer_fn = layer_fn or layer_norm_lstm_sequence
-    masks_fn = masks_fn or (lambda rate_c, rate_h, shape, like, training: [
-        zoneout_masks(rate, shape, like, training) for rate in (rate_c, rate_h)])
+    masks_fn = masks_fn or zoneout_mask_pair
     directions = 2 if bidirectional else 1
     if batch_first and batch_sizes is None:
         x = x.transpose(0, 1)

@@ -867,7 +867,9 @@ inline void start_block(const Args& p, int64_t r0, __m512 (&acc)[Rows][Vectors],
   for (int v = 0; v < Vectors; ++v) {
     mask[v] = static_cast<__mmask16>((1u << p.columns[v]) - 1u);
     for (int r = 0; r < Rows; ++r) {
-      acc[r][v] = p.accumulate[v] ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v]) : _mm512_setzero_ps();
+      acc[r][v] = p.accumulate[v]        ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v])
+                  : p.init[v] != nullptr ? _mm512_maskz_loadu_ps(mask[v], p.init[v])
+                                         : _mm512_setzero_ps();
     }
   }
 }

@@ -207,8 +207,10 @@ struct ProductBlocks {
 // The next vector of a tile: its packed B, where its columns go (row stride
 // ldc), how many, and whether they add to what is there.
 template <typename T>
-void add_tile_vector(TileArgs<T>& tile, const T* b, float* c, int64_t ldc, int64_t columns, bool accumulate) {
+void add_tile_vector(TileArgs<T>& tile, const T* b, float* c, int64_t ldc, int64_t columns, bool accumulate,
+                     const float* init = nullptr) {
   const int v = tile.vectors++;
+  tile.init[v] = init;
   tile.b[v] = b;
   tile.c[v] = c;
   tile.ldc[v] = ldc;
@@ -272,35 +274,66 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   const int64_t slots = vectors ? tiling.panels * kVectorsPerPanel * vector_elements : 0;
   const PooledArray<c10::BFloat16> packed_bf16(bf16 ? static_cast<size_t>(slots) : 0);
   const PooledArray<float> packed_float(float_vectors ? static_cast<size_t>(slots) : 0);
-  if (vectors) {
+  // A [gates * H, K] weight (the standard gate order) as the tiles'
+  // vectors, each panel's kVectorsPerPanel slots: float_tile's (element
+  // (k, n) at k * kBf16Vector + n) or bf16_tile's (k in pairs).
+  const auto pack_vectors = [&](const auto* weight, int64_t K, auto* dst) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(dst)>>;
+    constexpr bool pairs = std::is_same_v<T, c10::BFloat16>;
+    const int64_t elements = pairs ? bf16_vector_elements(K) : float_vector_elements(K);
     for_each_panel(tiling, [&](int64_t j0, int64_t width) {
       const ProductBlocks blocks(shape.cell, width, H, a.gates_interleaved);
-      int64_t slot = j0 / kPanel * kVectorsPerPanel * vector_elements;
+      int64_t slot = j0 / kPanel * kVectorsPerPanel * elements;
       for (int q = 0; q < blocks.count; ++q) {
-        for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector, slot += vector_elements) {
-          // Column n of the vector is row weight_row(...) of W_hh (a narrow
-          // last panel's vector spans gates); zeros past its columns.
+        for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector, slot += elements) {
+          // Column n of the vector is row weight_row(...) of the weight (a
+          // narrow last panel's vector spans gates); zeros past its columns.
           const int64_t count = std::min(kBf16Vector, blocks.columns[q] - c0);
-          if (bf16) {
-            c10::BFloat16* out = packed_bf16.data() + slot;
-            std::fill(out, out + vector_elements, c10::BFloat16(0.0f));
-            for (int64_t n = 0; n < count; ++n) {
-              const c10::BFloat16* row = static_cast<const c10::BFloat16*>(a.weight_hh_bf16) +
-                                         weight_row(j0, width, blocks.first[q] + c0 + n) * R;
-              for (int64_t k = 0; k < R; ++k) out[k / 2 * 2 * kBf16Vector + 2 * n + k % 2] = row[k];
-            }
-          } else {
-            float* out = packed_float.data() + slot;
-            std::fill(out, out + vector_elements, 0.0f);
-            for (int64_t n = 0; n < count; ++n) {
-              const float* row = reinterpret_cast<const float*>(w) + weight_row(j0, width, blocks.first[q] + c0 + n) * R;
-              for (int64_t k = 0; k < R; ++k) out[k * kBf16Vector + n] = row[k];
+          T* out = dst + slot;
+          std::fill(out, out + elements, T(0.0f));
+          for (int64_t n = 0; n < count; ++n) {
+            const auto* row = weight + weight_row(j0, width, blocks.first[q] + c0 + n) * K;
+            for (int64_t k = 0; k < K; ++k) {
+              out[pairs ? k / 2 * 2 * kBf16Vector + 2 * n + k % 2 : k * kBf16Vector + n] = row[k];
             }
           }
         }
       }
     });
+  };
+  if (float_vectors) pack_vectors(reinterpret_cast<const float*>(w), R, packed_float.data());
+  if (bf16) pack_vectors(static_cast<const c10::BFloat16*>(a.weight_hh_bf16), R, packed_bf16.data());
+  // The input projection inside the loop (RecurrenceForwardArgs::input):
+  // W_ih as the tiles' vectors (float, or bfloat16 for bf16 products), and
+  // the biases' sum in the interleaved order, each tile vector's start.
+  const bool fused_input = a.project_input;
+  TORCH_INTERNAL_ASSERT(!fused_input || vectors, "the input projection in the loop: float or bfloat16 tiles only");
+  const bool step_gates = fused_input && !a.keep_cells;  // gates: one step's scratch
+  const int64_t I = a.input_size;
+  const int64_t input_elements = !fused_input ? 0 : bf16 ? bf16_vector_elements(I) : float_vector_elements(I);
+  const size_t input_slots = fused_input ? static_cast<size_t>(tiling.panels * kVectorsPerPanel * input_elements) : 0;
+  const PooledArray<float> packed_ih(bf16 ? 0 : input_slots);
+  const PooledArray<c10::BFloat16> packed_ih_bf16(bf16 ? input_slots : 0);
+  const PooledArray<float> bias_interleaved(fused_input ? static_cast<size_t>(G) : 0);
+  const bool has_bias = a.bias != nullptr || a.bias2 != nullptr;
+  if (fused_input) {
+    if (bf16) {
+      pack_vectors(static_cast<const c10::BFloat16*>(a.weight_ih), I, packed_ih_bf16.data());
+    } else {
+      pack_vectors(static_cast<const float*>(a.weight_ih), I, packed_ih.data());
+    }
+    const auto* bias = static_cast<const float*>(a.bias);
+    const auto* bias2 = static_cast<const float*>(a.bias2);
+    for (int64_t c = 0; c < G; ++c) {
+      const int64_t column = recurrence_gate_order(c, H, gates_per_unit);
+      bias_interleaved.data()[c] = (bias != nullptr ? bias[column] : 0.0f) + (bias2 != nullptr ? bias2[column] : 0.0f);
+    }
   }
+  // Step t's first input row: float, or bfloat16 for bf16 products.
+  const auto input_rows = [&](int64_t t, int64_t row0) {
+    const int64_t offset = shape.batch_sizes != nullptr ? row0 * a.input_row_stride : t * a.input_step_stride;
+    return static_cast<const char*>(a.input) + offset * (bf16 ? sizeof(c10::BFloat16) : sizeof(float));
+  };
   // Projections: panels of W_hr^T over the P outputs, each [H, w].
   const Tiling projection(B, P, 1, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
   const PooledArray<scalar_t> packed_hr(static_cast<size_t>(P * H));
@@ -330,7 +363,10 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const scalar_t* c_prev = gru ? nullptr : s == 0 ? static_cast<const scalar_t*>(a.c0) : cells_of(s - 1, t_prev);
     scalar_t* c_t = gru ? nullptr : cells_of(s, t);
     scalar_t* hidden_n_t = gru ? hidden_n + (a.keep_cells ? row0 : 0) * H : nullptr;
-    scalar_t* gates_t = gates + row0 * G;
+    // The step's gates: its rows of [T, B, ...], or (inference with the input
+    // projection in the loop) the one step's scratch.
+    scalar_t* gates_t = gates + (step_gates ? 0 : row0) * G;
+    const char* x_t = fused_input ? input_rows(t, row0) : nullptr;
     // Where the pointwise pass writes o * tanh(c): the step's output, or
     // (projections) the scratch that the projection reads.
     scalar_t* h_t = P > 0 ? hidden : output + row0 * H;
@@ -346,6 +382,33 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       Bf16TileArgs tile{rows, R, bf16 ? h_prev_bf16 + r0 * R : nullptr, R, 0};
       FloatTileArgs float_args{rows, R, float_vectors ? reinterpret_cast<const float*>(h_prev) + r0 * R : nullptr, R, 0};
       const int64_t first_slot = j0 / kPanel * kVectorsPerPanel;
+      if (fused_input) {
+        // x_t W_ih^T + biases into the task's block of the step's gates (the
+        // GRU's n part too: it stays in the gates, apart from hidden_n).
+        const int64_t lda = a.input_row_stride;
+        FloatTileArgs x_args{rows, I, bf16 ? nullptr : reinterpret_cast<const float*>(x_t) + r0 * lda, lda, 0};
+        Bf16TileArgs x16_args{rows, I, bf16 ? reinterpret_cast<const c10::BFloat16*>(x_t) + r0 * lda : nullptr, lda, 0};
+        for (int q = 0; q < blocks.count; ++q) {
+          const int64_t g = blocks.first[q] / width;
+          float* out = reinterpret_cast<float*>(block + g * gate_stride);
+          for (int64_t c0 = 0; c0 < blocks.columns[q]; c0 += kBf16Vector) {
+            const float* init = has_bias ? bias_interleaved.data() + gates_per_unit * j0 + blocks.first[q] + c0 : nullptr;
+            const int64_t columns = std::min(kBf16Vector, blocks.columns[q] - c0);
+            if (bf16) {
+              add_tile_vector(x16_args, packed_ih_bf16.data() + (first_slot + x16_args.vectors) * input_elements,
+                              out + c0, G, columns, /*accumulate=*/false, init);
+            } else {
+              add_tile_vector(x_args, packed_ih.data() + (first_slot + x_args.vectors) * input_elements, out + c0, G,
+                              columns, /*accumulate=*/false, init);
+            }
+          }
+        }
+        if (bf16) {
+          bf16_tile(x16_args);
+        } else {
+          float_tile(x_args);
+        }
+      }
       for (int q = 0; q < blocks.count; ++q) {
         // Gate g's columns accumulate into the gates, except the GRU's n,
         // which is written into hidden_n.

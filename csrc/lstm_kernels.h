@@ -342,6 +342,23 @@ struct RecurrenceForwardArgs {
   const void* weight_hh_bf16 = nullptr;
   const void* h0_bf16 = nullptr;
   void* output_bf16 = nullptr;
+  // The input projection inside the loop (float under float_tiles()): when
+  // project_input, each task first forms its block of x_t W_ih^T + biases,
+  // then adds h_{t-1} W_hh^T to it, so the block is in L1 when the product
+  // and the pointwise pass read it (a whole-sequence projection formed
+  // before the loop is in memory at each step's first load). Without
+  // keep_cells gates is then one step's [B, gates * H] scratch, not
+  // [T, B, ...]: inference forms no [T, B, 4H] projection. Row b of step t's input is
+  // input + t * input_step_stride + b * input_row_stride, or (variable
+  // lengths) input + (offset[t] + b) * input_row_stride.
+  bool project_input = false;
+  const void* input = nullptr;  // null where input_size is 0
+  int64_t input_size = 0;
+  int64_t input_step_stride = 0;
+  int64_t input_row_stride = 0;
+  const void* weight_ih = nullptr;  // [gates * H, I], the standard gate order
+  const void* bias = nullptr;       // [gates * H] or null, the standard order
+  const void* bias2 = nullptr;      // added to bias (the GRU: its projection2), or null
 };
 // Hidden units per panel of the CPU time loop.
 constexpr int64_t kRecurrencePanel = 16;
@@ -513,6 +530,9 @@ struct TileArgs {
   int64_t ldc[4];
   int64_t columns[4];
   bool accumulate[4];
+  // Where accumulate is false: the vector's start, the same for every row
+  // (a bias; kBf16Vector floats), or null for zeros.
+  const float* init[4] = {};
 };
 using Bf16TileArgs = TileArgs<c10::BFloat16>;
 void bf16_tile(const Bf16TileArgs& args);

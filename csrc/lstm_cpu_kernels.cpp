@@ -860,14 +860,19 @@ void transpose(const TransposeArgs& a) {
 #define LSTM_EXT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 constexpr int kBf16Rows = 6;
 
-// A block's accumulators: C's values where the tile accumulates, else
-// zeros; each vector's mask of its columns. Then their store.
+// A block's accumulators: C's values where the tile accumulates, else the
+// vector's init (or zeros); each vector's mask of its columns. Then their
+// store. A full vector loads and stores without its mask: the pointwise pass
+// reads the block right after, and a masked store does not forward to that
+// load on AMD's cores (the bfloat16 forward 4-6% faster on the AMD EPYC host).
 template <int Rows, int Vectors, typename Args>
 inline void start_block(const Args& p, int64_t r0, __m512 (&acc)[Rows][Vectors], __mmask16 (&mask)[Vectors]) {
   for (int v = 0; v < Vectors; ++v) {
     mask[v] = static_cast<__mmask16>((1u << p.columns[v]) - 1u);
     for (int r = 0; r < Rows; ++r) {
-      acc[r][v] = p.accumulate[v]        ? _mm512_maskz_loadu_ps(mask[v], p.c[v] + (r0 + r) * p.ldc[v])
+      const float* c = p.c[v] + (r0 + r) * p.ldc[v];
+      const bool full = p.columns[v] == kBf16Vector;
+      acc[r][v] = p.accumulate[v]        ? (full ? _mm512_loadu_ps(c) : _mm512_maskz_loadu_ps(mask[v], c))
                   : p.init[v] != nullptr ? _mm512_maskz_loadu_ps(mask[v], p.init[v])
                                          : _mm512_setzero_ps();
     }
@@ -877,8 +882,13 @@ inline void start_block(const Args& p, int64_t r0, __m512 (&acc)[Rows][Vectors],
 template <int Rows, int Vectors, typename Args>
 inline void finish_block(const Args& p, int64_t r0, const __m512 (&acc)[Rows][Vectors],
                          const __mmask16 (&mask)[Vectors]) {
-  for (int v = 0; v < Vectors; ++v)
-    for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+  for (int v = 0; v < Vectors; ++v) {
+    if (p.columns[v] == kBf16Vector) {
+      for (int r = 0; r < Rows; ++r) _mm512_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], acc[r][v]);
+    } else {
+      for (int r = 0; r < Rows; ++r) _mm512_mask_storeu_ps(p.c[v] + (r0 + r) * p.ldc[v], mask[v], acc[r][v]);
+    }
+  }
 }
 
 template <int Rows, int Vectors>

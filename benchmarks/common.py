@@ -73,6 +73,12 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def row_identity(row: dict) -> tuple:
+    """What a result row measured: everything but its numbers."""
+    numbers = {"median_us", "min_us", "gflops", "sgemm_fraction", "peak_mib", "gbps"}
+    return tuple(sorted((k, str(v)) for k, v in row.items() if k not in numbers))
+
+
 class Bench:
     """Collects measurements of one benchmark script and reports them."""
 
@@ -173,9 +179,12 @@ class Bench:
         if os.path.exists(path):
             with open(path) as f:
                 old = json.load(f)
-            # This run replaces the rows of its benchmark and cell only.
-            old_rows = [r for r in old.get("results", [])
-                        if (r.get("bench"), r.get("cell", "lstm")) != (self.bench, self.cell)]
+            # This run replaces the rows it measured again (the same benchmark,
+            # cell, pass, shape, dtype and implementation) and keeps the rest:
+            # a --dtype bfloat16 or --impls run leaves the float32 rows, or the
+            # other implementations', as they were.
+            measured = {row_identity(r) for r in self.rows}
+            old_rows = [r for r in old.get("results", []) if row_identity(r) not in measured]
             old_machine = old.get("machine", {})  # keeps what another benchmark measured (the sgemm floor)
         machine = {**old_machine, **machine_info(self.device), **self.machine_extra}
         with open(path, "w") as f:

@@ -20,6 +20,10 @@ without it.
     python benchmarks/bench_sequence.py --cell lstmp    # projections
     python benchmarks/bench_sequence.py --cell lnlstm   # LayerNorm LSTM, zoneout
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
+    python benchmarks/bench_sequence.py --step          # one step a call (T=1)
+
+--step times one step a call (T=1, B/I=H 1/256, 16/128, 64/512), as a
+decoder or a streaming model calls a layer.
 
 torch.compile unrolls the time loop, so at T=100 it compiles the reference
 cell and loops over the compiled step instead (row field "compiled": "step").
@@ -35,6 +39,7 @@ import lstm_ext
 from common import Bench, dtypes_of, impls_of, parse_common_args, rnn_flops, sgemm_gflops
 
 GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
+STEP_GRID = [(1, 1, 256, 256), (16, 1, 128, 128), (64, 1, 512, 512)]  # one step a call
 LAYERS = (1, 2)
 
 
@@ -314,9 +319,11 @@ def ratios(cell: str) -> list:
 
 
 def main() -> None:
-    args = parse_common_args(__doc__).parse_args()
+    parser = parse_common_args(__doc__)
+    parser.add_argument("--step", action="store_true", help="one step a call (T=1) instead of the sequence grid")
+    args = parser.parse_args()
     bench = Bench("sequence", args.device, min_run_time=args.min_run_time, cell=args.cell, only=impls_of(args))
-    grid = GRID[:2] if args.quick else GRID
+    grid = STEP_GRID if args.step else GRID[:2] if args.quick else GRID
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
     bench.machine_extra["sgemm_gflops"] = round(sgemm_gflops(args.device), 1)

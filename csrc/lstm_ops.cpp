@@ -99,6 +99,10 @@ constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
 // many rows of a: the sequence's input projections (T*B rows), not a cell's
 // B rows (at B=16, I=H=1024 packing made the cell's forward 5x slower).
 constexpr int64_t kPackedMinRows = 1024;
+// small_gemm takes a transposed b of more than kSmallTransposedMaxCopy
+// elements only over kSmallTransposedMinRows rows of a or more: below, its
+// copy of b costs more than the BLAS call it saves.
+constexpr int64_t kSmallTransposedMinRows = 64, kSmallTransposedMaxCopy = 2048;
 
 // [bias + bias2 +] a @ b for a [M, K] and b [K, N], into out when given (else
 // a new tensor). On the CPU, float products with many rows of a row-major a
@@ -111,7 +115,12 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   if (!out.defined()) out = at::empty({M, N}, a.options());
   const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
   const bool empty = M == 0 || N == 0 || K == 0;
-  const bool small = !empty && M * N * K <= kSmallProductFmas;
+  // small_gemm copies a transposed b (a weight's .t()) row-major, K * N
+  // strided reads whatever M is: over few rows of a that copy is the cost (a
+  // T = 1 layer's input projection at B=1, I=256, 4H=1024: ~0.3 ms), and the
+  // BLAS reads the view as it is.
+  const bool copies_b = b.stride(1) != 1 && K * N > kSmallTransposedMaxCopy;
+  const bool small = !empty && M * N * K <= kSmallProductFmas && (!copies_b || M >= kSmallTransposedMinRows);
   const bool packed = !empty && !small && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows;
   if (!cpu_specialized(a) || !(small || packed)) {
     if (!bias.defined()) return at::mm_out(out, a, b);
@@ -692,13 +701,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     // The output is the bfloat16 h (the float one holds the same values).
     if (bf16_products) output = output_bf16;
   } else {
-    // Per step the recurrent products (cuBLAS) and one pointwise kernel.
-    // W_hh^T copied row-major once per call: for the transposed view cuBLAS
-    // picks, in float32 on an H200, a kernel of 24 us at B=16, H=128 against
-    // 4.7 us on the copy, and is no faster on the view at any grid size
-    // (benchmarks/cuda_step_products.py).
-    const Tensor weight_hh_t = weight_hh.t().contiguous();
-    const Tensor weight_hr_t = P > 0 ? weight_hr_c.t().contiguous() : Tensor();
+    // Per step the recurrent products (cuBLAS; on the CPU, MKL at T = 1)
+    // and one pointwise kernel. Off the CPU W_hh^T is copied row-major once
+    // per call: for the transposed view cuBLAS picks, in float32 on an H200,
+    // a kernel of 24 us at B=16, H=128 against 4.7 us on the copy, and is no
+    // faster on the view at any grid size (benchmarks/cuda_step_products.py).
+    // The CPU's BLAS takes the view as it is, and there the strided copy cost
+    // more than the step it served (a T = 1 call at B=1, H=256: ~0.5 ms).
+    const auto row_major_t = [&](const Tensor& w) { return w.is_cpu() ? w.t() : w.t().contiguous(); };
+    const Tensor weight_hh_t = row_major_t(weight_hh);
+    const Tensor weight_hr_t = P > 0 ? row_major_t(weight_hr_c) : Tensor();
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = backwards ? T - 1 - s : s;
       const int64_t t_prev = backwards ? t + 1 : t - 1;

@@ -14,6 +14,7 @@ CONFIGS = [  # B, T, I, H, layers, bidirectional
     (4, 7, 5, 3, 1, False),      # H below a vector, odd input size
     (3, 9, 33, 37, 1, True),     # a narrow last panel, odd K
     (16, 12, 64, 128, 2, True),  # several panels, two layers
+    (5, 1, 40, 24, 2, True),     # one step (T = 1: no time loop; bfloat16's products on its own operands)
 ]
 
 
@@ -94,9 +95,10 @@ def test_bfloat16_packed_gradients_against_float64(cpu_capability, cell):
         assert _error(ours_grad, truth_grad) <= 2e-2
 
 
-def test_saved_tensors_are_float32_and_opcheck():
+@pytest.mark.parametrize("T", [5, 1], ids=lambda t: f"T={t}")  # T = 1: one step, no time loop
+def test_saved_tensors_are_float32_and_opcheck(cpu_capability, T):
     torch.manual_seed(2)
-    T, B, I, H = 5, 3, 7, 16
+    B, I, H = 3, 7, 16
     args = (torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, I), torch.randn(4 * H, H),
             torch.randn(4 * H), torch.randn(4 * H), False)
     args16 = tuple(a.bfloat16() if isinstance(a, torch.Tensor) else a for a in args)
@@ -105,6 +107,13 @@ def test_saved_tensors_are_float32_and_opcheck():
     assert gates.dtype == cells.dtype == torch.float32
     torch.library.opcheck(torch.ops.lstm_ext.layer_forward.default, args16)
     torch.library.opcheck(torch.ops.lstm_ext.layer_inference.default, args16)
+    gru_args16 = tuple(a.bfloat16() for a in (args[0], args[1], torch.randn(3 * H, I), torch.randn(3 * H, H),
+                                              torch.randn(3 * H), torch.randn(3 * H))) + (False,)
+    output, h_n, gates, hidden_n = torch.ops.lstm_ext.gru_layer_forward(*gru_args16)
+    assert output.dtype == h_n.dtype == torch.bfloat16
+    assert gates.dtype == hidden_n.dtype == torch.float32
+    torch.library.opcheck(torch.ops.lstm_ext.gru_layer_forward.default, gru_args16)
+    torch.library.opcheck(torch.ops.lstm_ext.gru_layer_inference.default, gru_args16)
 
 
 def test_compile_bfloat16():
@@ -114,3 +123,21 @@ def test_compile_bfloat16():
     compiled = torch.compile(rnn, fullgraph=True)
     with torch.no_grad():
         assert torch.equal(compiled(x)[0], rnn(x)[0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bfloat16_one_step_bad_input(cpu_capability, cell):
+    """T = 1 in bfloat16 takes its own path on AVX512-BF16: the same checks
+    and messages as every other call, on real and meta tensors."""
+    torch.manual_seed(4)
+    cls = lstm_ext.LSTM if cell == "lstm" else lstm_ext.GRU
+    for device in ("cpu", "meta"):
+        rnn = cls(8, 16, device=device, dtype=torch.bfloat16)
+        x = torch.randn(1, 3, 8, device=device, dtype=torch.bfloat16)
+        h0 = torch.zeros(1, 2, 16, device=device, dtype=torch.bfloat16)  # batch 2, not 3
+        state = (h0, torch.zeros(1, 3, 16, device=device, dtype=torch.bfloat16)) if cell == "lstm" else h0
+        with pytest.raises((ValueError, RuntimeError), match=r"h_0"):
+            rnn(x, state)
+        wrong_dtype = (torch.zeros(1, 3, 16, device=device), state[1]) if cell == "lstm" else torch.zeros(1, 3, 16, device=device)
+        with pytest.raises((ValueError, RuntimeError, TypeError), match=r"h_0"):
+            rnn(x, wrong_dtype)

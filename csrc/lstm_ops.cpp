@@ -897,10 +897,13 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
                                 &defined_or_empty(weight_hr)})) {
     const Bf16Operands operands{input, h0, weight_ih, weight_hh, output};
     const bool bf16_operands = input.scalar_type() == at::kBFloat16 && !weight_hr.has_value() && cpu::bf16_products();
+    // One step (bf16_one_step's backward): the weights stay bfloat16, as
+    // only the products after the (one-step) loop read them.
+    const bool one_step = bf16_one_step_applies(input, weight_hh, weight_hr, batch_sizes);
     auto g = backward_layer(cell, op, to_float(grad_output), to_float(grad_h_n), to_float(grad_c_n), to_float(input),
-                            to_float(h0), to_float(c0), to_float(weight_ih), to_float(weight_hh), to_float(output),
-                            gates, cells, reverse, output_mask, to_float(weight_hr), batch_sizes,
-                            bf16_operands ? &operands : nullptr);
+                            to_float(h0), to_float(c0), one_step ? weight_ih : to_float(weight_ih),
+                            one_step ? weight_hh : to_float(weight_hh), to_float(output), gates, cells, reverse,
+                            output_mask, to_float(weight_hr), batch_sizes, bf16_operands ? &operands : nullptr);
     for (Tensor& t : g) {
       if (t.defined()) t = t.to(weight_hh.scalar_type());
     }
@@ -922,7 +925,10 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
     return packed ? std::vector<int64_t>{N, x} : std::vector<int64_t>{T, B, x};
   };
   const std::string sequence_prefix = packed ? "(rows, " : "(seq_len, batch, ";
-  const Tensor& weight = weight_hh;
+  // A bfloat16 step's weights come as they are, the rest in float32 (the
+  // float32 inside): then the rest is checked against the float32 output.
+  const bool bf16_step = bf16 != nullptr && weight_hh.scalar_type() == at::kBFloat16;
+  const Tensor& weight = bf16_step ? output : weight_hh;
   const char* cells_name = cell.lstm() ? "cells" : "hidden_n";
   const char* h_width = P > 0 ? "proj_size" : "hidden_size";
   const std::string sequence_meaning = sequence_prefix + h_width + ")";
@@ -941,7 +947,8 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
     if (t->defined()) check_operand(op, name, *t, weight, {B, H}, "(batch, hidden_size)");
   }
   check_like_weight(op, "input", input, weight);
-  check_operand(op, "weight_ih", weight_ih, weight, {G, I}, gates_shape(gates_per_unit, "(", ", input_size)").c_str());
+  check_operand(op, "weight_ih", weight_ih, weight_hh, {G, I},
+                gates_shape(gates_per_unit, "(", ", input_size)").c_str());
   check_operand(op, "gates", gates, weight, sequence_shape(G),
                 gates_shape(gates_per_unit, sequence_prefix.c_str(), ")").c_str());
   const bool backwards = reverse && !packed;
@@ -1073,6 +1080,26 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   const Tensor& gates2d = grad_gates2d;
   const Tensor recurrent2d = cell.lstm() ? gates2d : grad_hidden2d;
   Tensor grad_h0, grad_input, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr;
+  if (bf16_step) {
+    // One bfloat16 step: ATen's bfloat16 products, as its forward's, on
+    // the gates' gradients rounded to bfloat16 and the layer's own operands.
+    TORCH_INTERNAL_ASSERT(T == 1 && !packed && P == 0);
+    const Tensor gates16 = grad_gates2d.to(at::kBFloat16);
+    const Tensor recurrent16 = cell.lstm() ? gates16 : grad_hidden2d.to(at::kBFloat16);
+    if (want_h0) {
+      grad_h0 = at::mm(recurrent16, weight_hh);
+      if (!cell.lstm()) grad_h0 = grad_h0.to(at::kFloat).add_(grad_h0_direct);
+    }
+    if (want_input) grad_input = at::mm(gates16, weight_ih).view({1, B, I});
+    if (want_weights) {
+      grad_weight_ih = at::mm(gates16.t(), bf16->input.select(0, 0));
+      grad_weight_hh = at::mm(recurrent16.t(), bf16->h0);
+      grad_bias_ih = bias_grad(grad_gates2d);
+      grad_bias_hh = cell.lstm() ? grad_bias_ih : bias_grad(grad_hidden2d);
+    }
+    return {grad_input, grad_h0, want_c0 ? grad_c : Tensor(), grad_weight_ih, grad_weight_hh, grad_bias_ih,
+            grad_bias_hh, grad_weight_hr};
+  }
   if (want_h0) {
     grad_h0 = product(step_rows(recurrent2d, t_first, B), weight_hh);
     if (!cell.lstm()) grad_h0.add_(grad_h0_direct);

@@ -25,6 +25,7 @@ namespace cpu {
   void gru_pointwise_backward(const GruPointwiseBackwardArgs& args); \
   void outer_products(const OuterProductArgs& args);          \
   void transpose(const TransposeArgs& args);                  \
+  void row_dots(const RowDotsArgs& args);                     \
   void ln_rows_forward(const LnRowsForwardArgs& args);        \
   void ln_rows_backward(const LnRowsBackwardArgs& args);      \
   void philox_mask(const PhiloxMaskArgs& args);               \
@@ -56,6 +57,7 @@ struct KernelTable {
   void (*gru_backward)(const GruPointwiseBackwardArgs&);
   void (*outer_products)(const OuterProductArgs&);
   void (*transpose)(const TransposeArgs&);
+  void (*row_dots)(const RowDotsArgs&);
   void (*ln_rows_forward)(const LnRowsForwardArgs&);
   void (*ln_rows_backward)(const LnRowsBackwardArgs&);
   void (*philox_mask)(const PhiloxMaskArgs&);
@@ -69,18 +71,18 @@ struct KernelTable {
 const KernelTable kTables[] = {
     {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
      DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
-     DEFAULT::transpose, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
+     DEFAULT::transpose, DEFAULT::row_dots, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
      DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward, nullptr, nullptr, nullptr},
 #ifdef LSTM_EXT_HAVE_AVX2
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
-     AVX2::transpose, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
+     AVX2::transpose, AVX2::row_dots, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
      AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr, nullptr},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
      AVX512::gru_pointwise_backward, AVX512::outer_products,
-     AVX512::transpose, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
+     AVX512::transpose, AVX512::row_dots, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
      AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward, AVX512::bf16_tile, AVX512::bf16_round,
      AVX512::float_tile},
 #endif
@@ -142,6 +144,8 @@ void outer_products(const OuterProductArgs& args) {
 }
 
 void transpose(const TransposeArgs& args) { active().load(std::memory_order_relaxed)->transpose(args); }
+
+void row_dots(const RowDotsArgs& args) { active().load(std::memory_order_relaxed)->row_dots(args); }
 
 void rows_pass(const LnRowsForwardArgs& args) { active().load(std::memory_order_relaxed)->ln_rows_forward(args); }
 

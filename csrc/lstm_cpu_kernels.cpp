@@ -823,6 +823,94 @@ void outer_products(const OuterProductArgs& args) {
   AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_outer_products", [&] { outer_products_typed<scalar_t>(args); });
 }
 
+namespace {
+
+// Rows of A [m0, m0 + R) against columns [n, n + Cols) of W^T: R x Cols
+// accumulators in registers, so each vector of W loaded feeds R
+// multiply-adds and each of A Cols. Each output's sum runs over k in order,
+// vector by vector (the tail zero-filled), then across the vector.
+template <typename scalar_t, int R, int Cols>
+void row_dots_block(const RowDotsArgs& a, int64_t m0, int64_t n) {
+  using Vec = Vectorized<scalar_t>;
+  constexpr int64_t kWidth = Vec::size();
+  const int64_t K = a.k;
+  const auto* A = static_cast<const scalar_t*>(a.a) + m0 * a.lda;
+  const auto* W = static_cast<const scalar_t*>(a.w) + n * a.ldw;
+  Vec acc[Cols][R];
+  for (int c = 0; c < Cols; ++c)
+    for (int r = 0; r < R; ++r) acc[c][r] = Vec(scalar_t(0));
+  int64_t k = 0;
+  for (; k + kWidth <= K; k += kWidth) {
+    Vec w[Cols];
+    for (int c = 0; c < Cols; ++c) w[c] = Vec::loadu(W + c * a.ldw + k);
+    for (int r = 0; r < R; ++r) {
+      const Vec x = Vec::loadu(A + r * a.lda + k);
+      for (int c = 0; c < Cols; ++c) acc[c][r] = at::vec::fmadd(x, w[c], acc[c][r]);
+    }
+  }
+  if (k < K) {  // the tail, zero-filled
+    const int64_t count = K - k;
+    Vec w[Cols];
+    for (int c = 0; c < Cols; ++c) w[c] = Vec::loadu(W + c * a.ldw + k, count);
+    for (int r = 0; r < R; ++r) {
+      const Vec x = Vec::loadu(A + r * a.lda + k, count);
+      for (int c = 0; c < Cols; ++c) acc[c][r] = at::vec::fmadd(x, w[c], acc[c][r]);
+    }
+  }
+  const auto* bias = static_cast<const scalar_t*>(a.bias);
+  const auto* bias2 = static_cast<const scalar_t*>(a.bias2);
+  auto* C = static_cast<scalar_t*>(a.c) + m0 * a.ldc + n;
+  for (int c = 0; c < Cols; ++c) {
+    for (int r = 0; r < R; ++r) {
+      scalar_t sum = at::vec::vec_reduce_all<scalar_t>([](Vec& x, Vec& y) { return x + y; }, acc[c][r]);
+      if (bias != nullptr) sum = bias[n + c] + (bias2 != nullptr ? bias2[n + c] : scalar_t(0)) + sum;
+      if (a.accumulate) sum = C[r * a.ldc + c] + sum;
+      C[r * a.ldc + c] = sum;
+    }
+  }
+}
+
+// 4 rows at a time; 4 columns with 32 vector registers (AVX-512: 16
+// accumulators), else 2.
+template <typename scalar_t, int Cols>
+void row_dots_rows(const RowDotsArgs& a, int64_t m0, int64_t n) {
+  switch (std::min<int64_t>(4, a.m - m0)) {
+    case 1: row_dots_block<scalar_t, 1, Cols>(a, m0, n); break;
+    case 2: row_dots_block<scalar_t, 2, Cols>(a, m0, n); break;
+    case 3: row_dots_block<scalar_t, 3, Cols>(a, m0, n); break;
+    default: row_dots_block<scalar_t, 4, Cols>(a, m0, n); break;
+  }
+}
+
+template <typename scalar_t>
+void row_dots_typed(const RowDotsArgs& a) {
+  constexpr int64_t kCols = sizeof(Vectorized<scalar_t>) >= 64 ? 4 : 2;
+  const int64_t groups = (a.n + kCols - 1) / kCols;
+  // Groups of columns per task: enough multiply-adds to be worth a thread.
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, kCols * a.m * a.k));
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t n = g * kCols, cols = std::min(kCols, a.n - n);
+      // Every pass of 4 rows over the same columns of W, which stay in L1.
+      for (int64_t m0 = 0; m0 < a.m; m0 += 4) {
+        switch (cols) {
+          case 1: row_dots_rows<scalar_t, 1>(a, m0, n); break;
+          case 2: row_dots_rows<scalar_t, 2>(a, m0, n); break;
+          case 3: row_dots_rows<scalar_t, 3>(a, m0, n); break;
+          default: row_dots_rows<scalar_t, kCols>(a, m0, n); break;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void row_dots(const RowDotsArgs& a) {
+  if (a.m == 0 || a.n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(a.dtype, "lstm_ext_row_dots", [&] { row_dots_typed<scalar_t>(a); });
+}
+
 void transpose(const TransposeArgs& a) {
   constexpr int64_t kBlock = 16;  // at::vec's 16 x 16 float transpose (two 8 x 8 ones below AVX-512)
   const int64_t row_blocks = (a.rows + kBlock - 1) / kBlock;

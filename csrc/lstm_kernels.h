@@ -480,6 +480,29 @@ struct TransposeArgs {
 };
 void transpose(const TransposeArgs& args);
 
+// C[M, N] = [bias + bias2 +] A @ W^T for A [M, K] (row stride lda) and W
+// [N, K] (row stride ldw; a weight as it is stored), float or double, for
+// few rows of A (a T = 1 layer's or a cell's products): each element one dot
+// product over K in a fixed order, the columns split between threads, so
+// the result does not depend on the thread count (MKL's sgemm's does at 5-7
+// and 9-11 rows) and W needs no transposed copy. Per CPU capability.
+struct RowDotsArgs {
+  c10::ScalarType dtype;
+  int64_t m, n, k;
+  const void* a;
+  int64_t lda;
+  const void* w;
+  int64_t ldw;
+  const void* bias;   // [N] or null
+  const void* bias2;  // [N] or null (only with bias)
+  void* c;
+  int64_t ldc;
+  bool accumulate = false;  // C += A @ W^T (without biases)
+};
+void row_dots(const RowDotsArgs& args);
+// Rows of A above which products leave row_dots for the BLAS.
+constexpr int64_t kRowDotsMaxRows = 16;
+
 // C[M, N] = A[M, K] @ B[K, N] for float, all row-major, for a long K and a
 // short M: a layer's weight gradients over all its steps, sequence^T @
 // grad_gates (K = T*B). Threads split N into blocks of 64 columns; each copies

@@ -104,6 +104,43 @@ constexpr int64_t kPackedMinRows = 1024;
 // copy of b costs more than the BLAS call it saves.
 constexpr int64_t kSmallTransposedMinRows = 64, kSmallTransposedMaxCopy = 2048;
 
+// Whether out = a @ b takes cpu::row_dots: few rows of a (a T = 1 layer's or
+// a cell's forward) against a weight's transposed view, float or double, on
+// the CPU's specialized kernels. Its result does not depend on the thread
+// count (MKL's sgemm's does at 5-7 and 9-11 rows), and it reads the weight
+// as it is.
+bool takes_row_dots(const Tensor& a, const Tensor& b, const Tensor& out) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
+  const bool weight_t = b.stride(0) == 1 && (N == 1 || b.stride(1) >= K);
+  return cpu_specialized(a) && a_rows && weight_t && M <= cpu::kRowDotsMaxRows && out.stride(1) == 1 &&
+         (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble);
+}
+
+// out [+]= [bias + bias2 +] a @ b by cpu::row_dots (takes_row_dots).
+void row_dots_product(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& bias2, const Tensor& out,
+                      bool accumulate) {
+  const Tensor bias_mem = bias.defined() ? bias.contiguous() : bias;
+  const Tensor bias2_mem = bias2.defined() ? bias2.contiguous() : bias2;
+  cpu::RowDotsArgs args{a.scalar_type(), a.size(0), b.size(1), a.size(1), a.const_data_ptr(), a.stride(0),
+                        b.const_data_ptr(), b.stride(1), bias_mem.defined() ? bias_mem.const_data_ptr() : nullptr,
+                        bias2_mem.defined() ? bias2_mem.const_data_ptr() : nullptr, out.data_ptr(), out.stride(0)};
+  args.accumulate = accumulate;
+  cpu::row_dots(args);
+}
+
+// out (+)= a @ b for a weight's transposed view b: a step's recurrent
+// product in the generic loop (on the CPU, a T = 1 call's).
+void step_product(Tensor out, const Tensor& a, const Tensor& b, bool accumulate) {
+  if (a.size(0) > 0 && takes_row_dots(a, b, out)) {
+    row_dots_product(a, b, Tensor(), Tensor(), out, accumulate);
+  } else if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
 // [bias + bias2 +] a @ b for a [M, K] and b [K, N], into out when given (else
 // a new tensor). On the CPU, float products with many rows of a row-major a
 // take cpu::packed_gemm, small ones cpu::small_gemm (a transposed view of a
@@ -115,12 +152,22 @@ Tensor product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor(), 
   if (!out.defined()) out = at::empty({M, N}, a.options());
   const bool a_rows = a.stride(1) == 1 && a.stride(0) >= K;
   const bool empty = M == 0 || N == 0 || K == 0;
+  if (!empty && takes_row_dots(a, b, out)) {
+    row_dots_product(a, b, bias, bias2, out, /*accumulate=*/false);
+    return out;
+  }
   // small_gemm copies a transposed b (a weight's .t()) row-major, K * N
   // strided reads whatever M is: over few rows of a that copy is the cost (a
   // T = 1 layer's input projection at B=1, I=256, 4H=1024: ~0.3 ms), and the
   // BLAS reads the view as it is.
   const bool copies_b = b.stride(1) != 1 && K * N > kSmallTransposedMaxCopy;
-  const bool small = !empty && M * N * K <= kSmallProductFmas && (!copies_b || M >= kSmallTransposedMinRows);
+  // Few rows of a against a row-major float b (the backward's products with
+  // a weight at small batches) go to small_gemm at any size: its result does
+  // not depend on the thread count, the BLAS's does at 5-7 and 9-11 rows.
+  const bool few_rows = M <= cpu::kRowDotsMaxRows && a.scalar_type() == at::kFloat && b.stride(1) == 1 &&
+                        b.stride(0) >= N && a_rows;
+  const bool small =
+      !empty && (M * N * K <= kSmallProductFmas || few_rows) && (!copies_b || M >= kSmallTransposedMinRows);
   const bool packed = !empty && !small && a.scalar_type() == at::kFloat && a_rows && M >= kPackedMinRows;
   if (!cpu_specialized(a) || !(small || packed)) {
     if (!bias.defined()) return at::mm_out(out, a, b);
@@ -824,7 +871,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
       void* gp = g.data_ptr();
       if (cell.lstm()) {
         const Tensor c_prev = s == 0 ? c0_c : cell_of(s - 1, t_prev, n);
-        g.addmm_(h_prev, weight_hh_t);  // in place into the step's gates
+        step_product(g, h_prev, weight_hh_t, /*accumulate=*/true);  // in place into the step's gates
         const PointwiseForwardArgs args{input.scalar_type(), n, H,
                                         /*preact=*/{gp, G, H},
                                         /*addend=*/{nullptr, 0, 0},
@@ -833,13 +880,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
                                         /*h=*/{P > 0 ? hidden.data_ptr() : out_t.data_ptr(), H},
                                         /*c=*/{cell_of(s, t, n).data_ptr(), H}};
         launch(input, args);
-        if (P > 0) at::mm_out(out_t, hidden.narrow(0, 0, n), weight_hr_t);
+        if (P > 0) step_product(out_t, hidden.narrow(0, 0, n), weight_hr_t, /*accumulate=*/false);
         continue;
       }
       // GRU: r and z in place into the gates, n into the step's hidden n.
       Tensor hidden_n = cell_of(s, t, n);
-      g.narrow(1, 0, 2 * H).addmm_(h_prev, weight_hh_t.narrow(1, 0, 2 * H));
-      at::mm_out(hidden_n, h_prev, weight_hh_t.narrow(1, 2 * H, H));
+      step_product(g.narrow(1, 0, 2 * H), h_prev, weight_hh_t.narrow(1, 0, 2 * H), /*accumulate=*/true);
+      step_product(hidden_n, h_prev, weight_hh_t.narrow(1, 2 * H, H), /*accumulate=*/false);
       void* hp = hidden_n.data_ptr();
       const GruPointwiseForwardArgs args{input.scalar_type(), n, H,
                                          /*preact=*/{gp, G, H},

@@ -141,3 +141,37 @@ def test_cuda_inference_keeps_no_cells(cell):
     assert peak_bytes_of(training) - peak_bytes_of(inference) >= cells - 2 * B * H * 4
     projection_and_output = T * B * (gates + 1) * H * 4
     assert peak_bytes_of(inference) <= projection_and_output + (1 << 20)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 9, 16, 40], ids=lambda b: f"B={b}")
+@pytest.mark.parametrize("steps", [1, 4], ids=lambda t: f"T={t}")
+def test_results_do_not_depend_on_the_thread_count(batch, steps, cpu_capability):
+    """One thread or two, the same numbers bitwise: layers (one step and
+    several) and cells, forward and every gradient. MKL's sgemm changes its
+    sums with the thread count at some row counts (5-7, 9-11 here), so
+    products over few rows take our own kernels (row_dots, small_gemm)."""
+    torch.manual_seed(0)
+    H = 144  # the backward's products with a weight above small_gemm's plain size at B=5
+    modules = [lstm_ext.LSTM(H, H, num_layers=2, bidirectional=True), lstm_ext.GRU(H, H, num_layers=2),
+               lstm_ext.LSTMCell(H, H), lstm_ext.GRUCell(H, H)]
+    x = torch.randn(steps, batch, H)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                out = [m(x)[0] for m in modules[:2]] + [modules[2](x[0])[0], modules[3](x[0])]
+            for m in modules:
+                m.zero_grad(set_to_none=True)
+            xg = x.clone().requires_grad_()
+            loss = sum(m(xg)[0].square().sum() for m in modules[:2])
+            loss = loss + modules[2](xg[0])[0].square().sum() + modules[3](xg[0]).square().sum()
+            loss.backward()
+            out += [xg.grad] + [p.grad for m in modules for p in m.parameters()]
+            results.append(out)
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

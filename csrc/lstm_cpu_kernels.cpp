@@ -159,6 +159,18 @@ void forward_typed(const PointwiseForwardArgs& a) {
   const auto c_prev = row_stream<const scalar_t>(a.c_prev);
   const std::array<Stream<scalar_t>, 6> out{{gates[0], gates[1], gates[2], gates[3],
                                              row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
+  if (a.gates.data == nullptr) {  // inference: only c and h (see PointwiseForwardArgs)
+    TORCH_INTERNAL_ASSERT(a.addend.data == nullptr);
+    const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
+    const std::array<Stream<scalar_t>, 2> c_h{{row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
+    at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+      for_each_element<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
+        Vec i, f, g, o;
+        lstm_forward_point(x[0], x[1], x[2], x[3], x[4], i, f, g, o, y[0], y[1]);
+      });
+    });
+    return;
+  }
   at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
     if (a.addend.data == nullptr) {
       const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};

@@ -456,11 +456,14 @@ void forward_typed(const RecurrenceForwardArgs& a) {
         round_h(output + row0 * H + r0 * H + j0);
         return;
       }
+      // Inference: no backward reads the activated gates, so they are not
+      // stored (at the course's H=3 each of a block's elements is a scalar
+      // store).
       const PointwiseForwardArgs args{shape.dtype, rows, width,
                                       /*preact=*/{block, G, gate_stride},
                                       /*addend=*/{nullptr, 0, 0},
                                       /*c_prev=*/{c_prev + r0 * H + j0, H},
-                                      /*gates=*/{block, G, gate_stride},
+                                      /*gates=*/{a.keep_cells ? block : nullptr, G, gate_stride},
                                       /*h=*/{h_t + r0 * H + j0, H},
                                       /*c=*/{c_t + r0 * H + j0, H}};
       pointwise(args);

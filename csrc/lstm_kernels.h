@@ -47,7 +47,8 @@ using OutGates = GatesView<void*>;
 // precomputed input projection, so that neither needs a pass of its own) and
 // c_prev; writes the activated gates, which the backward needs, and c and h.
 // gates may be the same memory as preact or addend (each element is read
-// before it is written).
+// before it is written). On the CPU a null gates.data (inference, without
+// addend) writes c and h only.
 struct PointwiseForwardArgs {
   c10::ScalarType dtype;
   int64_t batch;

@@ -40,9 +40,6 @@ constexpr int64_t kPanel = kRecurrencePanel;
 constexpr int64_t kMinTaskFmas = 32768;
 // Row blocks are at least this tall when rows are split across threads.
 constexpr int64_t kMinBlockRows = 8;
-// small_gemm splits products above this many multiply-adds (which product()
-// sends it only over few rows of a) into blocks of columns between threads.
-constexpr int64_t kSmallGemmSplitFmas = int64_t(1) << 18;
 
 // Up to this many outputs (M*N), a float or double product with A read
 // transposed (the weight gradients of small problems) is outer_products'
@@ -764,7 +761,7 @@ void small_gemm(const SmallGemmArgs& a) {
     }
     const auto* A = static_cast<const scalar_t*>(a.a);
     const bool accumulate = a.bias != nullptr;
-    if (a.transpose_a || a.m * a.n * a.k <= kSmallGemmSplitFmas) {
+    if (a.transpose_a || a.m * a.n * a.k <= kSmallProductFmas) {
       tile_gemm<scalar_t>(a.m, a.n, a.k, A, a.lda, a.transpose_a, B, ldb, C, a.ldc, accumulate);
       return;
     }

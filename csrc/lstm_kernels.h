@@ -422,6 +422,10 @@ struct SmallGemmArgs {
   int64_t ldc;
 };
 void small_gemm(const SmallGemmArgs& args);
+// Up to this many multiply-adds a product goes to small_gemm whatever its
+// rows; above it, only over few rows of A (lstm_ops.cpp's product), and then
+// small_gemm splits it into blocks of columns between threads.
+constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
 
 // C[M, N] (+)= A^T @ B for A [K, M] and B [K, N], row-major with leading
 // dimensions, float or double, as K outer products of a row of A and a row of

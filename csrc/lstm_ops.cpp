@@ -92,9 +92,10 @@ Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
       .make_tensor();
 }
 
-// Below this many multiply-adds a CPU product runs in cpu::small_gemm on the
-// calling thread instead of ATen's mm, whose BLAS call alone costs more.
-constexpr int64_t kSmallProductFmas = int64_t(1) << 18;
+// Below cpu::kSmallProductFmas multiply-adds a CPU product runs in
+// cpu::small_gemm on the calling thread instead of ATen's mm, whose BLAS call
+// alone costs more.
+using cpu::kSmallProductFmas;
 // cpu::packed_gemm packs all of b for every call, which pays off only over
 // many rows of a: the sequence's input projections (T*B rows), not a cell's
 // B rows (at B=16, I=H=1024 packing made the cell's forward 5x slower).
@@ -132,7 +133,7 @@ void row_dots_product(const Tensor& a, const Tensor& b, const Tensor& bias, cons
 // out (+)= a @ b for a weight's transposed view b: a step's recurrent
 // product in the generic loop (on the CPU, a T = 1 call's).
 void step_product(Tensor out, const Tensor& a, const Tensor& b, bool accumulate) {
-  if (a.size(0) > 0 && takes_row_dots(a, b, out)) {
+  if (takes_row_dots(a, b, out)) {
     row_dots_product(a, b, Tensor(), Tensor(), out, accumulate);
   } else if (accumulate) {
     out.addmm_(a, b);
@@ -564,16 +565,6 @@ Tensor bf16_transposed(const Tensor& t2d) {
   return out;
 }
 
-// layer_forward and layer_inference of either cell: the same checks and the
-// same time loop; keep_cells says whether every step's c (LSTM) or hidden n
-// (GRU) is kept for a backward (returned as cells [T, B, H]) or only what the
-// loop needs (inference: [2, B, H] or [1, B, H] working memory). c0 is
-// undefined for the GRU, and so is the c_n it returns. Returns (output, h_n,
-// c_n, gates, cells). With batch_sizes the sequences are a PackedSequence's:
-// input [N, I], output [N, R], gates and cells [N, ...] (N the sum of the
-// batch sizes), each step over its own rows; h_n and c_n are each sequence's
-// state at its own last step; the reverse direction reverses each sequence
-// within its length and runs forward (gates and cells stay in that order).
 // A layer's sizes, once its operands have passed the checks of
 // check_layer: H hidden units, P projections (0: none), G = gates * H, R the
 // width of h, I the input's, B the batch's.
@@ -686,6 +677,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bf16_one_step(
   return {output16, output16[0].clone(), cell.lstm() ? cells[0].to(dtype) : Tensor(), gates, cells};
 }
 
+// layer_forward and layer_inference of either cell: the same checks and the
+// same time loop; keep_cells says whether every step's c (LSTM) or hidden n
+// (GRU) is kept for a backward (returned as cells [T, B, H]) or only what the
+// loop needs (inference: [2, B, H] or [1, B, H] working memory). c0 is
+// undefined for the GRU, and so is the c_n it returns. Returns (output, h_n,
+// c_n, gates, cells). With batch_sizes the sequences are a PackedSequence's:
+// input [N, I], output [N, R], gates and cells [N, ...] (N the sum of the
+// batch sizes), each step over its own rows; h_n and c_n are each sequence's
+// state at its own last step; the reverse direction reverses each sequence
+// within its length and runs forward (gates and cells stay in that order).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     const CellSpec& cell, const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,

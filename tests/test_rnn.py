@@ -80,7 +80,7 @@ def test_float32_and_no_initial_state(dtype, device):
 # (T*B = 1100), two blocks of rows (70) and a narrow block of columns (80);
 # in (1, 1100, 8, 20) h_0 is the only previous state. (1, 5, 48, 20) is one
 # step (T = 1, no time loop) over few rows: its products take the weights'
-# transposed views as they are (ATen's BLAS, not small_gemm's copy).
+# transposed views as they are (row_dots, not small_gemm's copy).
 TILED_SHAPES = [(6, 24, 5, 37), (3, 70, 3, 3), (4, 9, 4, 40), (2, 33, 6, 16), (8, 32, 64, 64),
                 (16, 64, 16, 24), (20, 55, 70, 20), (1, 1100, 8, 20), (1, 5, 48, 20)]  # (T, B, I, H)
 

@@ -125,15 +125,26 @@ def test_compile_bfloat16():
         assert torch.equal(compiled(x)[0], rnn(x)[0])
 
 
+@pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_bfloat16_one_step_bad_input(cpu_capability, cell):
-    """T = 1 in bfloat16 takes its own path on AVX512-BF16: the same checks
-    and messages as every other call, on real and meta tensors."""
+def test_bfloat16_bad_input(cpu_capability, cell, steps):
+    """bfloat16 layers take their own paths on AVX512-BF16 (T = 1, and the
+    time loop on the bfloat16 operands, which gets shape-only float32
+    stand-ins for them): the same checks and messages as every other call,
+    on real and meta tensors."""
     torch.manual_seed(4)
     cls = lstm_ext.LSTM if cell == "lstm" else lstm_ext.GRU
+    gates = 4 if cell == "lstm" else 3
     for device in ("cpu", "meta"):
         rnn = cls(8, 16, device=device, dtype=torch.bfloat16)
-        x = torch.randn(1, 3, 8, device=device, dtype=torch.bfloat16)
+        x = torch.randn(steps, 3, 8, device=device, dtype=torch.bfloat16)
+        w_ih = torch.zeros(gates * 16, 9, device=device, dtype=torch.bfloat16)  # input size 9, not 8
+        w_hh = torch.zeros(gates * 16, 16, device=device, dtype=torch.bfloat16)
+        h = torch.zeros(3, 16, device=device, dtype=torch.bfloat16)
+        op_args = (x, h, h, w_ih, w_hh) if cell == "lstm" else (x, h, w_ih, w_hh)
+        layer = torch.ops.lstm_ext.layer_forward if cell == "lstm" else torch.ops.lstm_ext.gru_layer_forward
+        with pytest.raises((ValueError, RuntimeError), match=r"input has 8 features but input_size is 9"):
+            layer(*op_args, None, None, False)
         h0 = torch.zeros(1, 2, 16, device=device, dtype=torch.bfloat16)  # batch 2, not 3
         state = (h0, torch.zeros(1, 3, 16, device=device, dtype=torch.bfloat16)) if cell == "lstm" else h0
         with pytest.raises((ValueError, RuntimeError), match=r"h_0"):

@@ -164,6 +164,13 @@ void forward_typed(const PointwiseForwardArgs& a) {
     const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
     const std::array<Stream<scalar_t>, 2> c_h{{row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
     at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+      if (a.rounded) {
+        for_each_element<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
+          Vec i, f, g, o;
+          lstm_forward_point</*kRounded=*/true>(x[0], x[1], x[2], x[3], x[4], i, f, g, o, y[0], y[1]);
+        });
+        return;
+      }
       for_each_element<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
         Vec i, f, g, o;
         lstm_forward_point(x[0], x[1], x[2], x[3], x[4], i, f, g, o, y[0], y[1]);
@@ -172,7 +179,12 @@ void forward_typed(const PointwiseForwardArgs& a) {
     return;
   }
   at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
-    if (a.addend.data == nullptr) {
+    if (a.addend.data == nullptr && a.rounded) {
+      const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
+      for_each_element<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
+        lstm_forward_point</*kRounded=*/true>(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], y[4], y[5]);
+      });
+    } else if (a.addend.data == nullptr) {
       const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
       for_each_element<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
         lstm_forward_point(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], y[4], y[5]);
@@ -991,32 +1003,56 @@ inline void finish_block(const Args& p, int64_t r0, const __m512 (&acc)[Rows][Ve
   }
 }
 
+// acc += A[Rows, k] @ B for bf16_block: A's rows at stride lda, B the
+// tile's vectors.
+template <int Rows, int Vectors>
+LSTM_EXT_BF16_TARGET inline __attribute__((always_inline)) void bf16_accumulate(
+    __m512 (&acc)[Rows][Vectors], const c10::BFloat16* a_rows, int64_t lda, const c10::BFloat16* const (&b_vectors)[4],
+    int64_t k) {
+  const auto* a = reinterpret_cast<const uint16_t*>(a_rows);
+  const int64_t pairs = k / 2;
+  for (int64_t kp = 0; kp < pairs; ++kp) {
+    __m512i b[Vectors];
+    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_si512(b_vectors[v] + kp * 2 * kBf16Vector);
+    for (int r = 0; r < Rows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * kp, sizeof(pair));
+      const __m512i va = _mm512_set1_epi32(pair);
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
+    }
+  }
+  if (k % 2 != 0) {  // the last k alone: its pair's second value zero (so is B's)
+    __m512i b[Vectors];
+    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_si512(b_vectors[v] + pairs * 2 * kBf16Vector);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512i va = _mm512_set1_epi32(static_cast<int32_t>(a[r * lda + k - 1]));
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
+    }
+  }
+}
+
 template <int Rows, int Vectors>
 LSTM_EXT_BF16_TARGET void bf16_block(const Bf16TileArgs& p, int64_t r0) {
   __m512 acc[Rows][Vectors];
   __mmask16 mask[Vectors];
   start_block<Rows, Vectors>(p, r0, acc, mask);
-  const auto* a = reinterpret_cast<const uint16_t*>(p.a) + r0 * p.lda;
-  const int64_t pairs = p.k / 2;
-  for (int64_t kp = 0; kp < pairs; ++kp) {
-    __m512i b[Vectors];
-    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_si512(p.b[v] + kp * 2 * kBf16Vector);
-    for (int r = 0; r < Rows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, a + r * p.lda + 2 * kp, sizeof(pair));
-      const __m512i va = _mm512_set1_epi32(pair);
-      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
-    }
-  }
-  if (p.k % 2 != 0) {  // the last k alone: its pair's second value zero (so is B's)
-    __m512i b[Vectors];
-    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_si512(p.b[v] + pairs * 2 * kBf16Vector);
-    for (int r = 0; r < Rows; ++r) {
-      const __m512i va = _mm512_set1_epi32(static_cast<int32_t>(a[r * p.lda + p.k - 1]));
-      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)va, (__m512bh)b[v]);
-    }
-  }
+  bf16_accumulate<Rows, Vectors>(acc, p.a + r0 * p.lda, p.lda, p.b, p.k);
+  if (p.k2 > 0) bf16_accumulate<Rows, Vectors>(acc, p.a2 + r0 * p.lda2, p.lda2, p.b2, p.k2);
   finish_block<Rows, Vectors>(p, r0, acc, mask);
+}
+
+// acc += A[Rows, k] @ B for float_block.
+template <int Rows, int Vectors>
+inline __attribute__((always_inline)) void float_accumulate(__m512 (&acc)[Rows][Vectors], const float* a, int64_t lda,
+                                                            const float* const (&b_vectors)[4], int64_t k) {
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __m512 b[Vectors];
+    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_ps(b_vectors[v] + kk * kBf16Vector);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512 va = _mm512_set1_ps(a[r * lda + kk]);
+      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_fmadd_ps(va, b[v], acc[r][v]);
+    }
+  }
 }
 
 // float_tile's block: as bf16_block, one broadcast and one FMA per row,
@@ -1026,15 +1062,8 @@ void float_block(const FloatTileArgs& p, int64_t r0) {
   __m512 acc[Rows][Vectors];
   __mmask16 mask[Vectors];
   start_block<Rows, Vectors>(p, r0, acc, mask);
-  const float* a = p.a + r0 * p.lda;
-  for (int64_t k = 0; k < p.k; ++k) {
-    __m512 b[Vectors];
-    for (int v = 0; v < Vectors; ++v) b[v] = _mm512_loadu_ps(p.b[v] + k * kBf16Vector);
-    for (int r = 0; r < Rows; ++r) {
-      const __m512 va = _mm512_set1_ps(a[r * p.lda + k]);
-      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_fmadd_ps(va, b[v], acc[r][v]);
-    }
-  }
+  float_accumulate<Rows, Vectors>(acc, p.a + r0 * p.lda, p.lda, p.b, p.k);
+  if (p.k2 > 0) float_accumulate<Rows, Vectors>(acc, p.a2 + r0 * p.lda2, p.lda2, p.b2, p.k2);
   finish_block<Rows, Vectors>(p, r0, acc, mask);
 }
 

@@ -65,8 +65,8 @@ __global__ void forward_kernel(PointwiseForwardArgs a) {
       if (a.addend.data != nullptr) pre[k] += opmath_t(*gate_at<const scalar_t>(a.addend, b, k, j));
     }
     opmath_t i, f, gg, o, c, h;
-    lstm_forward_point<opmath_t>(pre[0], pre[1], pre[2], pre[3], opmath_t(*row_at<const scalar_t>(a.c_prev, b, j)),
-                                 i, f, gg, o, c, h);
+    lstm_forward_point</*kRounded=*/false, opmath_t>(
+        pre[0], pre[1], pre[2], pre[3], opmath_t(*row_at<const scalar_t>(a.c_prev, b, j)), i, f, gg, o, c, h);
     *gate_at<scalar_t>(a.gates, b, 0, j) = i;
     *gate_at<scalar_t>(a.gates, b, 1, j) = f;
     *gate_at<scalar_t>(a.gates, b, 2, j) = gg;

@@ -364,8 +364,12 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const int64_t t_prev = shape.reverse ? t + 1 : t - 1;
     // The rows of step t are its first rows_t sequences, which all ran the step before.
     const int64_t row0 = layout.offset[t];
-    const scalar_t* h_prev =
-        s == 0 ? static_cast<const scalar_t*>(a.h0) : output + layout.offset[t_prev] * R;
+    // The float h of a step: its rows of the output, or (bfloat16 products)
+    // its slot of the two (RecurrenceForwardArgs::output_bf16).
+    const auto float_h = [&](int64_t step, int64_t time) {
+      return output + (bf16 ? step % 2 * B : layout.offset[time]) * R;
+    };
+    const scalar_t* h_prev = s == 0 ? static_cast<const scalar_t*>(a.h0) : float_h(s - 1, t_prev);
     const c10::BFloat16* h_prev_bf16 =
         !bf16 ? nullptr : s == 0 ? static_cast<const c10::BFloat16*>(a.h0_bf16) : output_bf16 + layout.offset[t_prev] * R;
     // Every step's c (LSTM) or hidden n (GRU), or (inference) only what the
@@ -382,7 +386,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const char* x_t = fused_input ? input_rows(t, row0) : nullptr;
     // Where the pointwise pass writes o * tanh(c): the step's output, or
     // (projections) the scratch that the projection reads.
-    scalar_t* h_t = P > 0 ? hidden : output + row0 * H;
+    scalar_t* h_t = P > 0 ? hidden : float_h(s, t);
     for_each_task(tiling.for_rows(layout.rows[t]), [&](int64_t j0, int64_t width, int64_t r0, int64_t rows) {
       // The recurrent product accumulates into the step's input projection
       // in place (the GRU's n part into hidden_n); the pointwise pass then
@@ -481,9 +485,9 @@ void forward_typed(const RecurrenceForwardArgs& a) {
                                            /*h_prev=*/{h_prev + r0 * H + j0, H},
                                            /*gates=*/{block, G, gate_stride},
                                            /*hidden_n=*/{hn, H},
-                                           /*h=*/{output + row0 * H + r0 * H + j0, H}};
+                                           /*h=*/{h_t + r0 * H + j0, H}};
         pointwise(args);
-        round_h(output + row0 * H + r0 * H + j0);
+        round_h(h_t + r0 * H + j0);
         return;
       }
       // Inference: no backward reads the activated gates, so they are not

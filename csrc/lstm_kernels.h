@@ -342,7 +342,8 @@ struct RecurrenceForwardArgs {
   // A bfloat16 layer on bf16_products() (float state, no projections): the
   // recurrent product runs on bfloat16 copies of W_hh and h with bf16_tile;
   // each step's h is rounded to bfloat16 into output_bf16 [.., H], and the
-  // float output holds the rounded value, the state the next step reads.
+  // float output, [2, B, H], holds the rounded values of the last two steps
+  // (step s in slot s % 2), the state the next step's pointwise pass reads.
   const void* weight_hh_bf16 = nullptr;
   const void* h0_bf16 = nullptr;
   void* output_bf16 = nullptr;

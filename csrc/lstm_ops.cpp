@@ -800,7 +800,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
     gates = product(rows_of_input(), w_ih.t(), bias, gates, bias2);
   }
   if (!step_gates) gates = gates.view(sequence_shape(G));
-  Tensor output = pooled_empty(sequence_shape(R), input.options());
+  // bfloat16 products: the sequence's h is output_bf16 (below), and the
+  // float h only the last two steps' (the state a GRU step's pointwise pass
+  // reads), not another [T, B, H] besides the bfloat16 one.
+  const bool float_h_slots = bf16_products && T > 0 && B > 0;
+  Tensor output = pooled_empty(float_h_slots ? std::vector<int64_t>{2, B, R} : sequence_shape(R), input.options());
   // The LSTM's c of every step (or of the last two); the GRU's hidden n of
   // every step (or of the step running).
   const int64_t slots = cell.lstm() ? 2 : 1;
@@ -814,7 +818,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   const auto step_rows = [&](const Tensor& t2d, int64_t t, int64_t count) {
     return t2d.narrow(0, layout.offset[t], count);
   };
-  const Tensor gates2d = gates.view({-1, G}), output2d = output.view({N, R}), cells2d = cells.view({-1, H});
+  const Tensor gates2d = gates.view({-1, G}), cells2d = cells.view({-1, H});
+  const Tensor output2d = float_h_slots ? Tensor() : output.view({N, R});  // the loop without the time loop's
   // Step s's c or hidden n, its first `count` rows: every step's kept, or
   // (inference) the ones in turn.
   const auto cell_of = [&](int64_t s, int64_t t, int64_t count) {

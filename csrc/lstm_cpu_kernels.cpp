@@ -1067,12 +1067,14 @@ void float_block(const FloatTileArgs& p, int64_t r0) {
   finish_block<Rows, Vectors>(p, r0, acc, mask);
 }
 
-// Rounds 16 floats (those in mask) to bfloat16 (nearest even), storing both
-// the bfloat16 values and, back in h, their float values.
-LSTM_EXT_BF16_TARGET inline void bf16_round_vector(float* h, uint16_t* out, __mmask16 mask) {
+// Rounds 16 floats (those in mask) to bfloat16 (nearest even), storing the
+// bfloat16 values and (write_back) their float values back in h.
+LSTM_EXT_BF16_TARGET inline void bf16_round_vector(float* h, uint16_t* out, __mmask16 mask, bool write_back) {
   const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, h));
   _mm256_mask_storeu_epi16(out, mask, rounded);
-  _mm512_mask_storeu_ps(h, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
+  if (write_back) {
+    _mm512_mask_storeu_ps(h, mask, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)));
+  }
 }
 
 template <typename Args>
@@ -1112,7 +1114,7 @@ LSTM_EXT_BF16_TARGET void bf16_round(const Bf16RoundArgs& p) {
     auto* out = reinterpret_cast<uint16_t*>(p.out + r * p.ld_out);
     for (int64_t j = 0; j < p.width; j += 16) {
       const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, p.width - j)) - 1u);
-      bf16_round_vector(h + j, out + j, mask);
+      bf16_round_vector(h + j, out + j, mask, p.write_back);
     }
   }
 }

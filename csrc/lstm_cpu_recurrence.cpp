@@ -541,9 +541,22 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const Tiling recurrent_tiling(B, R, 1, G, /*max_block_rows=*/16, /*rows_outer_order=*/true);
   const StepLayout layout(shape);
 
+  // bfloat16 products (RecurrenceBackwardArgs::weight_hh_bf16): W_hh's
+  // panels as bf16_tile vectors, grad_gates rounded per step.
+  const bool bf16 = a.weight_hh_bf16 != nullptr;
+  TORCH_INTERNAL_ASSERT(!bf16 || (std::is_same_v<scalar_t, float> && !gru && P == 0),
+                        "bfloat16 recurrent gradient products: the LSTM without projections only");
+  auto* grad_gates_bf16 = static_cast<c10::BFloat16*>(a.grad_gates_bf16);
+  const int64_t bf16_elements = bf16 ? bf16_vector_elements(G) : 0;
+  const PooledArray<c10::BFloat16> packed_bf16(bf16 ? static_cast<size_t>(recurrent_tiling.panels * bf16_elements) : 0);
   // Backward panels over the R columns of W_hh: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
-  const PooledArray<scalar_t> packed(static_cast<size_t>(G * R));
+  const PooledArray<scalar_t> packed(bf16 ? 0 : static_cast<size_t>(G * R));
   for_each_panel(recurrent_tiling, [&](int64_t j0, int64_t width) {
+    if (bf16) {
+      pack_bf16_vector(static_cast<const c10::BFloat16*>(a.weight_hh_bf16), G, R, 1, j0, width,
+                       packed_bf16.data() + j0 / kPanel * bf16_elements);
+      return;
+    }
     scalar_t* panel = packed.data() + G * j0;
     for (int64_t k = 0; k < G; ++k)
       for (int64_t jj = 0; jj < width; ++jj) panel[k * width + jj] = w[k * R + j0 + jj];
@@ -579,7 +592,17 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
         for (int64_t r = continuing; r < rows; ++r)
           for (int64_t jj = 0; jj < width; ++jj) dh[r * R + jj] += grad_h_n[(r0 + r) * R + j0 + jj];
       }
-      if (continuing > 0) {
+      if (continuing > 0 && bf16) {
+        // The same on the next step's rounded gradients and W_hh's bfloat16 panel.
+        Bf16TileArgs tile{continuing, G, grad_gates_bf16 + ((s + 1) % 2 * B + r0) * G, G, 1};
+        tile.b[0] = packed_bf16.data() + j0 / kPanel * bf16_elements;
+        tile.c[0] = reinterpret_cast<float*>(dh);
+        tile.ldc[0] = R;
+        tile.columns[0] = width;
+        tile.accumulate[0] = true;
+        tile.init[0] = nullptr;
+        bf16_tile(tile);
+      } else if (continuing > 0) {
         // The gradient reaching h_t through the next step's recurrent product.
         tile_gemm<scalar_t>(continuing, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, R,
                             /*accumulate=*/true);
@@ -623,6 +646,13 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
                                        /*grad_gates=*/{grad_gates + gate_offset, G, H},
                                        /*grad_c_prev=*/{dc, H}};  // in place: each element read, then written
       pointwise(args);
+      if (bf16 && s > 0) {  // the operand of the previous step's recurrent product
+        for (int64_t g = 0; g < gates_per_unit; ++g) {
+          const int64_t column = g * H + j0;
+          bf16_round({rows, width, reinterpret_cast<float*>(grad_gates) + row0 * G + r0 * G + column, G,
+                      grad_gates_bf16 + (s % 2 * B + r0) * G + column, G, /*write_back=*/false});
+        }
+      }
     });
   }
 }

@@ -404,6 +404,13 @@ struct RecurrenceBackwardArgs {
   void* grad_h0 = nullptr;           // GRU
   const void* weight_hr = nullptr;   // projections: [P, H]
   void* grad_hidden = nullptr;       // projections: [B, H] scratch
+  // A bfloat16 LSTM layer on bf16_products() (no projections): the
+  // recurrent product of the gradient, grad_gates @ W_hh, on bfloat16
+  // operands (bf16_tile), each step's grad_gates rounded to bfloat16 into
+  // grad_gates_bf16 ([2, B, 4H]: step s in slot s % 2), as torch.nn.LSTM's
+  // bfloat16 backward (oneDNN) does; grad_gates itself stays float32.
+  const void* weight_hh_bf16 = nullptr;  // [4H, H]
+  void* grad_gates_bf16 = nullptr;
 };
 void recurrence_backward(const RecurrenceBackwardArgs& args);
 
@@ -603,6 +610,7 @@ struct Bf16RoundArgs {
   int64_t ld_h;
   c10::BFloat16* out;
   int64_t ld_out;
+  bool write_back = true;  // false: h keeps its float values
 };
 void bf16_round(const Bf16RoundArgs& args);
 // Whether bf16_tile runs here: the AVX512 kernels are active and the CPU has

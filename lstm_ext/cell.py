@@ -149,10 +149,12 @@ class LSTMCell(nn.Module):
             yield name, weight[rows], None if bias is None else bias[rows]
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        weight, bias = self.weight, self.bias
-        if not keep_vars:
-            weight = weight.detach()
-            bias = None if bias is None else bias.detach()
+        if keep_vars:
+            # The variables themselves, under their own names: views would not
+            # be the module's parameters to a tracer (torch.onnx's legacy
+            # exporter takes state_dict(keep_vars=True) as the module's inputs).
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        weight, bias = self.weight.detach(), None if self.bias is None else self.bias.detach()
         for name, gate_weight, gate_bias in self._gate_slices(weight, bias):
             destination[prefix + name + ".weight"] = gate_weight
             if gate_bias is not None:

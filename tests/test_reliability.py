@@ -331,6 +331,57 @@ def test_torchscript_is_a_clear_error_and_trace_and_export_work():
     assert_close(exported.module()(x), model(x), rtol=0, atol=0)
 
 
+class NoState(nn.Module):
+    """The module's first output, called without its state."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        out = self.module(x)
+        return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("make", [lambda: lstm_ext.LSTMCell(4, 3, dtype=F64), lambda: lstm_ext.GRUCell(4, 3, dtype=F64),
+                                  lambda: lstm_ext.LSTM(4, 3, dtype=F64), lambda: lstm_ext.GRU(4, 3, dtype=F64)],
+                         ids=["LSTMCell", "GRUCell", "LSTM", "GRU"])
+def test_trace_with_grad_records_the_operators(make):
+    """With grad on, a trace records the operators and the trace's gradients
+    are the module's: the direct bindings (whose autograd nodes a trace cannot
+    see) are not taken while tracing."""
+    torch.manual_seed(0)
+    module = make()
+    x = torch.randn(2, 4, dtype=F64) if isinstance(module, (lstm_ext.LSTMCell, lstm_ext.GRUCell)) else \
+        torch.randn(5, 2, 4, dtype=F64)
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    traced = torch.jit.trace(NoState(module), (x,), check_trace=False)
+    assert any(node.kind().startswith("lstm_ext::") for node in traced.inlined_graph.nodes())
+    other = torch.randn_like(x)
+    got = first(traced(other))
+    want = first(module(other))
+    assert_close(got, want, rtol=0, atol=0)
+    params = list(module.parameters())
+    assert_close(torch.autograd.grad(got.sum(), params), torch.autograd.grad(want.sum(), params), rtol=0, atol=0)
+
+
+def test_cell_state_dict_keep_vars_holds_its_parameters():
+    """keep_vars=True gives the Parameters themselves (what tracers and tools that
+    take the variables expect), under their own names; the detached state_dict
+    keeps the reference's per-gate keys."""
+    cell = lstm_ext.LSTMCell(4, 3)
+    assert list(cell.state_dict()) == list(lstm_ext.reference.LSTMCell(4, 3).state_dict())
+    kept = cell.state_dict(keep_vars=True)
+    assert list(kept) == ["weight", "bias"]
+    assert kept["weight"] is cell.weight and kept["bias"] is cell.bias
+    other = lstm_ext.LSTMCell(4, 3)
+    other.load_state_dict(kept)
+    assert torch.equal(other.weight, cell.weight) and torch.equal(other.bias, cell.bias)
+
+
 def test_cell_parametrization_and_replaced_weight():
     torch.manual_seed(0)
     cell = lstm_ext.LSTMCell(4, 3, dtype=F64)

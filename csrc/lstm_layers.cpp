@@ -62,6 +62,14 @@ void check_parameters(const char* op, const Tensor& input, at::TensorList params
   }
 }
 
+// sizes with a leading 1: a final state [B, H] as [1, B, H]. Symbolic, so
+// that torch.export and torch.compile keep B dynamic.
+std::vector<c10::SymInt> prepend_one(c10::SymIntArrayRef sizes) {
+  std::vector<c10::SymInt> out{c10::SymInt(1)};
+  out.insert(out.end(), sizes.begin(), sizes.end());
+  return out;
+}
+
 // What differs between torch.nn.LSTM's forward and torch.nn.GRU's here.
 struct StackSpec {
   const char* op;
@@ -184,7 +192,11 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
   }
   std::vector<Tensor> stacked;
   for (const auto& kind : final_states) {
-    Tensor s = layers_states == 1 ? kind[0].unsqueeze(0) : at::stack(kind);
+    // One layer and direction: its state with a leading 1, not as a view
+    // (torch.nn's h_n and c_n are not views: h_n.detach_() works on them, and
+    // FSDP2 warns of in-place ops on a view). Nothing else holds or saves
+    // the operator's own h_n / c_n, so the alias is never seen.
+    Tensor s = layers_states == 1 ? at::_unsafe_view_symint(kind[0], prepend_one(kind[0].sym_sizes())) : at::stack(kind);
     stacked.push_back(batched ? s : s.squeeze(1));
   }
   if (!batched) return {layer_input.squeeze(1), stacked};

@@ -89,8 +89,9 @@ def rnn_packed(module: "_RNNBase", packed: PackedSequence,
         if module.dropout and module.training and layer_index < module.num_layers - 1:
             layer_input = F.dropout(layer_input, module.dropout, training=True)
 
-    stacked = tuple(finals[0][kind].unsqueeze(0) if len(finals) == 1 else torch.stack([f[kind] for f in finals])
-                    for kind in range(len(names)))
+    # Stacked even for one layer and direction: torch.nn's h_n and c_n are not
+    # views (h_n.detach_() works on them); the copy is of B x H elements.
+    stacked = tuple(torch.stack([f[kind] for f in finals]) for kind in range(len(names)))
     if unsorted_indices is not None:  # back into the caller's order
         stacked = tuple(s.index_select(1, unsorted_indices) for s in stacked)
     return PackedSequence(layer_input, batch_sizes, sorted_indices, unsorted_indices), stacked

@@ -395,3 +395,38 @@ def test_cell_parametrization_and_replaced_weight():
     del plain._parameters["weight"]
     plain.weight = 2 * raw  # a plain tensor in the Parameter's place, as WeightDrop sets it
     assert_close(plain(x), lstm_ext.lstm_cell(x, (torch.zeros(2, 3, dtype=F64),) * 2, 2 * raw, plain.bias))
+
+
+# --- outputs that are views exactly where torch.nn's are ----------------------
+
+def _view_flags(result):
+    output, states = result
+    states = states if isinstance(states, tuple) else (states,)
+    data = output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
+    return [t._base is not None for t in (data, *states)]
+
+
+@pytest.mark.parametrize("input_kind", ["batched", "batch_first", "unbatched", "packed_sorted", "packed_unsorted"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (1, True), (2, False)])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LayerNormLSTM"])
+def test_states_are_views_only_where_torch_nn_makes_views(kind, layers, bidirectional, input_kind):
+    """h_n and c_n are fresh tensors wherever torch.nn's are (so h_n.detach_(), the
+    truncated-BPTT idiom, works, and FSDP2 sees no in-place op on a view)."""
+    torch.manual_seed(0)
+    config = dict(num_layers=layers, bidirectional=bidirectional, batch_first=input_kind == "batch_first")
+    ours = getattr(lstm_ext, kind)(4, 3, **config)
+    theirs = getattr(nn, "LSTM" if kind == "LayerNormLSTM" else kind)(4, 3, **config)
+    if input_kind in ("packed_sorted", "packed_unsorted"):
+        lengths = [5, 3, 2] if input_kind == "packed_sorted" else [3, 5, 2]
+        x = nn.utils.rnn.pack_sequence([torch.randn(n, 4) for n in lengths],
+                                       enforce_sorted=input_kind == "packed_sorted")
+    else:
+        x = torch.randn(5, 4) if input_kind == "unbatched" else torch.randn(2, 5, 4)
+    flags = _view_flags(ours(x))
+    if kind == "GRU" and input_kind == "batch_first":
+        flags[0] = _view_flags(theirs(x))[0]  # the output: a transposed view here, not in torch.nn.GRU (documented)
+    assert flags == _view_flags(theirs(x))
+    if input_kind != "unbatched":  # torch.nn's unbatched states are squeezed views too
+        _, states = ours(x)
+        for state in states if isinstance(states, tuple) else (states,):
+            state.detach_()

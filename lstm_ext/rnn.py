@@ -206,6 +206,16 @@ class _RNNBase(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for code written for torch.nn's modules (cuDNN's flat buffer is not used)."""
 
+    # torch.nn.RNNBase's public checking helpers, for code that subclasses
+    # torch.nn's modules and calls them (the forward itself checks in the
+    # operator). torch's own functions: they read only the attributes both
+    # classes share, so their results and messages follow the installed torch.
+    check_input = nn.RNNBase.check_input
+    get_expected_hidden_size = nn.RNNBase.get_expected_hidden_size
+    check_hidden_size = nn.RNNBase.check_hidden_size
+    check_forward_args = nn.RNNBase.check_forward_args
+    permute_hidden = nn.RNNBase.permute_hidden
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
@@ -378,6 +388,12 @@ class LSTM(_RNNBase):
             return native.lstm(input, hx, *args)
         output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
         return output, (h_n, c_n)
+
+
+    # torch.nn.LSTM's versions of the helpers (h and c; see _RNNBase).
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
 
 class GRU(_RNNBase):

@@ -430,3 +430,48 @@ def test_states_are_views_only_where_torch_nn_makes_views(kind, layers, bidirect
         _, states = ours(x)
         for state in states if isinstance(states, tuple) else (states,):
             state.detach_()
+
+
+# --- torch.nn.RNNBase's public helpers, for code that subclasses torch.nn ------
+
+def _outcome(call):
+    try:
+        return ("ok", call())
+    except Exception as error:  # noqa: BLE001  (compared with torch.nn's)
+        return (type(error).__name__, str(error))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True, batch_first=True),
+                                    dict(proj_size=2)], ids=["default", "2layers-bidirectional-batch_first", "proj"])
+def test_rnnbase_helpers_match_torch_nn(kind, config):
+    """check_input, get_expected_hidden_size (and cell size), check_hidden_size,
+    check_forward_args and permute_hidden: torch.nn's results and messages."""
+    if kind == "GRU" and "proj_size" in config:
+        pytest.skip("torch.nn.GRU has no proj_size")
+    torch.manual_seed(0)
+    ours = getattr(lstm_ext, kind)(4, 3, **config)
+    theirs = getattr(nn, kind)(4, 3, **config)
+    layers = config.get("num_layers", 1) * (2 if config.get("bidirectional") else 1)
+    width = config.get("proj_size", 3)
+    packed = nn.utils.rnn.pack_sequence([torch.randn(3, 4), torch.randn(2, 4)])
+    inputs = [(torch.randn(5, 2, 4), None), (torch.randn(5, 2, 4, dtype=F64), None), (torch.randn(5, 4), None),
+              (torch.randn(5, 2, 3), None), (packed.data, packed.batch_sizes)]
+    good_h, bad_h = torch.randn(layers, 2, width), torch.randn(layers, 3, width)
+    hiddens = [good_h, bad_h]
+    if kind == "LSTM":
+        hiddens = [(good_h, torch.randn(layers, 2, 3)), (good_h, torch.randn(layers, 2, 4)), (bad_h, good_h)]
+    for x, batch_sizes in inputs:
+        assert _outcome(lambda: ours.check_input(x, batch_sizes)) == _outcome(lambda: theirs.check_input(x, batch_sizes))
+        if x.dim() == 3 or batch_sizes is not None:
+            assert ours.get_expected_hidden_size(x, batch_sizes) == theirs.get_expected_hidden_size(x, batch_sizes)
+            if kind == "LSTM":
+                assert ours.get_expected_cell_size(x, batch_sizes) == theirs.get_expected_cell_size(x, batch_sizes)
+        for hidden in hiddens:
+            assert (_outcome(lambda: ours.check_forward_args(x, hidden, batch_sizes))
+                    == _outcome(lambda: theirs.check_forward_args(x, hidden, batch_sizes)))
+    permutation = torch.tensor([1, 0])
+    for hidden in hiddens[:1]:
+        got, want = ours.permute_hidden(hidden, permutation), theirs.permute_hidden(hidden, permutation)
+        assert_close(got, want, rtol=0, atol=0)
+        assert ours.permute_hidden(hidden, None) is hidden

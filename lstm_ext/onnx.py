@@ -141,7 +141,8 @@ TRANSLATIONS: Dict[Any, Any] = {
 # are aten::lstm's and aten::gru's but for hx (a list, empty for zeros) and
 # zoneout's rates: torch's own symbolic functions for those build the nodes.
 # The cells record cell_forward (its ONNX graph) and, the GRU's, the layer
-# operator over one step (one ONNX GRU node).
+# operator over one step (one ONNX GRU node); lstm_layer and gru_layer
+# record the layer operators (one node each).
 _LEGACY_OPSET = 9  # the first opset with ONNX's LSTM and GRU as torch maps them
 
 
@@ -192,38 +193,60 @@ def _legacy_whole_model(kind: str):
     return symbolic
 
 
-def _legacy_rows(g, tensor, blocks, order):
+def _legacy_rows(g, tensor, order):
     """tensor's first axis in len(order) equal blocks, concatenated in `order`."""
     helper, _ = _legacy_helpers()
-    rows = helper._get_tensor_sizes(tensor)[0] // blocks
+    rows = helper._get_tensor_sizes(tensor)[0] // len(order)
     parts = [helper._slice_helper(g, tensor, axes=[0], starts=[k * rows], ends=[(k + 1) * rows]) for k in order]
     return g.op("Concat", *parts, axis_i=0)
 
 
-def _legacy_gru_layer(g, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes=None):
+def _legacy_layer(g, kind: str, input, states, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes):
+    """One layer and direction as ONNX's LSTM (states (h0, c0)) or GRU (states
+    (h0,)), the legacy exporter's _onnx_rnn: (output [T, B, H], *final states)."""
     helper, opset9 = _legacy_helpers()
     if not helper._is_none(batch_sizes):
         _packed_unsupported(batch_sizes)
-    order = _ONNX_GATE_ORDER["GRU"]
+    order = _ONNX_GATE_ORDER[kind]
     hidden = helper._get_tensor_sizes(weight_hh)[1]
-    w = helper._unsqueeze_helper(g, _legacy_rows(g, weight_ih, 3, order), [0])
-    r = helper._unsqueeze_helper(g, _legacy_rows(g, weight_hh, 3, order), [0])
+    w = helper._unsqueeze_helper(g, _legacy_rows(g, weight_ih, order), [0])
+    r = helper._unsqueeze_helper(g, _legacy_rows(g, weight_hh, order), [0])
     biases = [b for b in (bias_ih, bias_hh) if not helper._is_none(b)]
     if biases:
         zeros = g.op("Sub", biases[0], biases[0])
-        b = g.op("Concat", *[_legacy_rows(g, zeros if helper._is_none(v) else v, 3, order)
+        b = g.op("Concat", *[_legacy_rows(g, zeros if helper._is_none(v) else v, order)
                              for v in (bias_ih, bias_hh)], axis_i=0)
         b = helper._unsqueeze_helper(g, b, [0])
     else:
         b = opset9.unused(g)
-    y, y_h = g.op("GRU", input, w, r, b, opset9.unused(g), helper._unsqueeze_helper(g, h0, [0]), hidden_size_i=hidden,
-                  direction_s="reverse" if helper._maybe_get_const(reverse, "i") else "forward",
-                  linear_before_reset_i=1, outputs=2)
-    return helper._squeeze_helper(g, y, [1]), helper._squeeze_helper(g, y_h, [0])
+    attributes = {"hidden_size_i": hidden,
+                  "direction_s": "reverse" if helper._maybe_get_const(reverse, "i") else "forward"}
+    if kind == "GRU":
+        attributes["linear_before_reset_i"] = 1
+    outputs = g.op(kind, input, w, r, b, opset9.unused(g), *[helper._unsqueeze_helper(g, s, [0]) for s in states],
+                   outputs=1 + len(states), **attributes)
+    return (helper._squeeze_helper(g, outputs[0], [1]), *[helper._squeeze_helper(g, y, [0]) for y in outputs[1:]])
 
 
-def _legacy_gru_layer_forward(g, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes=None):
-    output, h_n = _legacy_gru_layer(g, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
+def _legacy_lstm_layer(g, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr=None,
+                       batch_sizes=None):
+    helper, _ = _legacy_helpers()
+    _no_projections(None if helper._is_none(weight_hr) else weight_hr)
+    return _legacy_layer(g, "LSTM", input, (h0, c0), weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
+
+
+def _legacy_lstm_layer_forward(g, *args):
+    output, h_n, c_n = _legacy_lstm_layer(g, *args)
+    # gates and cells (saved for a backward): placeholders of the schema's shapes, unused.
+    return output, h_n, c_n, g.op("Concat", output, output, output, output, axis_i=2), g.op("Identity", output)
+
+
+def _legacy_gru_layer(g, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes=None):
+    return _legacy_layer(g, "GRU", input, (h0,), weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes)
+
+
+def _legacy_gru_layer_forward(g, *args):
+    output, h_n = _legacy_gru_layer(g, *args)
     # gates and hidden_n (saved for a backward): placeholders of the schema's shapes, unused.
     return output, h_n, g.op("Concat", output, output, output, axis_i=2), g.op("Identity", output)
 
@@ -247,6 +270,8 @@ _LEGACY_SYMBOLICS = {
     "lstm": _legacy_whole_model("LSTM"),
     "gru": _legacy_whole_model("GRU"),
     "cell_forward": _legacy_cell_forward,
+    "layer_inference": _legacy_lstm_layer,
+    "layer_forward": _legacy_lstm_layer_forward,
     "gru_layer_inference": _legacy_gru_layer,
     "gru_layer_forward": _legacy_gru_layer_forward,
     "ln_lstm_layer_forward": _no_layer_norm_lstm,

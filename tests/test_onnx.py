@@ -134,6 +134,21 @@ class NoState(torch.nn.Module):
         return self.rnn(x)
 
 
+class FunctionalLayers(torch.nn.Module):
+    """lstm_ext.lstm_layer and gru_layer called directly (the layer operators)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.gru = torch.nn.LSTM(4, 3), torch.nn.GRU(3, 2)
+
+    def forward(self, x, h, c, g):
+        lstm = [getattr(self.lstm, name) for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+        gru = [getattr(self.gru, name) for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+        output, (h_n, c_n) = lstm_ext.lstm_layer(x, (h, c), *lstm)
+        gru_output, g_n = lstm_ext.gru_layer(output, g, *gru, reverse=True)
+        return gru_output, h_n, c_n, g_n
+
+
 # (name, module, inputs(T, B), dynamic axes of each input, ONNX nodes of the layers)
 def _legacy_cases():
     seq = lambda T, B: torch.randn(T, B, 4)  # noqa: E731
@@ -154,6 +169,9 @@ def _legacy_cases():
          lambda T, B: (first(T, B),), [batch_time], ("GRU", 2)),
         ("gru-hx-no_bias", lambda: GruSequence(num_layers=2, bias=False),
          lambda T, B: (seq(T, B), torch.randn(2, B, 3)), [time_batch, {1: "batch"}], ("GRU", 2)),
+        ("lstm_layer-gru_layer", lambda: FunctionalLayers(),
+         lambda T, B: (seq(T, B), torch.randn(B, 3), torch.randn(B, 3), torch.randn(B, 2)),
+         [time_batch, {0: "batch"}, {0: "batch"}, {0: "batch"}], ("LSTM", 1)),
         ("lstm_cell", lambda: Cell(), lambda T, B: (torch.randn(B, 4), torch.randn(B, 3), torch.randn(B, 3)),
          [{0: "batch"}] * 3, ("LSTM", 0)),
         ("lstm_cell-no_state", lambda: NoState(lstm_ext.LSTMCell(4, 3)), lambda T, B: (torch.randn(B, 4),),

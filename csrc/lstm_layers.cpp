@@ -196,7 +196,8 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
     // (torch.nn's h_n and c_n are not views: h_n.detach_() works on them, and
     // FSDP2 warns of in-place ops on a view). Nothing else holds or saves
     // the operator's own h_n / c_n, so the alias is never seen.
-    Tensor s = layers_states == 1 ? at::_unsafe_view_symint(kind[0], prepend_one(kind[0].sym_sizes())) : at::stack(kind);
+    Tensor s = layers_states == 1 ? at::_unsafe_view_symint(kind[0], prepend_one(kind[0].sym_sizes()))
+                                  : at::stack(kind);
     stacked.push_back(batched ? s : s.squeeze(1));
   }
   if (!batched) return {layer_input.squeeze(1), stacked};

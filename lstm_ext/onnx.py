@@ -193,12 +193,18 @@ def _legacy_whole_model(kind: str):
     return symbolic
 
 
+def _legacy_blocks(g, tensor, count: int, axis: int):
+    """tensor's axis in `count` equal blocks (gate blocks), as a list."""
+    helper, _ = _legacy_helpers()
+    size = helper._get_tensor_sizes(tensor)[axis] // count
+    return [helper._slice_helper(g, tensor, axes=[axis], starts=[k * size], ends=[(k + 1) * size])
+            for k in range(count)]
+
+
 def _legacy_rows(g, tensor, order):
     """tensor's first axis in len(order) equal blocks, concatenated in `order`."""
-    helper, _ = _legacy_helpers()
-    rows = helper._get_tensor_sizes(tensor)[0] // len(order)
-    parts = [helper._slice_helper(g, tensor, axes=[0], starts=[k * rows], ends=[(k + 1) * rows]) for k in order]
-    return g.op("Concat", *parts, axis_i=0)
+    blocks = _legacy_blocks(g, tensor, len(order), 0)
+    return g.op("Concat", *[blocks[k] for k in order], axis_i=0)
 
 
 def _legacy_layer(g, kind: str, input, states, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes):
@@ -258,9 +264,7 @@ def _legacy_cell_forward(g, input, hx, cx, weight, bias):
     preact = g.op("MatMul", input_hidden, g.op("Transpose", weight, perm_i=[1, 0]))
     if not helper._is_none(bias):
         preact = g.op("Add", preact, bias)
-    hidden = helper._get_tensor_sizes(weight)[0] // 4
-    pre_i, pre_f, pre_g, pre_o = [helper._slice_helper(g, preact, axes=[1], starts=[k * hidden],
-                                                       ends=[(k + 1) * hidden]) for k in range(4)]
+    pre_i, pre_f, pre_g, pre_o = _legacy_blocks(g, preact, 4, 1)
     i, f, gate, o = g.op("Sigmoid", pre_i), g.op("Sigmoid", pre_f), g.op("Tanh", pre_g), g.op("Sigmoid", pre_o)
     c = g.op("Add", g.op("Mul", f, cx), g.op("Mul", i, gate))
     return g.op("Mul", o, g.op("Tanh", c)), c, g.op("Concat", i, f, gate, o, axis_i=1), input_hidden

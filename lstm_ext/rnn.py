@@ -389,7 +389,6 @@ class LSTM(_RNNBase):
         output, h_n, c_n = _lstm(input, [] if hx is None else list(hx), *args)
         return output, (h_n, c_n)
 
-
     # torch.nn.LSTM's versions of the helpers (h and c; see _RNNBase).
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args

@@ -462,7 +462,8 @@ def test_rnnbase_helpers_match_torch_nn(kind, config):
     if kind == "LSTM":
         hiddens = [(good_h, torch.randn(layers, 2, 3)), (good_h, torch.randn(layers, 2, 4)), (bad_h, good_h)]
     for x, batch_sizes in inputs:
-        assert _outcome(lambda: ours.check_input(x, batch_sizes)) == _outcome(lambda: theirs.check_input(x, batch_sizes))
+        assert (_outcome(lambda: ours.check_input(x, batch_sizes))
+                == _outcome(lambda: theirs.check_input(x, batch_sizes)))
         if x.dim() == 3 or batch_sizes is not None:
             assert ours.get_expected_hidden_size(x, batch_sizes) == theirs.get_expected_hidden_size(x, batch_sizes)
             if kind == "LSTM":

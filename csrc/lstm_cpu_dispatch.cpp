@@ -36,6 +36,9 @@ namespace cpu {
 LSTM_EXT_DECLARE_CAPABILITY(DEFAULT)
 #ifdef LSTM_EXT_HAVE_AVX2
 LSTM_EXT_DECLARE_CAPABILITY(AVX2)
+namespace AVX2 {
+void float_tile(const FloatTileArgs& args);
+}
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
 LSTM_EXT_DECLARE_CAPABILITY(AVX512)
@@ -65,7 +68,7 @@ struct KernelTable {
   void (*layer_norm_rows_backward)(const LnInputBackwardArgs&);
   void (*bf16_tile)(const Bf16TileArgs&);  // AVX512 only, and they still need AVX512-BF16
   void (*bf16_round)(const Bf16RoundArgs&);
-  void (*float_tile)(const FloatTileArgs&);  // AVX512 only
+  void (*float_tile)(const FloatTileArgs&);  // AVX2 and AVX512
 };
 
 const KernelTable kTables[] = {
@@ -77,7 +80,7 @@ const KernelTable kTables[] = {
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
      AVX2::transpose, AVX2::row_dots, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
-     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr, nullptr},
+     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr, AVX2::float_tile},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
@@ -187,7 +190,7 @@ bool float_tiles() { return active().load(std::memory_order_relaxed)->float_tile
 
 void float_tile(const FloatTileArgs& args) {
   const auto tile = active().load(std::memory_order_relaxed)->float_tile;
-  TORCH_INTERNAL_ASSERT(tile != nullptr, "float_tile: needs the AVX512 kernels");
+  TORCH_INTERNAL_ASSERT(tile != nullptr, "float_tile: needs the AVX2 or AVX512 kernels");
   tile(args);
 }
 

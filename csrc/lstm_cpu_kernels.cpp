@@ -1132,6 +1132,103 @@ void float_tile(const FloatTileArgs& p) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX2) && (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+// float_tile under the AVX2 kernels, on the same packed vectors of 16
+// columns (two 8-float halves): one vector at a time, in blocks of up to six
+// rows, so 12 accumulators, the vector's two halves and one broadcast take 15
+// of the 16 registers, and 12 independent FMAs per k cover the FMA latency.
+// It replaces ATen's brgemm call per task and step, and with it the input
+// projection moves into the loop (the AVX512 kernels' reasons,
+// docs/design.md). A/B in one process on an AVX2-only AMD EPYC (Zen 2, 2
+// threads, T=100, brgemm's time / the tile's): LSTM forward 1.06 / 1.34 /
+// 1.29 at B/H 16/128, 32/256, 64/512, forward+backward 1.03 / 1.08 / 1.05;
+// GRU forward 1.03 / 1.21 / 1.16.
+constexpr int kAvx2Rows = 6;
+
+// Lanes [0, count) of 8 set (count clamped to [0, 8]).
+inline __m256i avx2_lane_mask(int64_t count) {
+  const int32_t n = static_cast<int32_t>(std::max<int64_t>(0, std::min<int64_t>(8, count)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// acc += A[Rows, k] @ B for one vector of B. The accumulators are named
+// variables, not an array: GCC 12 kept an array of them in memory, a store
+// after every FMA, at half this loop's speed.
+#define LSTM_EXT_AVX2_ROW(r)                                  \
+  if constexpr (Rows > r) {                                   \
+    const __m256 va = _mm256_broadcast_ss(a + r * lda + kk);  \
+    c##r##0 = _mm256_fmadd_ps(va, b0, c##r##0);               \
+    c##r##1 = _mm256_fmadd_ps(va, b1, c##r##1);               \
+  }
+template <int Rows>
+inline __attribute__((always_inline)) void avx2_float_accumulate(__m256 (&acc)[Rows][2], const float* a, int64_t lda,
+                                                                 const float* b, int64_t k) {
+  static_assert(Rows >= 1 && Rows <= kAvx2Rows);
+  // Row r's accumulators (zeros past Rows, which the loop never touches).
+  const auto row = [&](int r, int h) { return r < Rows ? acc[r < Rows ? r : 0][h] : _mm256_setzero_ps(); };
+  __m256 c00 = row(0, 0), c01 = row(0, 1), c10 = row(1, 0), c11 = row(1, 1), c20 = row(2, 0), c21 = row(2, 1);
+  __m256 c30 = row(3, 0), c31 = row(3, 1), c40 = row(4, 0), c41 = row(4, 1), c50 = row(5, 0), c51 = row(5, 1);
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m256 b0 = _mm256_loadu_ps(b + kk * kBf16Vector);
+    const __m256 b1 = _mm256_loadu_ps(b + kk * kBf16Vector + 8);
+    LSTM_EXT_AVX2_ROW(0) LSTM_EXT_AVX2_ROW(1) LSTM_EXT_AVX2_ROW(2)
+    LSTM_EXT_AVX2_ROW(3) LSTM_EXT_AVX2_ROW(4) LSTM_EXT_AVX2_ROW(5)
+  }
+  const __m256 out[kAvx2Rows][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int r = 0; r < Rows; ++r) {
+    acc[r][0] = out[r][0];
+    acc[r][1] = out[r][1];
+  }
+}
+#undef LSTM_EXT_AVX2_ROW
+
+// Vector v of the tile for rows [r0, r0 + Rows). As on AVX512, a full vector
+// loads and stores without masks (the pointwise pass reads it right after).
+template <int Rows>
+void avx2_float_block(const FloatTileArgs& p, int v, int64_t r0) {
+  const int64_t columns = p.columns[v];
+  const bool full = columns == kBf16Vector;
+  __m256 acc[Rows][2];
+  for (int r = 0; r < Rows; ++r) {
+    const float* c = p.c[v] + (r0 + r) * p.ldc[v];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i mask = avx2_lane_mask(columns - 8 * h);
+      acc[r][h] = p.accumulate[v]     ? (full ? _mm256_loadu_ps(c + 8 * h) : _mm256_maskload_ps(c + 8 * h, mask))
+                  : p.init[v] != nullptr ? _mm256_maskload_ps(p.init[v] + 8 * h, mask)
+                                         : _mm256_setzero_ps();
+    }
+  }
+  avx2_float_accumulate<Rows>(acc, p.a + r0 * p.lda, p.lda, p.b[v], p.k);
+  if (p.k2 > 0) avx2_float_accumulate<Rows>(acc, p.a2 + r0 * p.lda2, p.lda2, p.b2[v], p.k2);
+  for (int r = 0; r < Rows; ++r) {
+    float* c = p.c[v] + (r0 + r) * p.ldc[v];
+    for (int h = 0; h < 2; ++h) {
+      if (full) {
+        _mm256_storeu_ps(c + 8 * h, acc[r][h]);
+      } else {
+        _mm256_maskstore_ps(c + 8 * h, avx2_lane_mask(columns - 8 * h), acc[r][h]);
+      }
+    }
+  }
+}
+
+void float_tile(const FloatTileArgs& p) {
+  using Block = void (*)(const FloatTileArgs&, int, int64_t);
+  static constexpr Block blocks[kAvx2Rows] = {avx2_float_block<1>, avx2_float_block<2>, avx2_float_block<3>,
+                                              avx2_float_block<4>, avx2_float_block<5>, avx2_float_block<6>};
+  TORCH_INTERNAL_ASSERT(p.vectors >= 1 && p.vectors <= 4, "tile: 1 to 4 vectors");
+  // Rows in blocks of as even a height as kAvx2Rows allows (run_tile's reason).
+  const int64_t count = (p.rows + kAvx2Rows - 1) / kAvx2Rows;
+  for (int v = 0; v < p.vectors; ++v) {
+    for (int64_t b = 0, r0 = 0; b < count; ++b) {
+      const int64_t rows = (p.rows - r0 + (count - b) - 1) / (count - b);
+      blocks[rows - 1](p, v, r0);
+      r0 += rows;
+    }
+  }
+}
+#endif
+
 void pointwise_forward(const PointwiseForwardArgs& args) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, args.dtype, "lstm_ext_pointwise_forward",
                                   [&] { forward_typed<scalar_t>(args); });

@@ -247,7 +247,7 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   const auto weight_row = [H](int64_t j0, int64_t width, int64_t column) {
     return (column / width) * H + j0 + column % width;
   };
-  // float under the AVX512 kernels: the product in float_tile's vectors too
+  // float under the AVX2 and AVX512 kernels: the product in float_tile's vectors too
   // (ATen's brgemm call costs more than a task's product at these sizes).
   const bool float_vectors = !bf16 && std::is_same_v<scalar_t, float> && float_tiles();
   const bool vectors = bf16 || float_vectors;

@@ -594,12 +594,12 @@ using Bf16TileArgs = TileArgs<c10::BFloat16>;
 void bf16_tile(const Bf16TileArgs& args);
 // The same for float A and B, each vector of B K rows of kBf16Vector floats
 // (element (k, n) at k * kBf16Vector + n), one FMA per row, k and vector: the float time loop's
-// recurrent product under the AVX512 kernels, where ATen's brgemm call
-// costs more than the product at one step's sizes.
+// recurrent product under the AVX2 and AVX512 kernels, where ATen's brgemm
+// call costs more than the product at one step's sizes.
 using FloatTileArgs = TileArgs<float>;
 inline int64_t float_vector_elements(int64_t k) { return k * kBf16Vector; }
 void float_tile(const FloatTileArgs& args);
-// Whether float_tile runs here: the AVX512 kernels are active.
+// Whether float_tile runs here: the AVX2 or AVX512 kernels are active.
 bool float_tiles();
 // h [rows, width] (row stride ld_h) rounded to bfloat16 (nearest even) into
 // out (row stride ld_out), and h replaced by the rounded values. Needs

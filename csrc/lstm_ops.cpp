@@ -765,7 +765,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   // bfloat16 products (run_layer's float32 inside on AVX512-BF16): the input
   // projection and the recurrent product on the layer's own bfloat16 operands.
   const bool bf16_products = bf16 != nullptr && time_loop;
-  // float under the AVX512 kernels, and bfloat16 products: the input
+  // float under the AVX2 and AVX512 kernels, and bfloat16 products: the input
   // projection inside the time loop, a task's block at a time
   // (RecurrenceForwardArgs::input), in training and in inference alike (so
   // the two stay bitwise equal); inference then forms no [T, B, 4H]

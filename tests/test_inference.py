@@ -175,3 +175,25 @@ def test_results_do_not_depend_on_the_thread_count(batch, steps, cpu_capability)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+# Rows 1-13 (float_tile's blocks of 1 to 6 rows, and uneven splits), hidden
+# sizes that leave part-filled 16-column vectors (17, 40) and whole panels (32).
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("shape", [(5, 1, 7, 17), (4, 7, 33, 40), (3, 13, 16, 32), (6, 11, 9, 17)], ids=str)
+def test_float32_time_loop_matches_torch_nn_under_every_capability(shape, cell, cpu_capability):
+    """The float32 time loop under each CPU kernel variant (float_tile on AVX2
+    and AVX512, brgemm elsewhere): torch.nn's results, and the training
+    forward bitwise the inference one."""
+    torch.manual_seed(0)
+    T, B, I, H = shape
+    ref = getattr(nn, cell)(I, H, num_layers=2, bidirectional=True)
+    rnn = getattr(lstm_ext, cell).from_torch(ref)
+    x = torch.randn(T, B, I)
+    trained = rnn(x)
+    with torch.no_grad():
+        inference = rnn(x)
+        expected = ref(x)
+    assert_close(inference[0], trained[0], rtol=0, atol=0)
+    assert_close(inference[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert_close(inference[1], expected[1], rtol=1e-5, atol=1e-5)

@@ -69,25 +69,28 @@ struct KernelTable {
   void (*bf16_tile)(const Bf16TileArgs&);  // AVX512 only, and they still need AVX512-BF16
   void (*bf16_round)(const Bf16RoundArgs&);
   void (*float_tile)(const FloatTileArgs&);  // AVX2 and AVX512
+  bool float_tile_all_products;                 // see lstm_kernels.h
 };
 
 const KernelTable kTables[] = {
     {"DEFAULT", 0, DEFAULT::pointwise_forward, DEFAULT::pointwise_backward, DEFAULT::gru_pointwise_forward,
      DEFAULT::gru_pointwise_backward, DEFAULT::outer_products,
      DEFAULT::transpose, DEFAULT::row_dots, DEFAULT::ln_rows_forward, DEFAULT::ln_rows_backward,
-     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward, nullptr, nullptr, nullptr},
+     DEFAULT::philox_mask, DEFAULT::layer_norm_rows, DEFAULT::layer_norm_rows_backward, nullptr, nullptr, nullptr,
+     false},
 #ifdef LSTM_EXT_HAVE_AVX2
     {"AVX2", 1, AVX2::pointwise_forward, AVX2::pointwise_backward, AVX2::gru_pointwise_forward,
      AVX2::gru_pointwise_backward, AVX2::outer_products,
      AVX2::transpose, AVX2::row_dots, AVX2::ln_rows_forward, AVX2::ln_rows_backward,
-     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr, AVX2::float_tile},
+     AVX2::philox_mask, AVX2::layer_norm_rows, AVX2::layer_norm_rows_backward, nullptr, nullptr, AVX2::float_tile,
+     /*float_tile_all_products=*/true},
 #endif
 #ifdef LSTM_EXT_HAVE_AVX512
     {"AVX512", 2, AVX512::pointwise_forward, AVX512::pointwise_backward, AVX512::gru_pointwise_forward,
      AVX512::gru_pointwise_backward, AVX512::outer_products,
      AVX512::transpose, AVX512::row_dots, AVX512::ln_rows_forward, AVX512::ln_rows_backward,
      AVX512::philox_mask, AVX512::layer_norm_rows, AVX512::layer_norm_rows_backward, AVX512::bf16_tile, AVX512::bf16_round,
-     AVX512::float_tile},
+     AVX512::float_tile, /*float_tile_all_products=*/false},
 #endif
 };
 constexpr int kNumTables = sizeof(kTables) / sizeof(kTables[0]);
@@ -187,6 +190,8 @@ void bf16_round(const Bf16RoundArgs& args) {
 }
 
 bool float_tiles() { return active().load(std::memory_order_relaxed)->float_tile != nullptr; }
+
+bool float_tile_all_products() { return active().load(std::memory_order_relaxed)->float_tile_all_products; }
 
 void float_tile(const FloatTileArgs& args) {
   const auto tile = active().load(std::memory_order_relaxed)->float_tile;

@@ -551,6 +551,9 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const PooledArray<c10::BFloat16> packed_bf16(bf16 ? static_cast<size_t>(recurrent_tiling.panels * bf16_elements) : 0);
   // Backward panels over the R columns of W_hh: packed[G * j0 + k * w + jj] = W_hh[k, j0 + jj].
   const PooledArray<scalar_t> packed(bf16 ? 0 : static_cast<size_t>(G * R));
+  // float: the recurrent product of a full panel in float_tile where it runs
+  // all products (float_tile_all_products), else brgemm.
+  const bool one_vector_tiles = std::is_same_v<scalar_t, float> && !bf16 && float_tile_all_products();
   for_each_panel(recurrent_tiling, [&](int64_t j0, int64_t width) {
     if (bf16) {
       pack_bf16_vector(static_cast<const c10::BFloat16*>(a.weight_hh_bf16), G, R, 1, j0, width,
@@ -602,6 +605,19 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
         tile.accumulate[0] = true;
         tile.init[0] = nullptr;
         bf16_tile(tile);
+      } else if (continuing > 0 && one_vector_tiles && width == kPanel) {
+        // The same through float_tile: a full panel of W_hh is one of its
+        // vectors ([4H, 16], element (k, n) at k * 16 + n).
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          FloatTileArgs tile{continuing, G, grad_next + r0 * G, G, 1};
+          tile.b[0] = packed.data() + G * j0;
+          tile.c[0] = dh;
+          tile.ldc[0] = R;
+          tile.columns[0] = width;
+          tile.accumulate[0] = true;
+          tile.init[0] = nullptr;
+          float_tile(tile);
+        }
       } else if (continuing > 0) {
         // The gradient reaching h_t through the next step's recurrent product.
         tile_gemm<scalar_t>(continuing, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, R,
@@ -659,20 +675,45 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
 
 // The LayerNorm LSTM's products: B (element (k, n) at b[k * k_stride + n *
 // n_stride]) packed once per call into panels of kLnColumns columns, each
-// [K, w] contiguous, so that a step's product is one brgemm call per (block
-// of rows, panel) and nothing aliases in L1 at power-of-two sizes.
+// [K, w] contiguous (or as float_tile vectors), so that a step's product is
+// one brgemm (or float_tile) call per (block of rows, panel) and nothing
+// aliases in L1 at power-of-two sizes.
 constexpr int64_t kLnColumns = 64;
+
+// Where float_tile runs the panels' products (float_tile_all_products), a
+// panel is its columns as float_tile vectors of 16 (each [K, 16], zeros past
+// N); else [K, w] row-major for brgemm.
+template <typename scalar_t>
+bool column_panels_as_vectors() {
+  return std::is_same_v<scalar_t, float> && float_tile_all_products();
+}
+
+// Elements of the packed panels of a [K, N] B.
+template <typename scalar_t>
+int64_t column_panels_size(int64_t K, int64_t N) {
+  return column_panels_as_vectors<scalar_t>() ? K * ((N + kBf16Vector - 1) / kBf16Vector * kBf16Vector) : K * N;
+}
 
 template <typename scalar_t>
 void pack_column_panels(scalar_t* packed, const scalar_t* b, int64_t K, int64_t N, int64_t k_stride,
                         int64_t n_stride) {
   const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
+  const bool vectors = column_panels_as_vectors<scalar_t>();
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n0 = p * kLnColumns, width = std::min(kLnColumns, N - n0);
       scalar_t* panel = packed + K * n0;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t c = 0; c < width; ++c) panel[k * width + c] = b[k * k_stride + (n0 + c) * n_stride];
+      if (!vectors) {
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t c = 0; c < width; ++c) panel[k * width + c] = b[k * k_stride + (n0 + c) * n_stride];
+        continue;
+      }
+      for (int64_t c0 = 0; c0 < width; c0 += kBf16Vector) {
+        scalar_t* vector = panel + K * c0;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t c = 0; c < kBf16Vector; ++c)
+            vector[k * kBf16Vector + c] = c0 + c < width ? b[k * k_stride + (n0 + c0 + c) * n_stride] : scalar_t(0);
+      }
     }
   });
 }
@@ -692,10 +733,26 @@ void panel_product(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t l
   row_blocks = (M + block_rows - 1) / block_rows;
   const int64_t grain =
       std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, block_rows * std::min(N, kLnColumns) * K));
+  const bool vectors = column_panels_as_vectors<scalar_t>();
   at::parallel_for(0, row_blocks * panels, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t r0 = u / panels * block_rows, rows = std::min(block_rows, M - r0);
       const int64_t n0 = u % panels * kLnColumns, width = std::min(kLnColumns, N - n0);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (vectors) {
+          FloatTileArgs tile{rows, K, A + r0 * lda, lda, static_cast<int>((width + kBf16Vector - 1) / kBf16Vector)};
+          for (int v = 0; v < tile.vectors; ++v) {
+            tile.b[v] = packed + K * (n0 + v * kBf16Vector);
+            tile.c[v] = C + r0 * ldc + n0 + v * kBf16Vector;
+            tile.ldc[v] = ldc;
+            tile.columns[v] = std::min(kBf16Vector, width - v * kBf16Vector);
+            tile.accumulate[v] = accumulate;
+            tile.init[v] = nullptr;
+          }
+          float_tile(tile);
+          continue;
+        }
+      }
       tile_gemm<scalar_t>(rows, width, K, A + r0 * lda, lda, false, packed + K * n0, width, C + r0 * ldc + n0, ldc,
                           accumulate);
     }
@@ -715,7 +772,7 @@ void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
   auto* output = static_cast<scalar_t*>(a.output);
   auto* cells = static_cast<scalar_t*>(a.cells);
   const StepLayout layout(T, B, a.batch_sizes);
-  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));  // W_hh^T [H, 4H] in panels
+  const PooledArray<scalar_t> packed(static_cast<size_t>(column_panels_size<scalar_t>(H, G)));  // W_hh^T [H, 4H] in panels
   pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), H, G, 1, H);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
@@ -756,7 +813,7 @@ void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
   auto* grad_hh = layer_norm ? static_cast<scalar_t*>(a.grad_hh) : grad_pre;
   const bool zoneout_h = a.cell.mask_h != nullptr || a.cell.rate_h != 0;
   const StepLayout layout(T, B, a.batch_sizes);
-  const PooledArray<scalar_t> packed(static_cast<size_t>(G * H));  // W_hh [4H, H] in panels
+  const PooledArray<scalar_t> packed(static_cast<size_t>(column_panels_size<scalar_t>(G, H)));  // W_hh [4H, H] in panels
   pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), G, H, H, 1);
   // The gains' gradients, one row of [4H | H | H] per thread, summed at the end.
   const int64_t threads = at::get_num_threads(), width = 6 * H;

@@ -601,6 +601,13 @@ inline int64_t float_vector_elements(int64_t k) { return k * kBf16Vector; }
 void float_tile(const FloatTileArgs& args);
 // Whether float_tile runs here: the AVX2 or AVX512 kernels are active.
 bool float_tiles();
+// Whether float_tile also runs the float products that brgemm runs
+// elsewhere: the LSTM backward's recurrent product (one panel of 16 columns
+// a task) and the LayerNorm LSTM's per-step products. Under the AVX2 kernels,
+// where it was measured faster (docs/design.md); the AVX512 kernels' blocks
+// of one vector hold 6 accumulators, below the FMA latency, and the
+// LayerNorm LSTM's products there keep brgemm until measured.
+bool float_tile_all_products();
 // h [rows, width] (row stride ld_h) rounded to bfloat16 (nearest even) into
 // out (row stride ld_out), and h replaced by the rounded values. Needs
 // bf16_products().

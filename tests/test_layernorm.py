@@ -1,6 +1,7 @@
 """lstm_ext.LayerNormLSTM and zoneout (for it and for lstm_ext.LSTM) against
 the pure-Python reference of the same formulas (lstm_ext.reference)."""
 import contextlib
+import copy
 import itertools
 
 import pytest
@@ -110,6 +111,29 @@ def test_layernorm_lstm_every_cpu_capability(capability):
         module = randomized(lstm_ext.LayerNormLSTM(5, 37, dtype=F64, bidirectional=True))
         x, hx = inputs(module, 4, 6, 5)
         compare(module, x, hx, reference_forward(module, x, hx))
+
+
+@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
+@pytest.mark.parametrize("H", [17, 40, 64])
+def test_layernorm_lstm_float32_every_cpu_capability(capability, H):
+    """float32 (whose per-step products are float_tile's under the AVX2 kernels,
+    brgemm's elsewhere; panels of 64 columns, part-filled vectors at H = 17
+    and 40) against the reference's float64 results."""
+    with cpu_kernels(capability):
+        module = randomized(lstm_ext.LayerNormLSTM(5, H, dtype=F64, bidirectional=True))
+        x, hx = inputs(module, 4, 13, 5)
+        expected = reference_forward(module, x, hx)
+        module32 = copy.deepcopy(module).float()
+        x32 = x.detach().float().requires_grad_()
+        hx32 = tuple(h.detach().float().requires_grad_() for h in hx)
+        out = module32(x32, hx32)
+        for a, b in zip((out[0], *out[1]), (expected[0], *expected[1])):
+            assert_close(a, b.float(), rtol=1e-4, atol=1e-5)
+        wrt32 = [x32, *hx32, *module32.parameters()]
+        grads32 = torch.autograd.grad(out[0].sum() + out[1][1].sum(), wrt32)
+        grads = torch.autograd.grad(expected[0].sum() + expected[1][1].sum(), [x, *hx])
+        for a, b in zip(grads32[:3], grads):
+            assert_close(a, b.float(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])

@@ -922,7 +922,59 @@ void column_sums(c10::ScalarType dtype, int64_t rows, int64_t cols, const void* 
   });
 }
 
+// packed_gemm on float_tile (float_tile_all_products): B as vectors of 16
+// columns, tasks of 64 rows by four vectors, each over K in chunks of 512 (a
+// task's rows of A and its vectors, 128 KB each, stay in L2), as
+// bf16_product. On the AVX2 host grad_input at B=64, T=100, H=512 took
+// 25-30% less time than with brgemm (forward+backward 5-6% less).
+void packed_gemm_tiles(const PackedGemmArgs& a) {
+  constexpr int64_t kBlockRows = 64, kTaskVectors = 4, kChunk = 512;
+  const int64_t M = a.m, N = a.n, K = a.k;
+  const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector, elements = float_vector_elements(K);
+  const PooledArray<float> packed(static_cast<size_t>(vectors * elements));
+  at::parallel_for(0, vectors, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      const int64_t n0 = v * kBf16Vector, count = std::min(kBf16Vector, N - n0);
+      float* out = packed.data() + v * elements;
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t n = 0; n < kBf16Vector; ++n) {
+          out[k * kBf16Vector + n] = n < count ? a.b[k * a.b_k_stride + (n0 + n) * a.b_n_stride] : 0.0f;
+        }
+      }
+    }
+  });
+  const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();
+  const int64_t groups = (vectors + kTaskVectors - 1) / kTaskVectors, row_blocks = (M + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, row_blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t m0 = u / groups * kBlockRows, rows = std::min(kBlockRows, M - m0);
+      const int64_t v0 = u % groups * kTaskVectors;
+      FloatTileArgs tile{rows, 0, nullptr, a.lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
+      for (int v = 0; v < tile.vectors; ++v) {
+        const int64_t n0 = (v0 + v) * kBf16Vector;
+        tile.c[v] = a.c + m0 * a.ldc + n0;
+        tile.ldc[v] = a.ldc;
+        tile.columns[v] = std::min(kBf16Vector, N - n0);
+        tile.init[v] = a.bias != nullptr ? bias.data() + n0 : nullptr;
+      }
+      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+        tile.k = std::min(kChunk, K - k0);
+        tile.a = a.a + m0 * a.lda + k0;
+        for (int v = 0; v < tile.vectors; ++v) {
+          tile.b[v] = packed.data() + (v0 + v) * elements + k0 * kBf16Vector;
+          tile.accumulate[v] = k0 > 0;
+        }
+        float_tile(tile);
+      }
+    }
+  });
+}
+
 void packed_gemm(const PackedGemmArgs& a) {
+  if (a.k > 0 && float_tile_all_products()) {
+    packed_gemm_tiles(a);
+    return;
+  }
   // Panels of kWidth columns of B, each [K, w] contiguous; tasks are (block of
   // kBlockRows rows, panel), consecutive tasks sharing their rows of A.
   // 64 columns rather than 16 (the time loop's panels): 2-5% faster on the

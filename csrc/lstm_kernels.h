@@ -603,7 +603,8 @@ void float_tile(const FloatTileArgs& args);
 bool float_tiles();
 // Whether float_tile also runs the float products that brgemm runs
 // elsewhere: the LSTM backward's recurrent product (one panel of 16 columns
-// a task) and the LayerNorm LSTM's per-step products. Under the AVX2 kernels,
+// a task), packed_gemm (grad_input over all steps) and the LayerNorm LSTM's
+// per-step products. Under the AVX2 kernels,
 // where it was measured faster (docs/design.md); the AVX512 kernels' blocks
 // of one vector hold 6 accumulators, below the FMA latency, and the
 // LayerNorm LSTM's products there keep brgemm until measured.

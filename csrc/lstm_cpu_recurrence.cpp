@@ -922,13 +922,54 @@ void column_sums(c10::ScalarType dtype, int64_t rows, int64_t cols, const void* 
   });
 }
 
+// C[M, N] = [bias +] A[M, K] @ B for B packed as tile vectors of 16 columns,
+// `elements` per vector (a chunk of K starting at k0 begins k0 * kBf16Vector
+// into it: k0 / 2 VNNI pairs for bfloat16): tasks of kBlockRows rows by four
+// vectors, consecutive tasks sharing their rows of A (in L2), each over K in
+// chunks of kChunk (even, so that a chunk starts a VNNI pair). The
+// backward's weight gradients have K = T * B, whose whole rows of A and
+// vectors of B (64 rows and 4 vectors at K = 6400: 2 MB) would not stay in
+// L2 between the blocks of a task. run_tile(TileArgs<T>) is bf16_tile or
+// float_tile.
+template <typename T, typename RunTile>
+void vector_tile_product(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, int64_t elements,
+                         const float* bias, float* c, int64_t ldc, const RunTile& run_tile) {
+  constexpr int64_t kBlockRows = 64, kTaskVectors = 4, kChunk = 512;
+  const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector;
+  const int64_t groups = (vectors + kTaskVectors - 1) / kTaskVectors, row_blocks = (M + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, row_blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t m0 = u / groups * kBlockRows, rows = std::min(kBlockRows, M - m0);
+      const int64_t v0 = u % groups * kTaskVectors;
+      TileArgs<T> tile{rows, 0, nullptr, lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
+      for (int v = 0; v < tile.vectors; ++v) {
+        const int64_t n0 = (v0 + v) * kBf16Vector, columns = std::min(kBf16Vector, N - n0);
+        tile.c[v] = c + m0 * ldc + n0;
+        tile.ldc[v] = ldc;
+        tile.columns[v] = columns;
+        tile.init[v] = nullptr;
+        if (bias != nullptr) {
+          for (int64_t m = 0; m < rows; ++m) std::copy(bias + n0, bias + n0 + columns, tile.c[v] + m * ldc);
+        }
+      }
+      for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kChunk) {
+        tile.k = std::min(kChunk, K - k0);
+        tile.a = a + m0 * lda + k0;
+        for (int v = 0; v < tile.vectors; ++v) {
+          tile.b[v] = packed + (v0 + v) * elements + k0 * kBf16Vector;
+          tile.accumulate[v] = bias != nullptr || k0 > 0;
+        }
+        run_tile(tile);
+      }
+    }
+  });
+}
+
 // packed_gemm on float_tile (float_tile_all_products): B as vectors of 16
-// columns, tasks of 64 rows by four vectors, each over K in chunks of 512 (a
-// task's rows of A and its vectors, 128 KB each, stay in L2), as
-// bf16_product. On the AVX2 host grad_input at B=64, T=100, H=512 took
+// columns, then vector_tile_product (a task's 64 rows of A and its four
+// vectors over a chunk of K, 128 KB each, stay in L2). On the AVX2 host grad_input at B=64, T=100, H=512 took
 // 25-30% less time than with brgemm (forward+backward 5-6% less).
 void packed_gemm_tiles(const PackedGemmArgs& a) {
-  constexpr int64_t kBlockRows = 64, kTaskVectors = 4, kChunk = 512;
   const int64_t M = a.m, N = a.n, K = a.k;
   const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector, elements = float_vector_elements(K);
   const PooledArray<float> packed(static_cast<size_t>(vectors * elements));
@@ -944,30 +985,8 @@ void packed_gemm_tiles(const PackedGemmArgs& a) {
     }
   });
   const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();
-  const int64_t groups = (vectors + kTaskVectors - 1) / kTaskVectors, row_blocks = (M + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, row_blocks * groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t m0 = u / groups * kBlockRows, rows = std::min(kBlockRows, M - m0);
-      const int64_t v0 = u % groups * kTaskVectors;
-      FloatTileArgs tile{rows, 0, nullptr, a.lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
-      for (int v = 0; v < tile.vectors; ++v) {
-        const int64_t n0 = (v0 + v) * kBf16Vector;
-        tile.c[v] = a.c + m0 * a.ldc + n0;
-        tile.ldc[v] = a.ldc;
-        tile.columns[v] = std::min(kBf16Vector, N - n0);
-        tile.init[v] = a.bias != nullptr ? bias.data() + n0 : nullptr;
-      }
-      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-        tile.k = std::min(kChunk, K - k0);
-        tile.a = a.a + m0 * a.lda + k0;
-        for (int v = 0; v < tile.vectors; ++v) {
-          tile.b[v] = packed.data() + (v0 + v) * elements + k0 * kBf16Vector;
-          tile.accumulate[v] = k0 > 0;
-        }
-        float_tile(tile);
-      }
-    }
-  });
+  vector_tile_product<float>(M, N, K, a.a, a.lda, packed.data(), elements, a.bias != nullptr ? bias.data() : nullptr,
+                             a.c, a.ldc, [](const FloatTileArgs& tile) { float_tile(tile); });
 }
 
 void packed_gemm(const PackedGemmArgs& a) {
@@ -1044,13 +1063,7 @@ void long_k_gemm(const LongKGemmArgs& a) {
 }
 
 void bf16_product(const Bf16ProductArgs& a) {
-  // W^T as vectors of 16 columns, packed once; tasks of kBlockRows rows by
-  // four vectors, consecutive tasks sharing their rows of A (in L2), each
-  // over K in chunks of kChunk (even, so that a chunk starts a VNNI pair):
-  // the backward's weight gradients have K = T * B, whose whole rows of A
-  // and vectors of W (64 rows and 4 vectors at K = 6400: 2 MB) would not
-  // stay in L2 between the blocks of a task.
-  constexpr int64_t kBlockRows = 64, kTaskVectors = 4, kChunk = 512;
+  // W^T as vectors of 16 columns, packed once, then vector_tile_product.
   const int64_t M = a.m, N = a.n, K = a.k;
   const int64_t n_stride = a.w_n_stride != 0 ? a.w_n_stride : K, k_stride = a.w_k_stride != 0 ? a.w_k_stride : 1;
   const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector, elements = bf16_vector_elements(K);
@@ -1062,33 +1075,9 @@ void bf16_product(const Bf16ProductArgs& a) {
     }
   });
   const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();
-  const int64_t groups = (vectors + kTaskVectors - 1) / kTaskVectors, row_blocks = (M + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, row_blocks * groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t m0 = u / groups * kBlockRows, rows = std::min(kBlockRows, M - m0);
-      const int64_t v0 = u % groups * kTaskVectors;
-      Bf16TileArgs tile{rows, 0, nullptr, a.lda, static_cast<int>(std::min(kTaskVectors, vectors - v0))};
-      for (int v = 0; v < tile.vectors; ++v) {
-        const int64_t n0 = (v0 + v) * kBf16Vector, columns = std::min(kBf16Vector, N - n0);
-        tile.c[v] = a.c + m0 * a.ldc + n0;
-        tile.ldc[v] = a.ldc;
-        tile.columns[v] = columns;
-        tile.init[v] = nullptr;
-        if (a.bias != nullptr) {
-          for (int64_t m = 0; m < rows; ++m) std::copy(bias.begin() + n0, bias.begin() + n0 + columns, tile.c[v] + m * a.ldc);
-        }
-      }
-      for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kChunk) {
-        tile.k = std::min(kChunk, K - k0);
-        tile.a = a.a + m0 * a.lda + k0;
-        for (int v = 0; v < tile.vectors; ++v) {
-          tile.b[v] = packed.data() + (v0 + v) * elements + k0 * kBf16Vector;  // k0 / 2 pairs of 2 * kBf16Vector
-          tile.accumulate[v] = a.bias != nullptr || k0 > 0;
-        }
-        bf16_tile(tile);
-      }
-    }
-  });
+  vector_tile_product<c10::BFloat16>(M, N, K, a.a, a.lda, packed.data(), elements,
+                                     a.bias != nullptr ? bias.data() : nullptr, a.c, a.ldc,
+                                     [](const Bf16TileArgs& tile) { bf16_tile(tile); });
 }
 
 void recurrence_forward(const RecurrenceForwardArgs& args) {

@@ -553,7 +553,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   const PooledArray<scalar_t> packed(bf16 ? 0 : static_cast<size_t>(G * R));
   // float: the recurrent product of a full panel in float_tile where it runs
   // all products (float_tile_all_products), else brgemm.
-  const bool one_vector_tiles = std::is_same_v<scalar_t, float> && !bf16 && float_tile_all_products();
+  const bool float_tile_products = std::is_same_v<scalar_t, float> && !bf16 && float_tile_all_products();
   for_each_panel(recurrent_tiling, [&](int64_t j0, int64_t width) {
     if (bf16) {
       pack_bf16_vector(static_cast<const c10::BFloat16*>(a.weight_hh_bf16), G, R, 1, j0, width,
@@ -605,7 +605,7 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
         tile.accumulate[0] = true;
         tile.init[0] = nullptr;
         bf16_tile(tile);
-      } else if (continuing > 0 && one_vector_tiles && width == kPanel) {
+      } else if (continuing > 0 && float_tile_products && width == kPanel) {
         // The same through float_tile: a full panel of W_hh is one of its
         // vectors ([4H, 16], element (k, n) at k * 16 + n).
         if constexpr (std::is_same_v<scalar_t, float>) {
@@ -674,90 +674,84 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
 }
 
 // The LayerNorm LSTM's products: B (element (k, n) at b[k * k_stride + n *
-// n_stride]) packed once per call into panels of kLnColumns columns, each
-// [K, w] contiguous (or as float_tile vectors), so that a step's product is
-// one brgemm (or float_tile) call per (block of rows, panel) and nothing
-// aliases in L1 at power-of-two sizes.
+// n_stride]) packed once per call into panels of kLnColumns columns, so that
+// a step's product is one call per (block of rows, panel) and nothing
+// aliases in L1 at power-of-two sizes. Where float_tile runs these products
+// (float_tile_all_products, decided once per call) a panel is its columns
+// as float_tile vectors of 16 (each [K, 16], zeros past N); else [K, w]
+// row-major for brgemm.
 constexpr int64_t kLnColumns = 64;
 
-// Where float_tile runs the panels' products (float_tile_all_products), a
-// panel is its columns as float_tile vectors of 16 (each [K, 16], zeros past
-// N); else [K, w] row-major for brgemm.
 template <typename scalar_t>
-bool column_panels_as_vectors() {
-  return std::is_same_v<scalar_t, float> && float_tile_all_products();
-}
-
-// Elements of the packed panels of a [K, N] B.
-template <typename scalar_t>
-int64_t column_panels_size(int64_t K, int64_t N) {
-  return column_panels_as_vectors<scalar_t>() ? K * ((N + kBf16Vector - 1) / kBf16Vector * kBf16Vector) : K * N;
-}
-
-template <typename scalar_t>
-void pack_column_panels(scalar_t* packed, const scalar_t* b, int64_t K, int64_t N, int64_t k_stride,
-                        int64_t n_stride) {
-  const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
-  const bool vectors = column_panels_as_vectors<scalar_t>();
-  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n0 = p * kLnColumns, width = std::min(kLnColumns, N - n0);
-      scalar_t* panel = packed + K * n0;
-      if (!vectors) {
+class ColumnPanels {
+ public:
+  ColumnPanels(const scalar_t* b, int64_t K, int64_t N, int64_t k_stride, int64_t n_stride)
+      : K_(K), N_(N), vectors_(std::is_same_v<scalar_t, float> && float_tile_all_products()),
+        packed_(static_cast<size_t>(vectors_ ? K * ((N + kBf16Vector - 1) / kBf16Vector * kBf16Vector) : K * N)) {
+    const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n0 = p * kLnColumns, width = std::min(kLnColumns, N - n0);
+        scalar_t* panel = packed_.data() + K * n0;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (vectors_) {
+            for (int64_t c0 = 0; c0 < width; c0 += kBf16Vector) {
+              pack_float_vector(b, K, k_stride, n_stride, n0 + c0, std::min(kBf16Vector, width - c0), panel + K * c0);
+            }
+            continue;
+          }
+        }
         for (int64_t k = 0; k < K; ++k)
           for (int64_t c = 0; c < width; ++c) panel[k * width + c] = b[k * k_stride + (n0 + c) * n_stride];
-        continue;
       }
-      for (int64_t c0 = 0; c0 < width; c0 += kBf16Vector) {
-        scalar_t* vector = panel + K * c0;
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t c = 0; c < kBf16Vector; ++c)
-            vector[k * kBf16Vector + c] = c0 + c < width ? b[k * k_stride + (n0 + c0 + c) * n_stride] : scalar_t(0);
-      }
-    }
-  });
-}
+    });
+  }
 
-// C[M, N] (+)= A[M, K] @ B for B packed by pack_column_panels, in parallel
-// over (block of rows, panel) tasks: as Tiling, enough tasks for every
-// thread twice over, none below kMinTaskFmas multiply-adds.
-template <typename scalar_t>
-void panel_product(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* packed,
-                   scalar_t* C, int64_t ldc, bool accumulate) {
-  if (M == 0) return;
-  const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
-  const bool shared = M * N * K >= 2 * kMinTaskFmas;
-  int64_t row_blocks = shared ? std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels) : 1;
-  row_blocks = std::min(row_blocks, std::max<int64_t>(1, M / kMinBlockRows));
-  const int64_t block_rows = (M + row_blocks - 1) / row_blocks;
-  row_blocks = (M + block_rows - 1) / block_rows;
-  const int64_t grain =
-      std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, block_rows * std::min(N, kLnColumns) * K));
-  const bool vectors = column_panels_as_vectors<scalar_t>();
-  at::parallel_for(0, row_blocks * panels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t r0 = u / panels * block_rows, rows = std::min(block_rows, M - r0);
-      const int64_t n0 = u % panels * kLnColumns, width = std::min(kLnColumns, N - n0);
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (vectors) {
-          FloatTileArgs tile{rows, K, A + r0 * lda, lda, static_cast<int>((width + kBf16Vector - 1) / kBf16Vector)};
-          for (int v = 0; v < tile.vectors; ++v) {
-            tile.b[v] = packed + K * (n0 + v * kBf16Vector);
-            tile.c[v] = C + r0 * ldc + n0 + v * kBf16Vector;
-            tile.ldc[v] = ldc;
-            tile.columns[v] = std::min(kBf16Vector, width - v * kBf16Vector);
-            tile.accumulate[v] = accumulate;
-            tile.init[v] = nullptr;
+  // C[M, N] (+)= A[M, K] @ B, in parallel over (block of rows, panel) tasks:
+  // as Tiling, enough tasks for every thread twice over, none below
+  // kMinTaskFmas multiply-adds.
+  void product(int64_t M, const scalar_t* A, int64_t lda, scalar_t* C, int64_t ldc, bool accumulate) const {
+    if (M == 0) return;
+    const int64_t K = K_, N = N_;
+    const int64_t panels = (N + kLnColumns - 1) / kLnColumns;
+    const bool shared = M * N * K >= 2 * kMinTaskFmas;
+    int64_t row_blocks = shared ? std::max<int64_t>(1, (2 * at::get_num_threads() + panels - 1) / panels) : 1;
+    row_blocks = std::min(row_blocks, std::max<int64_t>(1, M / kMinBlockRows));
+    const int64_t block_rows = (M + row_blocks - 1) / row_blocks;
+    row_blocks = (M + block_rows - 1) / block_rows;
+    const int64_t grain =
+        std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, block_rows * std::min(N, kLnColumns) * K));
+    const scalar_t* packed = packed_.data();
+    at::parallel_for(0, row_blocks * panels, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t r0 = u / panels * block_rows, rows = std::min(block_rows, M - r0);
+        const int64_t n0 = u % panels * kLnColumns, width = std::min(kLnColumns, N - n0);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (vectors_) {
+            FloatTileArgs tile{rows, K, A + r0 * lda, lda, static_cast<int>((width + kBf16Vector - 1) / kBf16Vector)};
+            for (int v = 0; v < tile.vectors; ++v) {
+              tile.b[v] = packed + K * (n0 + v * kBf16Vector);
+              tile.c[v] = C + r0 * ldc + n0 + v * kBf16Vector;
+              tile.ldc[v] = ldc;
+              tile.columns[v] = std::min(kBf16Vector, width - v * kBf16Vector);
+              tile.accumulate[v] = accumulate;
+              tile.init[v] = nullptr;
+            }
+            float_tile(tile);
+            continue;
           }
-          float_tile(tile);
-          continue;
         }
+        tile_gemm<scalar_t>(rows, width, K, A + r0 * lda, lda, false, packed + K * n0, width, C + r0 * ldc + n0, ldc,
+                            accumulate);
       }
-      tile_gemm<scalar_t>(rows, width, K, A + r0 * lda, lda, false, packed + K * n0, width, C + r0 * ldc + n0, ldc,
-                          accumulate);
-    }
-  });
-}
+    });
+  }
+
+ private:
+  int64_t K_, N_;
+  bool vectors_;
+  PooledArray<scalar_t> packed_;
+};
 
 // Rows per task of a row pass: below ~8K elements a task costs less than waking a thread.
 inline int64_t ln_grain_rows(int64_t hidden) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, 4 * hidden)); }
@@ -772,8 +766,7 @@ void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
   auto* output = static_cast<scalar_t*>(a.output);
   auto* cells = static_cast<scalar_t*>(a.cells);
   const StepLayout layout(T, B, a.batch_sizes);
-  const PooledArray<scalar_t> packed(static_cast<size_t>(column_panels_size<scalar_t>(H, G)));  // W_hh^T [H, 4H] in panels
-  pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), H, G, 1, H);
+  const ColumnPanels<scalar_t> panels(static_cast<const scalar_t*>(a.weight_hh), H, G, 1, H);  // W_hh^T [H, 4H]
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
     // Step t's rows: its first rows_t sequences, which all ran the step before.
@@ -790,7 +783,7 @@ void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
     // normalized alone); without, it accumulates into the input part.
     scalar_t* hh_t = layer_norm ? hh_norm + (a.keep ? row0 : 0) * G : gates_t;
     scalar_t* stats_t = layer_norm ? stats + (a.keep ? row0 : 0) * 3 : nullptr;
-    panel_product<scalar_t>(rows_t, G, H, h_prev, H, packed.data(), hh_t, G, /*accumulate=*/!layer_norm);
+    panels.product(rows_t, h_prev, H, hh_t, G, /*accumulate=*/!layer_norm);
     at::parallel_for(0, rows_t, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
       rows_pass(LnRowsForwardArgs{a.dtype, end - r0, H, a.eps, a.cell.at_row(row0 + r0, H, sizeof(scalar_t)),
                                   gates_t + r0 * G, layer_norm ? hh_t + r0 * G : nullptr, c_prev + r0 * H,
@@ -813,8 +806,7 @@ void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
   auto* grad_hh = layer_norm ? static_cast<scalar_t*>(a.grad_hh) : grad_pre;
   const bool zoneout_h = a.cell.mask_h != nullptr || a.cell.rate_h != 0;
   const StepLayout layout(T, B, a.batch_sizes);
-  const PooledArray<scalar_t> packed(static_cast<size_t>(column_panels_size<scalar_t>(G, H)));  // W_hh [4H, H] in panels
-  pack_column_panels(packed.data(), static_cast<const scalar_t*>(a.weight_hh), G, H, H, 1);
+  const ColumnPanels<scalar_t> panels(static_cast<const scalar_t*>(a.weight_hh), G, H, H, 1);  // W_hh [4H, H]
   // The gains' gradients, one row of [4H | H | H] per thread, summed at the end.
   const int64_t threads = at::get_num_threads(), width = 6 * H;
   std::vector<scalar_t> partial(layer_norm ? static_cast<size_t>(threads * width) : 0, scalar_t(0));
@@ -837,8 +829,7 @@ void ln_backward_typed(const LnRecurrenceBackwardArgs& a) {
                                    acc != nullptr ? acc + G : nullptr, acc != nullptr ? acc + G + H : nullptr});
     });
     // The gradient reaching h_prev through this step's recurrent product.
-    panel_product<scalar_t>(rows_t, H, G, grad_hh + layout.offset[t] * G, G, packed.data(), grad_h_prev, H,
-                            /*accumulate=*/true);
+    panels.product(rows_t, grad_hh + layout.offset[t] * G, G, grad_h_prev, H, /*accumulate=*/true);
   }
   if (layer_norm) {
     scalar_t* outputs[3] = {static_cast<scalar_t*>(a.grad_gamma_hh), static_cast<scalar_t*>(a.grad_gamma_c),
@@ -967,21 +958,18 @@ void vector_tile_product(int64_t M, int64_t N, int64_t K, const T* a, int64_t ld
 
 // packed_gemm on float_tile (float_tile_all_products): B as vectors of 16
 // columns, then vector_tile_product (a task's 64 rows of A and its four
-// vectors over a chunk of K, 128 KB each, stay in L2). On the AVX2 host grad_input at B=64, T=100, H=512 took
-// 25-30% less time than with brgemm (forward+backward 5-6% less).
+// vectors over a chunk of K, 128 KB each, stay in L2). On the AVX2 host
+// grad_input at B=64, T=100, H=512 took 25-30% less time than with brgemm
+// (forward+backward 5-6% less).
 void packed_gemm_tiles(const PackedGemmArgs& a) {
   const int64_t M = a.m, N = a.n, K = a.k;
   const int64_t vectors = (N + kBf16Vector - 1) / kBf16Vector, elements = float_vector_elements(K);
   const PooledArray<float> packed(static_cast<size_t>(vectors * elements));
   at::parallel_for(0, vectors, 1, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
-      const int64_t n0 = v * kBf16Vector, count = std::min(kBf16Vector, N - n0);
-      float* out = packed.data() + v * elements;
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t n = 0; n < kBf16Vector; ++n) {
-          out[k * kBf16Vector + n] = n < count ? a.b[k * a.b_k_stride + (n0 + n) * a.b_n_stride] : 0.0f;
-        }
-      }
+      const int64_t n0 = v * kBf16Vector;
+      pack_float_vector(a.b, K, a.b_k_stride, a.b_n_stride, n0, std::min(kBf16Vector, N - n0),
+                        packed.data() + v * elements);
     }
   });
   const std::vector<float> bias = a.bias != nullptr ? bias_sum(a.bias, a.bias2, N) : std::vector<float>();

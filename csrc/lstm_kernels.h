@@ -555,6 +555,15 @@ inline void pack_bf16_vector(const c10::BFloat16* b, int64_t K, int64_t k_stride
     }
   }
 }
+// The same for float_tile's vectors (K rows of kBf16Vector floats).
+inline void pack_float_vector(const float* b, int64_t K, int64_t k_stride, int64_t n_stride, int64_t n0,
+                              int64_t count, float* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t n = 0; n < kBf16Vector; ++n) {
+      out[k * kBf16Vector + n] = n < count ? b[k * k_stride + (n0 + n) * n_stride] : 0.0f;
+    }
+  }
+}
 // C (+)= A[rows, k] @ B for up to four vectors of B: vector v's columns go
 // to c[v] (row stride ldc[v]), its first columns[v] stored, added to what is
 // there when accumulate[v]. On the calling thread.
@@ -604,10 +613,10 @@ bool float_tiles();
 // Whether float_tile also runs the float products that brgemm runs
 // elsewhere: the LSTM backward's recurrent product (one panel of 16 columns
 // a task), packed_gemm (grad_input over all steps) and the LayerNorm LSTM's
-// per-step products. Under the AVX2 kernels,
-// where it was measured faster (docs/design.md); the AVX512 kernels' blocks
-// of one vector hold 6 accumulators, below the FMA latency, and the
-// LayerNorm LSTM's products there keep brgemm until measured.
+// per-step products. Under the AVX2 kernels, where it was measured faster
+// (docs/design.md); the AVX512 kernels' blocks of one vector hold 6
+// accumulators, below the FMA latency, and their other products keep
+// brgemm until measured.
 bool float_tile_all_products();
 // h [rows, width] (row stride ld_h) rounded to bfloat16 (nearest even) into
 // out (row stride ld_out), and h replaced by the rounded values. Needs

@@ -117,6 +117,19 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
       const int64_t n = std::min(kWidth, row_end - b0);
       for (int k = 0; k < NIn; ++k) {
         const scalar_t* src = in[k].base + b0 * in[k].row_stride + j;
+#if defined(CPU_CAPABILITY_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+        // AVX2 float: eight scalar loads into a register, not vgatherdps,
+        // which on Zen 2 was ~30% of the pointwise pass at the course's size
+        // (H = 3, perf). A/B there: forward -7%, forward+backward -4%.
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (n == kWidth) {
+            const int64_t s = in[k].row_stride;
+            vin[k] = _mm256_setr_ps(src[0], src[s], src[2 * s], src[3 * s], src[4 * s], src[5 * s], src[6 * s],
+                                    src[7 * s]);
+            continue;
+          }
+        }
+#endif
         if constexpr (std::is_same_v<scalar_t, opmath_t>) {
           if (n == kWidth) {
             vin[k] = at::vec::gather<sizeof(scalar_t)>(src, offsets[k]);
@@ -1182,6 +1195,32 @@ inline __attribute__((always_inline)) void avx2_float_accumulate(__m256 (&acc)[R
 }
 #undef LSTM_EXT_AVX2_ROW
 
+// Stores lanes [0, count) of v (count clamped to [0, 8]) with plain stores.
+// Not vmaskmovps: on Zen 2 a masked store is microcoded, and at the course's
+// size (H = 3: 12 of 16 columns) the tile spent ~60% of its time on them
+// (perf). A/B there: LSTM forward -10%, GRU forward -26% (its products are
+// four part-filled vectors a step).
+inline void avx2_store_lanes(float* dst, __m256 v, int64_t count) {
+  if (count >= 8) {
+    _mm256_storeu_ps(dst, v);
+    return;
+  }
+  __m128 part = _mm256_castps256_ps128(v);
+  if (count >= 4) {
+    _mm_storeu_ps(dst, part);
+    part = _mm256_extractf128_ps(v, 1);
+    dst += 4;
+    count -= 4;
+  }
+  if (count >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(dst), part);
+    part = _mm_movehl_ps(part, part);
+    dst += 2;
+    count -= 2;
+  }
+  if (count >= 1) _mm_store_ss(dst, part);
+}
+
 // Vector v of the tile for rows [r0, r0 + Rows). As on AVX512, a full vector
 // loads and stores without masks (the pointwise pass reads it right after).
 template <int Rows>
@@ -1203,11 +1242,7 @@ void avx2_float_block(const FloatTileArgs& p, int v, int64_t r0) {
   for (int r = 0; r < Rows; ++r) {
     float* c = p.c[v] + (r0 + r) * p.ldc[v];
     for (int h = 0; h < 2; ++h) {
-      if (full) {
-        _mm256_storeu_ps(c + 8 * h, acc[r][h]);
-      } else {
-        _mm256_maskstore_ps(c + 8 * h, avx2_lane_mask(columns - 8 * h), acc[r][h]);
-      }
+      avx2_store_lanes(c + 8 * h, acc[r][h], full ? 8 : columns - 8 * h);
     }
   }
 }

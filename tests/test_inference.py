@@ -178,9 +178,16 @@ def test_results_do_not_depend_on_the_thread_count(batch, steps, cpu_capability)
 
 
 # Rows 1-13 (float_tile's blocks of 1 to 6 rows, and uneven splits), hidden
-# sizes that leave part-filled 16-column vectors (17, 40) and whole panels (32).
+# sizes that leave part-filled 16-column vectors (17, 40) and whole panels
+# (32), and hidden sizes below a SIMD vector (1, 3, 5, 7: every count of
+# leftover lanes the AVX2 tile stores, and the pointwise pass's columns taken
+# a vector of rows at a time, 8 and 16 rows whole and the rest partial).
+SMALL_HIDDEN = [(3, 19, 4, 3), (2, 9, 5, 1), (2, 17, 3, 5), (2, 8, 2, 7)]
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-@pytest.mark.parametrize("shape", [(5, 1, 7, 17), (4, 7, 33, 40), (3, 13, 16, 32), (6, 11, 9, 17)], ids=str)
+@pytest.mark.parametrize("shape", [(5, 1, 7, 17), (4, 7, 33, 40), (3, 13, 16, 32), (6, 11, 9, 17)] + SMALL_HIDDEN,
+                         ids=str)
 def test_float32_time_loop_matches_torch_nn_under_every_capability(shape, cell, cpu_capability):
     """The float32 time loop under each CPU kernel variant (float_tile on AVX2
     and AVX512, brgemm elsewhere): torch.nn's results, and the training
@@ -197,3 +204,26 @@ def test_float32_time_loop_matches_torch_nn_under_every_capability(shape, cell, 
     assert_close(inference[0], trained[0], rtol=0, atol=0)
     assert_close(inference[0], expected[0], rtol=1e-5, atol=1e-5)
     assert_close(inference[1], expected[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("shape", SMALL_HIDDEN, ids=str)
+def test_float32_small_hidden_gradients_under_every_capability(shape, cell, cpu_capability):
+    """Below a SIMD vector of hidden units (the course's H = 3) the pointwise
+    passes take each column a vector of rows at a time and the tile stores
+    part of a vector: forward and backward match torch.nn in float32 under
+    each CPU kernel variant."""
+    torch.manual_seed(0)
+    T, B, I, H = shape
+    ref = getattr(nn, cell)(I, H, num_layers=2, bidirectional=True)
+    rnn = getattr(lstm_ext, cell).from_torch(ref)
+    x = torch.randn(T, B, I, requires_grad=True)
+    results = []
+    for module in (ref, rnn):
+        output, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        loss = (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum() + sum(s.sum() for s in states)
+        grads = torch.autograd.grad(loss, [x, *module.parameters()])
+        results.append((output, *states, *grads))
+    for expected, actual in zip(*results):
+        assert_close(actual, expected, rtol=1e-5, atol=1e-5)

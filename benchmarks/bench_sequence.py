@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import lstm_ext
-from common import Bench, dtypes_of, impls_of, parse_common_args, rnn_flops, sgemm_gflops
+from common import Bench, dtypes_of, fma_peak_gflops, impls_of, parse_common_args, rnn_flops, sgemm_gflops
 
 GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
 STEP_GRID = [(1, 1, 256, 256), (16, 1, 128, 128), (64, 1, 512, 512)]  # one step a call
@@ -233,13 +233,16 @@ def bench_ln_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dt
 
 
 def add_gflops(bench: Bench, flops: float) -> None:
-    """GFLOP/s of the rows of the latest compare, and their fraction of the run's sgemm floor."""
+    """GFLOP/s of the rows of the latest compare, and their fractions of the run's sgemm floor and of
+    the CPU's FMA peak."""
     for row in bench.last_rows:
         if row["impl"] in ("lstm_ext_lstm", "lstm_ext_zoneout", "lstm_ext_lstm_zoneout"):  # other work
             continue
         row["gflops"] = round(flops / (row["median_us"] * 1e-6) / 1e9, 1)
         if bench.machine_extra.get("sgemm_gflops"):
             row["sgemm_fraction"] = round(row["gflops"] / bench.machine_extra["sgemm_gflops"], 3)
+        if bench.machine_extra.get("fma_peak_gflops"):
+            row["peak_fraction"] = round(row["gflops"] / bench.machine_extra["fma_peak_gflops"], 3)
 
 
 PEAK_MEMORY = r"""
@@ -329,6 +332,11 @@ def main() -> None:
     bench.machine_extra["sgemm_gflops"] = round(sgemm_gflops(args.device), 1)
     bench.machine_extra["sgemm_shape"] = "torch.mm float32 4096x1024 @ 1024x4096"
     print(f"sgemm floor: {bench.machine_extra['sgemm_gflops']} GFLOP/s ({bench.machine_extra['sgemm_shape']})")
+    if args.device == "cpu":
+        peak = fma_peak_gflops()
+        if peak is not None:
+            bench.machine_extra["fma_peak_gflops"] = peak
+            print(f"FMA peak (the ceiling): {peak} GFLOP/s (benchmarks/fma_peak.c)")
     for dtype in dtypes_of(args):
         for layers in ((1,) if args.cell == "lnlstm" else LAYERS):
             for B, T, I, H in grid:
@@ -338,12 +346,13 @@ def main() -> None:
             for B, T, I, H in grid:
                 (cuda_peak_memory if args.device.startswith("cuda") else peak_memory)(bench, B, T, I, H, dtype)
     bench.report(ratios(args.cell))
-    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()[:4]}) and their fraction of the sgemm floor; peak memory "
+    print(f"\nGFLOP/s (lstm_ext / torch.nn.{args.cell.upper()[:4]}) and their fractions of the sgemm floor / the FMA peak; peak memory "
           "of one inference forward (MiB added: resident memory of a fresh process on the CPU, allocated device "
           "memory on CUDA)")
     for row in bench.rows:
         if row["impl"] in ("lstm_ext", "torch") and ("gflops" in row or "peak_mib" in row):
-            value = f"{row['gflops']} GFLOP/s ({row.get('sgemm_fraction')})" if "gflops" in row else \
+            value = f"{row['gflops']} GFLOP/s ({row.get('sgemm_fraction')} / {row.get('peak_fraction', '-')})" \
+                if "gflops" in row else \
                 f"{row['peak_mib']} MiB"
             print(f"  {row['pass']:34s} B={row['B']} T={row['T']} I={row['I']} H={row['H']} "
                   f"L={row.get('layers')} {row['dtype']:9s} {row['impl']:9s} {value}")

@@ -18,7 +18,10 @@ import json
 import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -75,7 +78,7 @@ def synchronize(device: str) -> None:
 
 def row_identity(row: dict) -> tuple:
     """What a result row measured: everything but its numbers."""
-    numbers = {"median_us", "min_us", "gflops", "sgemm_fraction", "peak_mib", "gbps"}
+    numbers = {"median_us", "min_us", "gflops", "sgemm_fraction", "peak_fraction", "peak_mib", "gbps"}
     return tuple(sorted((k, str(v)) for k, v in row.items() if k not in numbers))
 
 
@@ -231,6 +234,27 @@ def rnn_flops(B: int, T: int, I: int, H: int, layers: int = 1, directions: int =
     forward = sum((2 * gates * B * H * ((I if layer == 0 else directions * width) + width) + 2 * B * H * proj)
                   * T * directions for layer in range(layers))
     return forward * (3 if backward else 1)
+
+
+def fma_peak_gflops() -> Optional[float]:
+    """This CPU's float32 FMA ceiling in GFLOP/s (benchmarks/fma_peak.c, built
+    with the system's C compiler), or None where it cannot run (no compiler,
+    no AVX2/FMA). The sgemm floor is what a product reaches; this is what none
+    can pass (MKL's sgemm runs at ~30% of it on AMD CPUs)."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if compiler is None or " avx2" not in flags or " fma" not in flags:
+        return None
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = os.path.join(tmp, "fma_peak")
+        env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+        try:
+            subprocess.run([compiler, "-O2", "-mavx2", "-mfma", "-fopenmp", source, "-o", binary], check=True,
+                           capture_output=True)
+            return float(subprocess.run([binary], check=True, capture_output=True, text=True, env=env).stdout)
+        except (subprocess.CalledProcessError, OSError, ValueError):
+            return None
 
 
 def sgemm_gflops(device: str, m: int = 4096, k: int = 1024, n: int = 4096) -> float:

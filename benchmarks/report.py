@@ -51,13 +51,16 @@ def tables(path: str) -> str:
     rates = [r for r in data["results"] if "gflops" in r]
     if rates:
         floor = machine.get("sgemm_gflops")
+        peak = machine.get("fma_peak_gflops")
+        ceiling = f"; then of this CPU's FMA peak, {peak} GFLOP/s (benchmarks/fma_peak.c)" if peak else ""
         out.append(f"\n**GFLOP/s** (8·B·H·(I+H) per step and layer forward for the LSTM, 6·B·H·(I+H) for the GRU, 3x with the backward; in parentheses "
-                   f"the fraction of the run's sgemm floor, {floor} GFLOP/s: {machine.get('sgemm_shape')})\n")
+                   f"the fraction of the run's sgemm floor, {floor} GFLOP/s: {machine.get('sgemm_shape')}{ceiling})\n")
         out.append("| bench, pass | shape | lstm_ext | torch |\n|---|---|---|---|")
         cells = defaultdict(dict)
         for r in rates:
             key = (r["bench"] + (" (GRU)" if r.get("cell") == "gru" else ""), r["pass"], f"B={r['B']} T={r['T']} I={r['I']} H={r['H']} L={r.get('layers')} {r['dtype']}")
-            cells[key][r["impl"]] = f"{r['gflops']:.0f} ({r.get('sgemm_fraction', 0):.2f})"
+            peak_part = f" / {r['peak_fraction']:.2f}" if "peak_fraction" in r else ""
+            cells[key][r["impl"]] = f"{r['gflops']:.0f} ({r.get('sgemm_fraction', 0):.2f}{peak_part})"
         for (bench, pass_, shape), impls in cells.items():
             out.append(f"| {bench}, {pass_} | {shape} | {impls.get('lstm_ext', '-')} | {impls.get('torch', '-')} |")
     memory = [r for r in data["results"] if "peak_mib" in r]

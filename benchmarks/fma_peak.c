@@ -4,15 +4,15 @@
  * A large sgemm is a floor, not the ceiling: MKL's sgemm runs at ~30% of this
  * on AMD CPUs. benchmarks/common.py (fma_peak_gflops) builds and runs it:
  *     cc -O2 -mavx2 -mfma -fopenmp fma_peak.c -o fma_peak && ./fma_peak
- * Prints the best of five runs in GFLOP/s (2 flops per FMA lane). */
+ * Prints the best of ten runs (a shared host has slow spells) in GFLOP/s (2 flops per FMA lane). */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
 
 int main(void) {
-  const long iterations = 100000000;
+  const long iterations = 1000000000;  /* ~0.15 s a run at 2 threads */
   double best = 0;
-  for (int run = 0; run < 5; ++run) {
+  for (int run = 0; run < 10; ++run) {
     const double start = omp_get_wtime();
     float sink = 0;
 #pragma omp parallel reduction(+ : sink)

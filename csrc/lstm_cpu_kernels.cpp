@@ -41,6 +41,35 @@ inline int64_t grain_rows(int64_t hidden) {
   return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, hidden));
 }
 
+#if defined(CPU_CAPABILITY_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+// Stores lanes [0, count) of v (count clamped to [0, 8]) with plain stores.
+// Not vmaskmovps: on Zen 2 a masked store is microcoded, and at the course's
+// size (H = 3: 12 of 16 columns) the tile spent ~60% of its time on them
+// (perf). A/B there: LSTM forward -10%, GRU forward -26% (its products are
+// four part-filled vectors a step).
+inline void avx2_store_lanes(float* dst, __m256 v, int64_t count) {
+  if (count >= 8) {
+    _mm256_storeu_ps(dst, v);
+    return;
+  }
+  __m128 part = _mm256_castps256_ps128(v);
+  if (count >= 4) {
+    _mm_storeu_ps(dst, part);
+    part = _mm256_extractf128_ps(v, 1);
+    dst += 4;
+    count -= 4;
+  }
+  if (count >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(dst), part);
+    part = _mm_movehl_ps(part, part);
+    dst += 2;
+    count -= 2;
+  }
+  if (count >= 1) _mm_store_ss(dst, part);
+}
+
+#endif
+
 // Loads and stores in the compute type: float/double as they are, the 16-bit
 // floats widened to float (so bfloat16 and half accumulate in float).
 template <typename scalar_t>
@@ -76,12 +105,47 @@ struct Stream {
   int64_t row_stride;
 };
 
+#if defined(CPU_CAPABILITY_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+// for_each_element for float rows of at most 4 columns (the course's H = 3)
+// under AVX2: two rows a vector, each in a 4-lane half (masked loads, which
+// zero the lanes past H; plain stores of H lanes), so a row costs a load or
+// store per stream instead of a column-by-column gather and scatter.
+// Alternating builds at the course's size: the LSTM's backward operator
+// 58.8 -> 56.2 µs, the GRU's forward 57-59 -> 52-53 µs.
+template <int NIn, int NOut, typename F>
+void for_each_row_pair(int64_t row_begin, int64_t row_end, int64_t H,
+                       const std::array<Stream<const float>, NIn>& in, const std::array<Stream<float>, NOut>& out,
+                       const F& f) {
+  const __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(H)), _mm_setr_epi32(0, 1, 2, 3));
+  Vectorized<float> vin[NIn];
+  Vectorized<float> vout[NOut];
+  for (int64_t b = row_begin; b < row_end; b += 2) {
+    const bool two = b + 1 < row_end;
+    for (int k = 0; k < NIn; ++k) {
+      const float* row = in[k].base + b * in[k].row_stride;
+      const __m128 first = _mm_maskload_ps(row, mask);
+      const __m128 second = two ? _mm_maskload_ps(row + in[k].row_stride, mask) : _mm_setzero_ps();
+      vin[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(first), second, 1);
+    }
+    f(vin, vout);
+    for (int k = 0; k < NOut; ++k) {
+      float* row = out[k].base + b * out[k].row_stride;
+      const __m256 v = vout[k];
+      avx2_store_lanes(row, v, H);
+      if (two) avx2_store_lanes(row + out[k].row_stride, _mm256_castps128_ps256(_mm256_extractf128_ps(v, 1)), H);
+    }
+  }
+}
+#endif
+
 // Applies f(const Vec in[NIn], Vec out[NOut]) to every element (b, j) of
 // rows [row_begin, row_end) and columns [0, H). Full vectors are loaded
 // straight from each row; the leftover columns (all of them when H is smaller
 // than a vector, as at the course's H=3) are taken column by column, a vector
 // of rows at a time (gathered), so small hidden sizes run at SIMD speed too.
-template <typename scalar_t, int NIn, int NOut, typename F>
+// Under AVX2, float rows of at most 4 columns go two rows a vector instead
+// (for_each_row_pair) unless kRowPairs is false (for_each_column).
+template <typename scalar_t, int NIn, int NOut, typename F, bool kRowPairs = true>
 void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
                       const std::array<Stream<const scalar_t>, NIn>& in,
                       const std::array<Stream<scalar_t>, NOut>& out, const F& f) {
@@ -92,6 +156,14 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
   Vec vin[NIn];
   Vec vout[NOut];
   const int64_t full = H - H % kWidth;
+#if defined(CPU_CAPABILITY_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+  if constexpr (std::is_same_v<scalar_t, float> && kRowPairs) {
+    if (H <= 4) {
+      for_each_row_pair<NIn, NOut>(row_begin, row_end, H, in, out, f);
+      return;
+    }
+  }
+#endif
 
   for (int64_t b = row_begin; b < row_end; ++b) {
     for (int64_t j = 0; j < full; j += kWidth) {
@@ -149,6 +221,18 @@ void for_each_element(int64_t row_begin, int64_t row_end, int64_t H,
   }
 }
 
+// for_each_element without the row pairs: the LSTM forward's five
+// transcendentals a vector make its pass compute-bound, and at H = 3 the
+// pairs' 6 of 8 lanes cost more than their loads and stores save (forward
+// 47-49 -> 50-58 µs at the course's size, AVX2); its backward and the
+// GRU's passes, lighter in maths, gain from them.
+template <typename scalar_t, int NIn, int NOut, typename F>
+void for_each_column(int64_t row_begin, int64_t row_end, int64_t H,
+                     const std::array<Stream<const scalar_t>, NIn>& in,
+                     const std::array<Stream<scalar_t>, NOut>& out, const F& f) {
+  for_each_element<scalar_t, NIn, NOut, F, /*kRowPairs=*/false>(row_begin, row_end, H, in, out, f);
+}
+
 // The gate streams of a view (four: the LSTM's; three: the GRU's), and the
 // stream of a [B, H] view.
 template <typename scalar_t, int N = 4, typename Ptr>
@@ -178,13 +262,13 @@ void forward_typed(const PointwiseForwardArgs& a) {
     const std::array<Stream<scalar_t>, 2> c_h{{row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
     at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
       if (a.rounded) {
-        for_each_element<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
+        for_each_column<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
           Vec i, f, g, o;
           lstm_forward_point</*kRounded=*/true>(x[0], x[1], x[2], x[3], x[4], i, f, g, o, y[0], y[1]);
         });
         return;
       }
-      for_each_element<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
+      for_each_column<scalar_t, 5, 2>(row_begin, row_end, a.hidden, in, c_h, [](const Vec* x, Vec* y) {
         Vec i, f, g, o;
         lstm_forward_point(x[0], x[1], x[2], x[3], x[4], i, f, g, o, y[0], y[1]);
       });
@@ -194,19 +278,19 @@ void forward_typed(const PointwiseForwardArgs& a) {
   at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
     if (a.addend.data == nullptr && a.rounded) {
       const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
-      for_each_element<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
+      for_each_column<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
         lstm_forward_point</*kRounded=*/true>(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], y[4], y[5]);
       });
     } else if (a.addend.data == nullptr) {
       const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
-      for_each_element<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
+      for_each_column<scalar_t, 5, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
         lstm_forward_point(x[0], x[1], x[2], x[3], x[4], y[0], y[1], y[2], y[3], y[4], y[5]);
       });
     } else {
       const auto add = gate_streams<const scalar_t>(a.addend);
       const std::array<Stream<const scalar_t>, 9> in{{pre[0], pre[1], pre[2], pre[3], c_prev,
                                                       add[0], add[1], add[2], add[3]}};
-      for_each_element<scalar_t, 9, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
+      for_each_column<scalar_t, 9, 6>(row_begin, row_end, a.hidden, in, out, [](const Vec* x, Vec* y) {
         lstm_forward_point(x[0] + x[5], x[1] + x[6], x[2] + x[7], x[3] + x[8], x[4],
                            y[0], y[1], y[2], y[3], y[4], y[5]);
       });
@@ -1194,32 +1278,6 @@ inline __attribute__((always_inline)) void avx2_float_accumulate(__m256 (&acc)[R
   }
 }
 #undef LSTM_EXT_AVX2_ROW
-
-// Stores lanes [0, count) of v (count clamped to [0, 8]) with plain stores.
-// Not vmaskmovps: on Zen 2 a masked store is microcoded, and at the course's
-// size (H = 3: 12 of 16 columns) the tile spent ~60% of its time on them
-// (perf). A/B there: LSTM forward -10%, GRU forward -26% (its products are
-// four part-filled vectors a step).
-inline void avx2_store_lanes(float* dst, __m256 v, int64_t count) {
-  if (count >= 8) {
-    _mm256_storeu_ps(dst, v);
-    return;
-  }
-  __m128 part = _mm256_castps256_ps128(v);
-  if (count >= 4) {
-    _mm_storeu_ps(dst, part);
-    part = _mm256_extractf128_ps(v, 1);
-    dst += 4;
-    count -= 4;
-  }
-  if (count >= 2) {
-    _mm_storel_pi(reinterpret_cast<__m64*>(dst), part);
-    part = _mm_movehl_ps(part, part);
-    dst += 2;
-    count -= 2;
-  }
-  if (count >= 1) _mm_store_ss(dst, part);
-}
 
 // Vector v of the tile for rows [r0, r0 + Rows). As on AVX512, a full vector
 // loads and stores without masks (the pointwise pass reads it right after).

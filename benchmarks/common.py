@@ -242,7 +242,10 @@ def fma_peak_gflops() -> Optional[float]:
     no AVX2/FMA). The sgemm floor is what a product reaches; this is what none
     can pass (MKL's sgemm runs at ~30% of it on AMD CPUs)."""
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
     if compiler is None or " avx2" not in flags or " fma" not in flags:
         return None
     source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")

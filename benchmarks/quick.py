@@ -72,8 +72,10 @@ def main() -> None:
     args = parser.parse_args()
     bench = Bench("quick", args.device, min_run_time=args.min_run_time, verbose=False)
     cases = list(cell_cases(args.device)) + list(sequence_cases(args.device))
-    # Sequences also as a first layer trains: x is data and the loss reads h_n only.
-    steps = [(case, pass_) for case in cases for pass_ in ("fwd", "fwd+bwd") + (("fwd+bwd, h_n",) if case[4] else ())]
+    # Sequences (the cases with an h_n function) also as a first layer
+    # trains: x is data and the loss reads h_n only.
+    steps = [(case, pass_) for case in cases
+             for pass_ in ("fwd", "fwd+bwd") + (("fwd+bwd, h_n",) if case[-1] is not None else ())]
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, {args.device}, "
           f"{torch.get_num_threads()} threads, CPU kernels {lstm_ext.cpu_capability()}", flush=True)
     summary, started = [], time.time()

@@ -1300,7 +1300,7 @@ void avx2_float_block(const FloatTileArgs& p, int v, int64_t r0) {
   for (int r = 0; r < Rows; ++r) {
     float* c = p.c[v] + (r0 + r) * p.ldc[v];
     for (int h = 0; h < 2; ++h) {
-      avx2_store_lanes(c + 8 * h, acc[r][h], full ? 8 : columns - 8 * h);
+      avx2_store_lanes(c + 8 * h, acc[r][h], columns - 8 * h);
     }
   }
 }

@@ -343,9 +343,8 @@ void forward_typed(const RecurrenceForwardArgs& a) {
   // step is two passes of the tile, not four part-filled ones; n's recurrent
   // part still goes to hidden_n on its own. At the course's size (AVX2,
   // alternating builds) the forward went from 63-66 to 55-58 µs.
-  const bool gru_one_vector = gru && fused_input && float_vectors && tiling.panels == 1 &&
-                              ProductBlocks(shape.cell, H, H, a.gates_interleaved).count == 2 &&
-                              gates_per_unit * H <= kBf16Vector;
+  // (3H <= 16 means one panel, H < kPanel, so its blocks are r, z then n.)
+  const bool gru_one_vector = gru && fused_input && float_vectors && gates_per_unit * H <= kBf16Vector;
   if (fused_input) {
     if (bf16) {
       pack_vectors(static_cast<const c10::BFloat16*>(a.weight_ih), I, packed_ih_bf16.data());

@@ -70,6 +70,12 @@ std::vector<c10::SymInt> prepend_one(c10::SymIntArrayRef sizes) {
   return out;
 }
 
+// A PackedSequence's batch_sizes and its permutations (none when the batch
+// came sorted); all none for a padded input.
+struct Packing {
+  std::optional<Tensor> batch_sizes, sorted_indices, unsorted_indices;
+};
+
 // What differs between torch.nn.LSTM's forward and torch.nn.GRU's here.
 struct StackSpec {
   const char* op;
@@ -85,12 +91,17 @@ struct StackSpec {
 // reverse, needs_grad) runs one layer and direction and returns (output, its
 // final states). Returns (output, the final states stacked, one tensor per
 // kind). As in torch's flat weight list, projections show as a fifth (third
-// without biases) parameter per layer and direction, weight_hr.
+// without biases) parameter per layer and direction, weight_hr. With
+// packing.batch_sizes, input is a PackedSequence's data (N, I), each layer's
+// output (N, D * H) packed the same way, batch the longest step's rows, hx
+// and the final states in the caller's order (sorted_indices, unsorted_indices);
+// batch_first does not apply, and run passes batch_sizes to the layer
+// operators (which check its values).
 template <typename Run>
 std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Tensor& input, at::TensorList hx,
                                                  at::TensorList params, bool has_biases, int64_t num_layers,
                                                  double dropout, bool train, bool bidirectional, bool batch_first,
-                                                 const Run& run) {
+                                                 const Packing& packing, const Run& run) {
   const char* op = spec.op;
   const int64_t directions = bidirectional ? 2 : 1;
   const int64_t plain = has_biases ? 4 : 2;
@@ -116,10 +127,23 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
                     " and ", python_shape(params[1].sizes()));
   const int64_t input_size = params[0].size(1), hidden = projections ? weight_hr0.size(1) : params[1].size(1);
   const int64_t width = projections ? proj : hidden;
-  TORCH_CHECK_VALUE(input.dim() == 2 || input.dim() == 3, op,
-                    ": expected input of shape (seq_len, input_size) unbatched or (seq_len, batch, input_size) (",
-                    batch_first ? "batch, seq_len" : "seq_len, batch", " first), got a tensor of shape ",
-                    python_shape(input.sym_sizes()), " of ", input.dim(), " dims");
+  const std::optional<Tensor>& batch_sizes = packing.batch_sizes;
+  const bool packed = batch_sizes.has_value();
+  if (packed) {
+    TORCH_CHECK_VALUE(input.dim() == 2, op, ": a PackedSequence's data must be 2-D (sum of lengths, input_size), "
+                      "got shape ", python_shape(input.sym_sizes()));
+    // Its first entry (the batch) is read here; the layer operators check the rest.
+    TORCH_CHECK_TYPE(batch_sizes->dim() == 1 && batch_sizes->scalar_type() == at::kLong && batch_sizes->is_cpu(),
+                     op, ": batch_sizes must be a 1-D int64 CPU tensor (a PackedSequence's), got a ",
+                     batch_sizes->dim(), "-D ", batch_sizes->scalar_type(), " tensor on ", batch_sizes->device());
+    TORCH_CHECK_VALUE(batch_sizes->numel() > 0, op, ": expected a PackedSequence of at least one step, got "
+                      "empty batch_sizes");
+  } else {
+    TORCH_CHECK_VALUE(input.dim() == 2 || input.dim() == 3, op,
+                      ": expected input of shape (seq_len, input_size) unbatched or (seq_len, batch, input_size) (",
+                      batch_first ? "batch, seq_len" : "seq_len, batch", " first), got a tensor of shape ",
+                      python_shape(input.sym_sizes()), " of ", input.dim(), " dims");
+  }
   // Sizes of the input and states as SymInts: under torch.export and
   // torch.compile with dynamic shapes, batch and time stay symbolic (a plain
   // size() would specialise them to the example's values).
@@ -127,12 +151,15 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
                     input_size, ", got ", input.sym_size(-1), " (weight_ih_l0 has shape ",
                     python_shape(params[0].sizes()), ")");
   check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden, spec.gates, proj);
-  const bool batched = input.dim() == 3;
-  const Tensor x = !batched ? input.unsqueeze(1) : batch_first ? input.transpose(0, 1) : input;
+  const bool batched = packed || input.dim() == 3;
+  const Tensor x = packed || !batched ? (packed ? input : input.unsqueeze(1))
+                   : batch_first     ? input.transpose(0, 1)
+                                     : input;
   // As torch.nn: a sequence needs at least one step.
-  TORCH_CHECK_VALUE(x.sym_size(0) > 0, op, ": expected sequence length to be larger than 0, got input of shape ",
+  TORCH_CHECK_VALUE(packed || x.sym_size(0) > 0, op,
+                    ": expected sequence length to be larger than 0, got input of shape ",
                     python_shape(input.sym_sizes()));
-  const c10::SymInt batch = x.sym_size(1);
+  const c10::SymInt batch = packed ? c10::SymInt(batch_sizes->const_data_ptr<int64_t>()[0]) : x.sym_size(1);
   const int64_t layers_states = num_layers * directions;
 
   // initial[k][index]: state kind k (h, then c) of layer and direction index.
@@ -155,7 +182,10 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
       TORCH_CHECK_VALUE(hx[k].sym_sizes().equals(expected), op, ": expected ", names[k], " of shape ",
                         python_shape(c10::SymIntArrayRef(expected)), ", got a tensor of shape ",
                         python_shape(hx[k].sym_sizes()));
-      initial[k] = (batched ? hx[k] : hx[k].unsqueeze(1)).unbind(0);
+      initial[k] = (!batched                  ? hx[k].unsqueeze(1)
+                    : packing.sorted_indices ? hx[k].index_select(1, *packing.sorted_indices)
+                                             : hx[k])
+                       .unbind(0);
     }
   }
 
@@ -185,7 +215,7 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
       outputs.push_back(std::move(output));
       for (int64_t k = 0; k < spec.states; ++k) final_states[k].push_back(std::move(last[k]));
     }
-    layer_input = directions == 1 ? outputs[0] : at::cat(outputs, 2);
+    layer_input = directions == 1 ? outputs[0] : at::cat(outputs, -1);
     if (dropout > 0 && train && layer < num_layers - 1) {
       layer_input = at::dropout(layer_input, dropout, /*train=*/true);
     }
@@ -198,25 +228,29 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
     // the operator's own h_n / c_n, so the alias is never seen.
     Tensor s = layers_states == 1 ? at::_unsafe_view_symint(kind[0], prepend_one(kind[0].sym_sizes()))
                                   : at::stack(kind);
+    if (packing.unsorted_indices) s = s.index_select(1, *packing.unsorted_indices);
     stacked.push_back(batched ? s : s.squeeze(1));
   }
+  if (packed) return {layer_input, stacked};
   if (!batched) return {layer_input.squeeze(1), stacked};
   return {batch_first ? layer_input.transpose(0, 1) : layer_input, stacked};
 }
 
-}  // namespace
-
-std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
-                                        bool has_biases, int64_t num_layers, double dropout, bool train,
-                                        bool bidirectional, bool batch_first, double zoneout_cell,
-                                        double zoneout_hidden) {
+// lstm and lstm_packed.
+std::tuple<Tensor, Tensor, Tensor> lstm_stack(const Tensor& input, at::TensorList hx, at::TensorList params,
+                                              bool has_biases, int64_t num_layers, double dropout, bool train,
+                                              bool bidirectional, bool batch_first, double zoneout_cell,
+                                              double zoneout_hidden, const Packing& packing) {
   constexpr StackSpec spec{"lstm_ext.LSTM", 4, 2, "a pair (h_0, c_0)", /*projections=*/true};
   TORCH_CHECK_VALUE(zoneout_cell >= 0 && zoneout_cell <= 1 && zoneout_hidden >= 0 && zoneout_hidden <= 1, spec.op,
                     ": zoneout rates must be in [0, 1], got zoneout_cell=", zoneout_cell,
                     ", zoneout_hidden=", zoneout_hidden);
   const bool zoneout = zoneout_cell > 0 || zoneout_hidden > 0;
+  // (A PackedSequence with zoneout runs lstm_ext.LSTM's Python stack.)
+  const std::optional<Tensor>& batch_sizes = packing.batch_sizes;
+  TORCH_CHECK_NOT_IMPLEMENTED(!zoneout || !batch_sizes, spec.op, ": zoneout with batch_sizes is not supported here");
   auto [output, states] = run_stack(
-      spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+      spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first, packing,
       [&](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
           const std::optional<Tensor>& bias_hh, const std::optional<Tensor>& weight_hr, bool reverse,
           bool needs_grad) {
@@ -250,34 +284,71 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
           }
         } else if (needs_grad) {
           std::tie(output, h, c, std::ignore, std::ignore) =
-              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, std::nullopt);
+              layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, batch_sizes);
         } else {
           std::tie(output, h, c) =
-              layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, std::nullopt);
+              layer_inference_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, batch_sizes);
         }
         return std::pair{output, std::vector<Tensor>{h, c}};
       });
   return {output, states[0], states[1]};
 }
 
-std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
-                               int64_t num_layers, double dropout, bool train, bool bidirectional, bool batch_first) {
+// gru and gru_packed.
+std::tuple<Tensor, Tensor> gru_stack(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
+                                     int64_t num_layers, double dropout, bool train, bool bidirectional,
+                                     bool batch_first, const Packing& packing) {
   constexpr StackSpec spec{"lstm_ext.GRU", 3, 1, "empty or one tensor (h_0)", /*projections=*/false};
+  const std::optional<Tensor>& batch_sizes = packing.batch_sizes;
   auto [output, states] = run_stack(
-      spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
-      [](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
+      spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first, packing,
+      [&](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
          const std::optional<Tensor>& bias_hh, const std::optional<Tensor>&, bool reverse, bool needs_grad) {
         Tensor output, h;
         if (needs_grad) {
           std::tie(output, h, std::ignore, std::ignore) =
-              gru_layer_forward_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, std::nullopt);
+              gru_layer_forward_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, batch_sizes);
         } else {
           std::tie(output, h) =
-              gru_layer_inference_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, std::nullopt);
+              gru_layer_inference_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, batch_sizes);
         }
         return std::pair{output, std::vector<Tensor>{h}};
       });
   return {output, states[0]};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
+                                        bool has_biases, int64_t num_layers, double dropout, bool train,
+                                        bool bidirectional, bool batch_first, double zoneout_cell,
+                                        double zoneout_hidden) {
+  return lstm_stack(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+                    zoneout_cell, zoneout_hidden, Packing{});
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_packed(const Tensor& data, const Tensor& batch_sizes,
+                                               const std::optional<Tensor>& sorted_indices,
+                                               const std::optional<Tensor>& unsorted_indices, at::TensorList hx,
+                                               at::TensorList params, bool has_biases, int64_t num_layers,
+                                               double dropout, bool train, bool bidirectional) {
+  return lstm_stack(data, hx, params, has_biases, num_layers, dropout, train, bidirectional, false, 0.0, 0.0,
+                    Packing{batch_sizes, sorted_indices, unsorted_indices});
+}
+
+std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
+                               int64_t num_layers, double dropout, bool train, bool bidirectional, bool batch_first) {
+  return gru_stack(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+                   Packing{});
+}
+
+std::tuple<Tensor, Tensor> gru_packed(const Tensor& data, const Tensor& batch_sizes,
+                                      const std::optional<Tensor>& sorted_indices,
+                                      const std::optional<Tensor>& unsorted_indices, at::TensorList hx,
+                                      at::TensorList params, bool has_biases, int64_t num_layers, double dropout,
+                                      bool train, bool bidirectional) {
+  return gru_stack(data, hx, params, has_biases, num_layers, dropout, train, bidirectional, false,
+                   Packing{batch_sizes, sorted_indices, unsorted_indices});
 }
 
 }  // namespace lstm_ext

@@ -110,6 +110,25 @@ std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, 
 std::tuple<Tensor, Tensor> gru(const Tensor& input, at::TensorList hx, at::TensorList params, bool has_biases,
                                int64_t num_layers, double dropout, bool train, bool bidirectional, bool batch_first);
 
+// The two drivers over a PackedSequence (data (N, I), batch_sizes,
+// sorted_indices and unsorted_indices, the last two none for a batch that
+// came sorted): output (N, D * H) packed the same way, h_n (and c_n) each
+// sequence's state at its own end; hx and the states in the caller's
+// order, as torch.nn's. Not operators (a
+// fake of them would need batch_sizes' values for the states' batch): the
+// eager modules' direct path; under torch.compile lstm_ext.packed runs the
+// same layers from Python.
+std::tuple<Tensor, Tensor, Tensor> lstm_packed(const Tensor& data, const Tensor& batch_sizes,
+                                               const std::optional<Tensor>& sorted_indices,
+                                               const std::optional<Tensor>& unsorted_indices, at::TensorList hx,
+                                               at::TensorList params, bool has_biases, int64_t num_layers,
+                                               double dropout, bool train, bool bidirectional);
+std::tuple<Tensor, Tensor> gru_packed(const Tensor& data, const Tensor& batch_sizes,
+                                      const std::optional<Tensor>& sorted_indices,
+                                      const std::optional<Tensor>& unsorted_indices, at::TensorList hx,
+                                      at::TensorList params, bool has_biases, int64_t num_layers, double dropout,
+                                      bool train, bool bidirectional);
+
 // Switches CPU tensors between the CPU's own code (true, the default) and
 // the device-generic path that CUDA tensors take (ATen products, one ATen
 // product and one pointwise launch per step), so that the tests check that

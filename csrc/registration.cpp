@@ -362,6 +362,48 @@ PyObject* lstm_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// lstm_packed(data, batch_sizes, sorted_indices or None, unsorted_indices or
+// None, hx or None, params, has_biases, num_layers, dropout, train,
+// bidirectional, batch_first) and gru_packed (the same, hx None or a tuple
+// (h_0,)): lstm_ext.LSTM's and GRU's PackedSequence forwards, -> (output
+// data, (h_n, c_n)) or (output data, h_n). batch_first is taken (the
+// arguments of lstm and gru) and does not apply.
+PyObject* packed_binding(PyObject* const* args, Py_ssize_t nargs, bool gru) {
+  const char* name = gru ? "lstm_ext.GRU" : "lstm_ext.LSTM";
+  check_nargs(nargs, 12, gru ? "gru_packed" : "lstm_packed");
+  const at::Tensor& data = tensor_arg(args[0], name, "input");
+  const at::Tensor& batch_sizes = tensor_arg(args[1], name, "batch_sizes");
+  const auto sorted_indices = optional_tensor_arg(args[2], name, "sorted_indices");
+  const auto unsorted_indices = optional_tensor_arg(args[3], name, "unsorted_indices");
+  const std::vector<at::Tensor> hx = tensor_list_arg(args[4], name, "hx");
+  const StackArgs stack(args + 5, name);
+  if (gru) {
+    at::Tensor output, h_n;
+    std::tie(output, h_n) = without_gil([&] {
+      return lstm_ext::gru_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, stack.params, stack.has_biases, stack.num_layers,
+                                  stack.dropout, stack.train, stack.bidirectional);
+    });
+    return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)));
+  }
+  auto [output, h_n, c_n] = without_gil([&] {
+    return lstm_ext::lstm_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, stack.params, stack.has_biases, stack.num_layers,
+                                 stack.dropout, stack.train, stack.bidirectional);
+  });
+  return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
+}
+
+PyObject* lstm_packed_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return packed_binding(args, nargs, /*gru=*/false);
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* gru_packed_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return packed_binding(args, nargs, /*gru=*/true);
+  END_HANDLE_TH_ERRORS
+}
+
 // The tensors an LSTM layer binding starts with: input, h_0, c_0, weight_ih,
 // weight_hh (named so in messages).
 std::array<const at::Tensor*, 5> lstm_layer_operands(PyObject* const* args, const char* op) {
@@ -524,6 +566,11 @@ PyObject* cell_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t narg
 PyMethodDef kMethods[] = {
     {"lstm", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(lstm_binding)), METH_FASTCALL,
      "torch.ops.lstm_ext.lstm without the argument parsing of torch.ops; returns (output, (h_n, c_n))."},
+    {"lstm_packed", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(lstm_packed_binding)), METH_FASTCALL,
+     "lstm_ext.LSTM's forward over a PackedSequence's data and batch_sizes (sorted order); returns (output, "
+     "(h_n, c_n))."},
+    {"gru_packed", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gru_packed_binding)), METH_FASTCALL,
+     "lstm_ext.GRU's forward over a PackedSequence's data and batch_sizes (sorted order); returns (output, h_n)."},
     {"layer_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(layer_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.layer_forward, directly; returns (output, (h_n, c_n))."},
     {"gru", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gru_binding)), METH_FASTCALL,

@@ -8,26 +8,28 @@ that layout with ``batch_sizes`` and run each step over its own rows only
 (so the call costs what its steps cost, not the padded batch's); h_n and c_n
 are each sequence's state at its own last step, and the reverse direction
 starts each sequence at its own last step (csrc/lstm_ops.cpp). Here only the
-states are put into and out of the length-sorted order.
+states are put into and out of the length-sorted order; the layers run in
+C++ (lstm_packed and gru_packed in csrc/lstm_layers.cpp, the padded input's
+driver), or, where torch.ops must see them (torch.compile, modes, tensor
+subclasses), in the loop below over the same layer operators.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from lstm_ext.rnn import GRU, gru_layer, lstm_layer
-
-if TYPE_CHECKING:
-    from lstm_ext.rnn import _RNNBase
+from lstm_ext._native import native
+from lstm_ext.functional import _direct
+from lstm_ext.rnn import GRU, _RNNBase, gru_layer, lstm_layer
 
 States = Tuple[Tensor, ...]  # (h, c) for the LSTM, (h,) for the GRU
 
 
-def rnn_packed(module: "_RNNBase", packed: PackedSequence,
+def rnn_packed(module: _RNNBase, packed: PackedSequence,
                hx: Optional[States]) -> Tuple[PackedSequence, States]:
     """``module(packed, hx)`` for an ``lstm_ext.LSTM`` (hx = (h_0, c_0)) or
     ``lstm_ext.GRU`` (hx = (h_0,)) module, as torch.nn computes it: initial
@@ -42,15 +44,29 @@ def rnn_packed(module: "_RNNBase", packed: PackedSequence,
     if data.shape[1] != module.input_size:
         raise ValueError(f"{where}: input has {data.shape[1]} features but input_size is {module.input_size} "
                          f"(PackedSequence data shape {tuple(data.shape)})")
+    params = module._flat_weights
+    if _direct((data, *params) if hx is None else (data, *hx, *params)):
+        # At small sizes the loop below (zero states, per-layer selects,
+        # stacks, permutations) costs as much as the operator: ~60 us of a
+        # ~100 us forward at the course's size. The C++ driver checks the
+        # states (shape, dtype, device) itself.
+        args = (data, batch_sizes, sorted_indices, unsorted_indices, hx) + _RNNBase._op_args(module, params)
+        if gru:
+            output, h_n = native.gru_packed(*args)
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n,)
+        output, states = native.lstm_packed(*args)
+        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), states
+
     directions = 2 if module.bidirectional else 1
-    batch, hidden = int(batch_sizes[0]), module.hidden_size
-    # h is proj_size wide with projections, c always hidden_size.
-    widths = (module.proj_size or hidden, hidden)[:len(names)]
-    shapes = [(module.num_layers * directions, batch, width) for width in widths]
-    if hx is None:
-        initial = tuple(data.new_zeros(shape) for shape in shapes)
-    else:
-        for name, state, expected in zip(names, hx, shapes):
+
+    def state_shapes() -> List[Tuple[int, int, int]]:
+        # h is proj_size wide with projections, c always hidden_size.
+        batch, hidden = int(batch_sizes[0]), module.hidden_size
+        widths = (module.proj_size or hidden, hidden)[:len(names)]
+        return [(module.num_layers * directions, batch, width) for width in widths]
+
+    if hx is not None:
+        for name, state, expected in zip(names, hx, state_shapes()):
             if tuple(state.shape) != expected:
                 raise ValueError(f"{where}: expected {name} of shape {expected}, got a tensor of shape "
                                  f"{tuple(state.shape)}")
@@ -60,11 +76,12 @@ def rnn_packed(module: "_RNNBase", packed: PackedSequence,
         initial = tuple(hx)
         if sorted_indices is not None:  # into the packed (length-sorted) order
             initial = tuple(s.index_select(1, sorted_indices) for s in initial)
+    else:
+        initial = tuple(data.new_zeros(shape) for shape in state_shapes())
 
     # The module's parameters per layer and direction, in the order its
     # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih,
     # bias_hh][, weight_hr].
-    params = module._flat_weights
     projections = module.proj_size > 0
     per_direction = (4 if module.bias else 2) + projections
     finals: List[States] = []

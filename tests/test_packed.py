@@ -2,6 +2,8 @@
 operator call per layer and direction (batch_sizes), each step over its own
 sequences, for the LSTM (with and without projections) and the GRU; against
 torch.nn's packed path in float64, gradients included."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -222,3 +224,56 @@ def test_packed_input_must_be_2d():
     args[0] = args[0][None]
     with pytest.raises(ValueError, match=r"with batch_sizes, input must be 2-D \(sum of lengths, input_size\)"):
         forward(*args)
+
+
+class _Passthrough(torch.overrides.TorchFunctionMode):
+    """A mode that changes nothing: with it active the modules leave their
+    direct C++ path for torch.ops (as under torch.compile, or a tensor
+    subclass), where the PackedSequence's layers run from lstm_ext.packed's
+    Python loop."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("with_state", [True, False], ids=["h_0", "zeros"])
+def test_native_driver_equals_python_loop(kind, enforce_sorted, with_state):
+    """The eager PackedSequence forward (the C++ driver: states permuted,
+    layers run, states stacked and permuted back in one call) gives bitwise
+    what the torch.ops path's Python loop gives, gradients included."""
+    ref, fused = packed_pair(kind, 3, 4, num_layers=2, bidirectional=True)
+    lengths = [5, 4, 2, 2, 1] if enforce_sorted else [2, 5, 1, 4, 2]
+    x = torch.randn(5, 5, 3, dtype=F64, requires_grad=True)
+    widths = [4] if kind == "gru" else [ref.proj_size or 4, 4]
+    state = tuple(torch.randn(4, 5, w, dtype=F64, requires_grad=True) for w in widths) if with_state else None
+    results = []
+    for mode in (None, _Passthrough()):
+        with mode or contextlib.nullcontext():
+            out, states = run_packed(fused, x, lengths, state if kind != "gru" or state is None else state[0],
+                                     enforce_sorted)
+            loss = (out.data * torch.linspace(-1, 1, out.data.numel(), dtype=F64).view_as(out.data)).sum()
+            loss = loss + sum((k + 2) * s.sum() for k, s in enumerate(states))
+            wrt = [x] + list(state or []) + list(fused.parameters())
+        results.append((out.data, *states) + torch.autograd.grad(loss, wrt))
+    for k, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"result {k}"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("passthrough", [False, True], ids=["direct", "torch.ops"])
+@pytest.mark.parametrize("change, error, pattern", [
+    (lambda s: s[:, :2], ValueError, r"expected h_0 of shape \(2, 3, 4\), got a tensor of shape \(2, 2, 4\)"),
+    (lambda s: s.to("meta"), ValueError, r"device mismatch: h_0 is on meta but input is on cpu"),
+    (lambda s: s.float(), TypeError, r"dtype mismatch: h_0 is torch.float32 but (input|weight) is torch.float64"),
+], ids=["batch", "meta", "dtype"])
+def test_packed_bad_state(kind, passthrough, change, error, pattern):
+    """A wrong h_0 with a PackedSequence, on either path: an error naming it."""
+    _, fused = packed_pair(kind, 3, 4, bidirectional=True)
+    packed = pack_padded_sequence(torch.randn(3, 4, 3, dtype=F64), [4, 2, 1], batch_first=True,
+                                  enforce_sorted=False)
+    states = [torch.randn(2, 3, 4, dtype=F64) for _ in range(1 if kind == "gru" else 2)]
+    states[0] = change(states[0])
+    with _Passthrough() if passthrough else contextlib.nullcontext(), pytest.raises(error, match=pattern):
+        fused(packed, states[0] if kind == "gru" else tuple(states))

@@ -168,11 +168,13 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
       return differentiable(grads, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
     }
     const at::AutoDispatchBelowADInplaceOrView below;
-    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    // grads[0], grads[1], grads[2] are undefined for an unused output, h_n,
+    // c_n: the operator takes them as zeros.
+    const std::optional<Tensor> grad_output =
+        grads[0].defined() ? std::optional<Tensor>(grads[0]) : std::nullopt;
     const std::array<bool, 4> output_mask{task_should_compute_output(0), task_should_compute_output(1),
                                           task_should_compute_output(2), task_should_compute_output({{3, 8}})};
     const std::optional<Tensor> projection = weight_hr.defined() ? std::optional<Tensor>(weight_hr) : std::nullopt;
-    // grads[1] / grads[2] are undefined for an unused h_n / c_n: the operator takes them as zeros.
     auto [grad_input, grad_h0, grad_c0, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr] =
         layer_backward_op().call(grad_output, grads[1], grads[2], input, h0, c0, weight_ih, weight_hh, output,
                                  gates, cells, reverse, output_mask, projection, batch_sizes);
@@ -290,7 +292,9 @@ struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight
       return differentiable(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
     }
     const at::AutoDispatchBelowADInplaceOrView below;
-    const Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    // Undefined grads (an unused output or h_n): zeros, in the operator.
+    const std::optional<Tensor> grad_output =
+        grads[0].defined() ? std::optional<Tensor>(grads[0]) : std::nullopt;
     const std::array<bool, 3> output_mask{task_should_compute_output(0), task_should_compute_output(1),
                                           task_should_compute_output({{2, 6}})};  // [2, 6): the weights and biases
     auto [grad_input, grad_h0, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh] =

@@ -942,7 +942,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
 
 // The gradients of either cell's layer (layer_backward's and
 // gru_layer_backward's work). cells is the LSTM's c or the GRU's hidden n;
-// c0 and grad_c_n are undefined for the GRU. want = (input, h0, c0,
+// c0 and grad_c_n are undefined for the GRU; an undefined grad_output,
+// grad_h_n or grad_c_n (an output autograd has no gradient for) counts as
+// zeros. want = (input, h0, c0,
 // weights). Returns (grad_input, grad_h0, grad_c0, grad_weight_ih,
 // grad_weight_hh, grad_bias_ih, grad_bias_hh); the LSTM's two bias gradients
 // are one tensor. Then grad_weight_hr (projections; else undefined). With
@@ -1001,7 +1003,7 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   const std::string state_meaning = std::string("(batch, ") + h_width + ")";
   const std::pair<const char*, const Tensor*> sequences[] = {{"grad_output", &grad_output}, {"output", &output}};
   for (const auto& [name, t] : sequences) {
-    check_operand(op, name, *t, weight, sequence_shape(R), sequence_meaning.c_str());
+    if (t->defined()) check_operand(op, name, *t, weight, sequence_shape(R), sequence_meaning.c_str());
   }
   check_operand(op, cells_name, cells, weight, sequence_shape(H), (sequence_prefix + "hidden_size)").c_str());
   const std::pair<const char*, const Tensor*> states[] = {{"grad_h_n", &grad_h_n}, {"h_0", &h0}};
@@ -1034,8 +1036,16 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   const Tensor h0_c = h0.contiguous();
   // grad_h of each step: the output's gradient plus, accumulated below, the
   // gradient flowing back from the next step.
-  Tensor grad_h = pooled_empty(sequence_shape(R), grad_output.options());
-  grad_h.copy_(run_order(grad_output));
+  Tensor grad_h = pooled_empty(sequence_shape(R), output.options());
+  if (grad_output.defined()) {
+    grad_h.copy_(run_order(grad_output));
+  } else if (grad_h.is_cpu()) {
+    // A loss of h_n only: no [T, B, H] of zeros formed by autograd and
+    // copied (~5 us of a forward+backward at the course's size).
+    std::memset(grad_h.data_ptr(), 0, grad_h.nbytes());
+  } else {
+    grad_h.zero_();
+  }
   // The running gradient of c, from c_n's back to c_0's (LSTM).
   Tensor grad_c;
   if (cell.lstm()) {
@@ -1261,13 +1271,14 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
-    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
     const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
     std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr,
     const std::optional<Tensor>& batch_sizes) {
   // Undefined when absent, as autograd passes the gradients of unused outputs.
-  const auto g = backward_layer(kLSTM, "lstm_ext.layer_backward", grad_output, grad_h_n.value_or(Tensor()),
+  const auto g = backward_layer(kLSTM, "lstm_ext.layer_backward", grad_output.value_or(Tensor()),
+                                grad_h_n.value_or(Tensor()),
                                 grad_c_n.value_or(Tensor()), input, h0, c0, weight_ih, weight_hh, output, gates,
                                 cells, reverse, output_mask, weight_hr, batch_sizes);
   return {g[0], g[1], g[2], g[3], g[4], g[5], g[7]};
@@ -1292,10 +1303,11 @@ std::tuple<Tensor, Tensor> gru_layer_inference(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
-    const Tensor& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
     const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
     const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask, const std::optional<Tensor>& batch_sizes) {
-  const auto g = backward_layer(kGRU, "lstm_ext.gru_layer_backward", grad_output, grad_h_n.value_or(Tensor()),
+  const auto g = backward_layer(kGRU, "lstm_ext.gru_layer_backward", grad_output.value_or(Tensor()),
+                                grad_h_n.value_or(Tensor()),
                                 Tensor(), input, h0, Tensor(), weight_ih, weight_hh, output, gates, hidden_n,
                                 reverse, {output_mask[0], output_mask[1], false, output_mask[2]}, std::nullopt,
                                 batch_sizes);

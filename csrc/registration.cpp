@@ -41,7 +41,7 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor? bias_ih, Tensor? bias_hh, bool reverse, Tensor? weight_hr=None, Tensor? batch_sizes=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
-      "layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
+      "layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor gates, Tensor cells, bool reverse, "
       "bool[4] output_mask, Tensor? weight_hr=None, Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_weight_ih, Tensor grad_weight_hh, "
@@ -58,7 +58,7 @@ TORCH_LIBRARY(lstm_ext, m) {
       "gru_layer_inference(Tensor input, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, bool reverse, Tensor? batch_sizes=None) -> (Tensor output, Tensor h_n)");
   m.def(
-      "gru_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, "
+      "gru_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor h0, Tensor weight_ih, "
       "Tensor weight_hh, Tensor output, Tensor gates, Tensor hidden_n, bool reverse, bool[3] output_mask, "
       "Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, Tensor grad_weight_hh, "

@@ -230,7 +230,8 @@ def _check_layer_backward(op, grad_output, grad_h_n, grad_c_n, input, h0, c0, we
     lead, prefix = ((input.shape[0],), "(rows, ") if packed else ((input.shape[0], B), "(seq_len, batch, ")
     G = gates_per_unit
     for name, t in (("grad_output", grad_output), ("output", output)):
-        _check_operand(op, name, t, weight_hh, (*lead, R), f"{prefix}{width})")
+        if t is not None:  # grad_output None: zeros (an unused output)
+            _check_operand(op, name, t, weight_hh, (*lead, R), f"{prefix}{width})")
     # The saved tensors are float32 where the forward ran in float32 inside.
     saved = weight_hh
     if _saved_dtype(weight_hh) != weight_hh.dtype and gates.dtype == cells.dtype == torch.float32:

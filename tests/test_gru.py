@@ -435,3 +435,18 @@ def test_export_with_dynamic_batch_and_time():
         x = torch.randn(*shape)
         for got, expected in zip(program.module()(x), model(x)):
             assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_layer_backward_missing_grads_are_zeros(reverse, device):
+    """Autograd passes no gradient for an unused output or h_n: the same as zeros."""
+    torch.manual_seed(0)
+    x, h0, w_ih, w_hh = (torch.randn(*s, dtype=F64, device=device) for s in ((4, 2, 3), (2, 5), (15, 3), (15, 5)))
+    out, h_n, gates, hidden_n = torch.ops.lstm_ext.gru_layer_forward(x, h0, w_ih, w_hh, None, None, reverse)
+    saved = (x, h0, w_ih, w_hh, out, gates, hidden_n, reverse, [True, True, True])
+    for grad_out, grad_h_n in ((None, torch.randn_like(h_n)), (None, None), (torch.randn_like(out), None)):
+        missing = torch.ops.lstm_ext.gru_layer_backward(grad_out, grad_h_n, *saved)
+        zeros = torch.ops.lstm_ext.gru_layer_backward(torch.zeros_like(out) if grad_out is None else grad_out,
+                                                      torch.zeros_like(h_n) if grad_h_n is None else grad_h_n, *saved)
+        for a, b in zip(missing, zeros):
+            assert_close(a, b, rtol=0, atol=0)

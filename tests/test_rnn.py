@@ -347,15 +347,17 @@ def test_gradients_when_some_inputs_need_none(frozen, device):
 
 @pytest.mark.parametrize("steps", [3, 0], ids=lambda t: f"T={t}")
 def test_layer_backward_missing_state_grads_are_zeros(steps, device):
-    """Autograd passes no gradient for an unused h_n or c_n: the same as zeros."""
+    """Autograd passes no gradient for an unused output, h_n or c_n: the same as zeros."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(device=device, requires_grad=False)
     x = x[:steps]
     out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
-    grad_out = torch.randn_like(out)
     saved = (x, h0, c0, w_ih, w_hh, out, gates, cells, False, ALL_GRADS)
-    for grad_h_n, grad_c_n in ((None, None), (torch.randn_like(h_n), None), (None, torch.randn_like(c_n))):
+    cases = [(None, None, None), (None, torch.randn_like(h_n), None), (torch.randn_like(out), None, None),
+             (torch.randn_like(out), torch.randn_like(h_n), None), (torch.randn_like(out), None, torch.randn_like(c_n))]
+    for grad_out, grad_h_n, grad_c_n in cases:
         missing = torch.ops.lstm_ext.layer_backward(grad_out, grad_h_n, grad_c_n, *saved)
-        zeros = torch.ops.lstm_ext.layer_backward(grad_out, torch.zeros_like(h_n) if grad_h_n is None else grad_h_n,
+        zeros = torch.ops.lstm_ext.layer_backward(torch.zeros_like(out) if grad_out is None else grad_out,
+                                                  torch.zeros_like(h_n) if grad_h_n is None else grad_h_n,
                                                   torch.zeros_like(c_n) if grad_c_n is None else grad_c_n, *saved)
         for a, b in zip(missing, zeros):
             assert_close(a, b, rtol=0, atol=0)

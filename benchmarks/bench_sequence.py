@@ -150,6 +150,17 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     bench.compare({"lstm_ext": lambda: packed_step(fused), "torch": lambda: packed_step(torch_lstm),
                    "lstm_ext_padded": lambda: torch.autograd.backward(fused(x)[0], grad)},
                   pass_="fwd+bwd, packed", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
+    # The same batch packed once beforehand, as a data loader's collate_fn
+    # does: the packed call's own cost, without torch's pack_padded_sequence
+    # and its backward (at the course's size those cost about our whole
+    # padded forward+backward). Its data needs its gradient, as x above.
+    once = nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    prepacked = nn.utils.rnn.PackedSequence(once.data.requires_grad_(), once.batch_sizes, once.sorted_indices,
+                                            once.unsorted_indices)
+    bench.compare({"lstm_ext": lambda: torch.autograd.backward(fused(prepacked)[0].data, grad_data),
+                   "torch": lambda: torch.autograd.backward(torch_lstm(prepacked)[0].data, grad_data),
+                   "lstm_ext_padded": lambda: torch.autograd.backward(fused(x)[0], grad)},
+                  pass_="fwd+bwd, prepacked", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
 
 
 def bench_proj_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype, device: str) -> None:

@@ -9,6 +9,7 @@ Without a path, the results file of this machine. Writes:
   gru_speedup.png       lstm_ext.GRU's speed-up over torch.nn.GRU per shape and pass (--cell gru rows)
   proj_speedup.png      lstm_ext.LSTM(proj_size=H/2)'s over torch.nn.LSTM(proj_size=H/2) (--cell lstmp rows)
   packed_speedup.png    a PackedSequence through lstm_ext: over torch.nn's packed path, and over our padded batch
+                        (packed in each call, and packed beforehand)
   layernorm_speedup.png lstm_ext.LayerNormLSTM's speed-up over its Python reference and torch.compile of it, and
                         the cost of the normalization and of zoneout (--cell lnlstm rows)
 Speed-up is the other implementation's median time / lstm_ext's: above 1, lstm_ext is faster.
@@ -127,7 +128,8 @@ def sequence_time(machine, times, out):
 
 
 def packed_speedup(machine, times_by_cell, out):
-    """Per cell, per shape and layer count: torch.nn's packed time / ours, and our padded batch's / our packed."""
+    """Per cell, per shape and layer count: torch.nn's packed time / ours, and our padded batch's / our packed
+    (packed in each call, and packed beforehand)."""
     cells = [(name, times) for name, times in times_by_cell.items()
              if any(k[1] == "fwd+bwd, packed" for k in times)]
     if not cells:
@@ -136,12 +138,16 @@ def packed_speedup(machine, times_by_cell, out):
     for ax, (name, times) in zip(axes[:, 0], cells):
         groups, values, series = [], {}, []
         for (bench, pass_, B, T, I, H, lay), impls in times.items():
-            if bench != "sequence" or pass_ != "fwd+bwd, packed":
+            if bench != "sequence" or pass_ not in ("fwd+bwd, packed", "fwd+bwd, prepacked"):
                 continue
             group = (B, T, I, H)
             if group not in groups:
                 groups.append(group)
-            for other, label in (("torch", f"vs torch.nn.{name}, packed"), ("lstm_ext_padded", "vs our padded batch")):
+            # Packed in each call (torch's packing timed too), or beforehand.
+            compared = ((("torch", f"vs torch.nn.{name}, packed"), ("lstm_ext_padded", "vs our padded batch"))
+                        if pass_ == "fwd+bwd, packed" else
+                        (("lstm_ext_padded", "vs our padded batch, packed beforehand"),))
+            for other, label in compared:
                 if other in impls:
                     key = f"{label}, L={lay}"
                     values[(group, key)] = impls[other] / impls["lstm_ext"]

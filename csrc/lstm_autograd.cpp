@@ -150,16 +150,27 @@ struct CellBackward final : SavingNode<8> {  // cx, c, gates, input_hidden, weig
   }
 };
 
+// The states' gradients [1, B, ...] of a node whose states were set up so
+// (layer_forward_graph's leading_one), as [B, ...].
+void drop_leading_one(variable_list& grads, bool leading_one, size_t states) {
+  if (!leading_one) return;
+  for (size_t k = 1; k <= states; ++k) {
+    if (grads[k].defined()) grads[k] = grads[k].squeeze(0);
+  }
+}
+
 // Edges to input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr.
 struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weight_hh, output, gates, cells,
                                                // bias_ih, bias_hh, weight_hr (projections)
   bool reverse = false, has_bias_ih = false, has_bias_hh = false;
+  bool leading_one = false;  // h_n and c_n as [1, B, ...]
   std::optional<Tensor> batch_sizes;  // a PackedSequence's (int64, never differentiated)
 
   std::string name() const override { return "LSTMLayerBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     const std::lock_guard<std::mutex> lock(mutex_);
+    drop_leading_one(grads, leading_one, 2);
     const auto [input, h0, c0, weight_ih, weight_hh, output, gates, cells, bias_ih, bias_hh, weight_hr] = unpack();
     if (at::GradMode::is_enabled()) {
       if (batch_sizes.has_value()) {
@@ -280,12 +291,14 @@ struct LayerBackward final : SavingNode<11> {  // input, h0, c0, weight_ih, weig
 struct GruLayerBackward final : SavingNode<9> {  // input, h0, weight_ih, weight_hh, output, gates, hidden_n,
                                                  // bias_ih, bias_hh
   bool reverse = false, has_bias_ih = false, has_bias_hh = false;
+  bool leading_one = false;  // h_n as [1, B, H]
   std::optional<Tensor> batch_sizes;
 
   std::string name() const override { return "GRULayerBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     const std::lock_guard<std::mutex> lock(mutex_);
+    drop_leading_one(grads, leading_one, 1);
     const auto [input, h0, weight_ih, weight_hh, output, gates, hidden_n, bias_ih, bias_hh] = unpack();
     if (at::GradMode::is_enabled()) {
       if (batch_sizes.has_value()) return differentiable_packed(grads, input, h0, weight_ih, weight_hh, bias_ih, bias_hh);
@@ -448,6 +461,13 @@ auto make_node() {
   }
 }
 
+// A state [B, ...] as [1, B, ...], not a view (below autograd: no node).
+Tensor with_leading_one(const Tensor& state) {
+  std::vector<int64_t> sizes{1};
+  sizes.insert(sizes.end(), state.sizes().begin(), state.sizes().end());
+  return at::_unsafe_view(state, sizes);
+}
+
 }  // namespace
 
 // Whether to build a graph node: inference (no grad mode, or nothing
@@ -498,6 +518,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
     const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
     const std::optional<Tensor>& batch_sizes) {
+  return layer_forward_graph(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr, batch_sizes,
+                             /*leading_one=*/false);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_graph(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes, bool leading_one) {
   const bool graph = needs_graph("lstm_ext.LSTM", {&input, &h0, &c0, &weight_ih, &weight_hh},
                                  {&bias_ih, &bias_hh, &weight_hr});
   Tensor output, h_n, c_n, gates, cells;
@@ -505,9 +534,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_autograd(
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, c_n, gates, cells) =
         layer_forward_op().call(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, weight_hr, batch_sizes);
+    if (leading_one) {
+      h_n = with_leading_one(h_n);
+      c_n = with_leading_one(c_n);
+    }
   }
   if (graph) {
     auto node = make_node<LayerBackward>();
+    node->leading_one = leading_one;
     node->set_next_edges(
         torch::autograd::collect_next_edges(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr));
     torch::autograd::set_history({output, h_n, c_n}, node);
@@ -527,15 +561,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
     const std::optional<Tensor>& batch_sizes) {
+  return gru_layer_forward_graph(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes,
+                                 /*leading_one=*/false);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_graph(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes, bool leading_one) {
   const bool graph = needs_graph("lstm_ext.GRU", {&input, &h0, &weight_ih, &weight_hh}, {&bias_ih, &bias_hh});
   Tensor output, h_n, gates, hidden_n;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(output, h_n, gates, hidden_n) =
         gru_layer_forward_op().call(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, reverse, batch_sizes);
+    if (leading_one) h_n = with_leading_one(h_n);
   }
   if (graph) {
     auto node = make_node<GruLayerBackward>();
+    node->leading_one = leading_one;
     node->set_next_edges(torch::autograd::collect_next_edges(input, h0, weight_ih, weight_hh, bias_ih, bias_hh));
     torch::autograd::set_history({output, h_n}, node);
     const Tensor none;

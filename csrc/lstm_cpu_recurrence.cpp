@@ -559,6 +559,8 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   auto* grad_c = static_cast<scalar_t*>(a.grad_c);
   auto* grad_gates = static_cast<scalar_t*>(a.grad_gates);
   const auto* grad_h_n = static_cast<const scalar_t*>(a.grad_h_n);
+  const int64_t h_n_row_stride = a.grad_h_n_row_stride < 0 ? R : a.grad_h_n_row_stride;
+  const int64_t h_n_column_stride = a.grad_h_n_column_stride;
   const auto* output = static_cast<const scalar_t*>(a.output);
   const auto* hidden_n = static_cast<const scalar_t*>(a.hidden_n);
   auto* grad_hidden = static_cast<scalar_t*>(a.grad_hidden_gates);
@@ -625,7 +627,8 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
       const int64_t continuing = std::clamp<int64_t>(rows_next - r0, 0, rows);
       if (grad_h_n != nullptr) {  // h_n's gradient joins where the sequence ends
         for (int64_t r = continuing; r < rows; ++r)
-          for (int64_t jj = 0; jj < width; ++jj) dh[r * R + jj] += grad_h_n[(r0 + r) * R + j0 + jj];
+          for (int64_t jj = 0; jj < width; ++jj)
+            dh[r * R + jj] += grad_h_n[(r0 + r) * h_n_row_stride + (j0 + jj) * h_n_column_stride];
       }
       if (continuing > 0 && bf16) {
         // The same on the next step's rounded gradients and W_hh's bfloat16 panel.

@@ -397,6 +397,10 @@ struct RecurrenceBackwardArgs {
   const void* grad_h_n;  // may be null
   void* grad_c;
   void* grad_gates;
+  // grad_h_n's strides in elements (row, column), -1 for a contiguous
+  // [B, R]: autograd's gradient of h_n.sum() is one value broadcast
+  // (strides 0), read as it is rather than copied out first.
+  int64_t grad_h_n_row_stride = -1, grad_h_n_column_stride = 1;
   const void* h0 = nullptr;          // GRU
   const void* output = nullptr;      // GRU
   const void* hidden_n = nullptr;    // GRU

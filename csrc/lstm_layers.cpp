@@ -4,8 +4,11 @@
 // C++ rather than in the module's Python because at small sizes that Python
 // (a loop, a dozen tensor method calls) cost as much as the operator itself.
 // Registered CompositeImplicitAutograd: what it calls (layer_forward through
-// the dispatcher, cat, dropout, stack) carries the autograd.
+// the dispatcher, cat, dropout, stack) carries the autograd; one layer and
+// direction in plain eager mode calls the layer's Autograd kernel itself
+// (run_stack's leading_one).
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <array>
 #include <string>
@@ -70,6 +73,21 @@ std::vector<c10::SymInt> prepend_one(c10::SymIntArrayRef sizes) {
   return out;
 }
 
+// Whether the dispatcher, called with these tensors now, would run an
+// operator's Autograd kernel first: no key above autograd (autocast, the
+// JIT tracer, functorch, a TorchDispatchMode or tensor subclass's TLS
+// snapshot) in the tensors' keys and the thread's.
+bool dispatches_to_autograd(const Tensor& input, at::TensorList hx, at::TensorList params) {
+  c10::DispatchKeySet keys = input.key_set();
+  for (const Tensor& t : hx) keys = keys | t.key_set();
+  for (const Tensor& t : params) {
+    if (t.defined()) keys = keys | t.key_set();
+  }
+  const c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
+  const c10::DispatchKey key = ((keys | local.included_) - local.excluded_).highestPriorityTypeId();
+  return key == c10::DispatchKey::AutogradCPU || key == c10::DispatchKey::AutogradCUDA;
+}
+
 // A PackedSequence's batch_sizes and its permutations (none when the batch
 // came sorted); all none for a padded input.
 struct Packing {
@@ -89,7 +107,8 @@ struct StackSpec {
 // states, layers and directions with dropout between layers. run(input,
 // states, params of the layer and direction, bias_ih, bias_hh, weight_hr,
 // reverse, needs_grad) runs one layer and direction and returns (output, its
-// final states). Returns (output, the final states stacked, one tensor per
+// final states). With leading_one, run may return the final states as
+// [1, B, ...] (run_stack's h_n and c_n as they are). Returns (output, the final states stacked, one tensor per
 // kind). As in torch's flat weight list, projections show as a fifth (third
 // without biases) parameter per layer and direction, weight_hr. With
 // packing.batch_sizes, input is a PackedSequence's data (N, I), each layer's
@@ -198,6 +217,12 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
     for (const Tensor& t : hx) needs_grad = needs_grad || t.requires_grad();
     for (const Tensor& t : params) needs_grad = needs_grad || t.requires_grad();
   }
+  // One layer and direction in plain eager mode: the layer's states can be
+  // h_n and c_n themselves, [1, B, H] from its autograd kernel called
+  // directly, rather than views of them, whose view node cost ~14 us of a
+  // forward+backward of h_n at the course's size (~6%).
+  const bool leading_one =
+      needs_grad && layers_states == 1 && batched && dispatches_to_autograd(input, hx, params);
   Tensor layer_input = x;
   std::vector<std::vector<Tensor>> final_states(spec.states);
   std::vector<Tensor> outputs;
@@ -211,7 +236,8 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
       const std::optional<Tensor> bias_hh = has_biases ? std::optional<Tensor>(p[3]) : std::nullopt;
       const std::optional<Tensor> weight_hr = projections ? std::optional<Tensor>(p[plain]) : std::nullopt;
       for (int64_t k = 0; k < spec.states; ++k) states[k] = initial[k][index];
-      auto [output, last] = run(layer_input, states, p, bias_ih, bias_hh, weight_hr, direction == 1, needs_grad);
+      auto [output, last] =
+          run(layer_input, states, p, bias_ih, bias_hh, weight_hr, direction == 1, needs_grad, leading_one);
       outputs.push_back(std::move(output));
       for (int64_t k = 0; k < spec.states; ++k) final_states[k].push_back(std::move(last[k]));
     }
@@ -226,8 +252,9 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
     // (torch.nn's h_n and c_n are not views: h_n.detach_() works on them, and
     // FSDP2 warns of in-place ops on a view). Nothing else holds or saves
     // the operator's own h_n / c_n, so the alias is never seen.
-    Tensor s = layers_states == 1 ? at::_unsafe_view_symint(kind[0], prepend_one(kind[0].sym_sizes()))
-                                  : at::stack(kind);
+    Tensor s = layers_states > 1    ? at::stack(kind)
+               : kind[0].dim() == 3 ? kind[0]  // [1, B, H] already (leading_one)
+                                    : at::_unsafe_view_symint(kind[0], prepend_one(kind[0].sym_sizes()));
     if (packing.unsorted_indices) s = s.index_select(1, *packing.unsorted_indices);
     stacked.push_back(batched ? s : s.squeeze(1));
   }
@@ -253,7 +280,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_stack(const Tensor& input, at::TensorLis
       spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first, packing,
       [&](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
           const std::optional<Tensor>& bias_hh, const std::optional<Tensor>& weight_hr, bool reverse,
-          bool needs_grad) {
+          bool needs_grad, bool leading_one) {
         Tensor output, h, c;
         if (zoneout) {
           // Zoneout runs on the LayerNorm LSTM's operators without their layer
@@ -282,6 +309,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_stack(const Tensor& input, at::TensorLis
                 x, s[0], s[1], p[0], p[1], bias_ih, std::nullopt, std::nullopt, std::nullopt, std::nullopt, mask_c,
                 mask_h, zoneout_cell, zoneout_hidden, reverse, std::nullopt, bias_hh);
           }
+        } else if (leading_one) {
+          std::tie(output, h, c, std::ignore, std::ignore) = layer_forward_graph(
+              x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, batch_sizes, /*leading_one=*/true);
         } else if (needs_grad) {
           std::tie(output, h, c, std::ignore, std::ignore) =
               layer_forward_op().call(x, s[0], s[1], p[0], p[1], bias_ih, bias_hh, reverse, weight_hr, batch_sizes);
@@ -303,9 +333,13 @@ std::tuple<Tensor, Tensor> gru_stack(const Tensor& input, at::TensorList hx, at:
   auto [output, states] = run_stack(
       spec, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first, packing,
       [&](const Tensor& x, const std::vector<Tensor>& s, const Tensor* p, const std::optional<Tensor>& bias_ih,
-         const std::optional<Tensor>& bias_hh, const std::optional<Tensor>&, bool reverse, bool needs_grad) {
+         const std::optional<Tensor>& bias_hh, const std::optional<Tensor>&, bool reverse, bool needs_grad,
+         bool leading_one) {
         Tensor output, h;
-        if (needs_grad) {
+        if (leading_one) {
+          std::tie(output, h, std::ignore, std::ignore) = gru_layer_forward_graph(
+              x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, batch_sizes, /*leading_one=*/true);
+        } else if (needs_grad) {
           std::tie(output, h, std::ignore, std::ignore) =
               gru_layer_forward_op().call(x, s[0], p[0], p[1], bias_ih, bias_hh, reverse, batch_sizes);
         } else {

@@ -1049,7 +1049,7 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   // The running gradient of c, from c_n's back to c_0's (LSTM).
   Tensor grad_c;
   if (cell.lstm()) {
-    grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous) : at::zeros({B, H}, c0.options());
+    grad_c = grad_c_n.defined() ? grad_c_n.clone(at::MemoryFormat::Contiguous) : zeros_of({B, H}, c0.options());
   }
   const auto [want_input, want_h0, want_c0, want_weights] = output_mask;
   const auto zeros_if = [](bool wanted, const Tensor& like) { return wanted ? at::zeros_like(like) : Tensor(); };
@@ -1067,7 +1067,7 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   Tensor grad_hidden, grad_h0_direct;
   if (!cell.lstm()) {
     grad_hidden = pooled_empty(sequence_shape(G), gates.options());
-    grad_h0_direct = at::zeros({B, H}, h0.options());
+    grad_h0_direct = zeros_of({B, H}, h0.options());
   }
   const int64_t t_first = backwards ? T - 1 : 0;
   // Projections: the gradient of each step's o * tanh(c), step by step.
@@ -1084,7 +1084,6 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   const bool time_loop = cpu_time_loop(input, T, H);
   if (time_loop) {
     const Tensor weight_hh_c = weight_hh.contiguous();
-    const Tensor grad_h_n_c = grad_h_n.defined() ? grad_h_n.contiguous() : grad_h_n;
     const Tensor output_c = cell.lstm() ? Tensor() : output_run.contiguous();  // the GRU's h_prev
     cpu::RecurrenceBackwardArgs args{shape,
                                      weight_hh_c.const_data_ptr(),
@@ -1092,9 +1091,13 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
                                      gates_c.const_data_ptr(),
                                      cell.lstm() ? cells_c.const_data_ptr() : nullptr,
                                      grad_h.data_ptr(),
-                                     grad_h_n.defined() ? grad_h_n_c.const_data_ptr() : nullptr,
+                                     grad_h_n.defined() ? grad_h_n.const_data_ptr() : nullptr,
                                      cell.lstm() ? grad_c.data_ptr() : nullptr,
                                      grad_gates.data_ptr()};
+    if (grad_h_n.defined()) {  // read in place, whatever its strides
+      args.grad_h_n_row_stride = grad_h_n.stride(0);
+      args.grad_h_n_column_stride = grad_h_n.stride(1);
+    }
     if (!cell.lstm()) {
       args.h0 = h0_c.const_data_ptr();
       args.output = output_c.const_data_ptr();

@@ -210,6 +210,21 @@ std::tuple<Tensor, Tensor> gru_layer_inference_autograd(
     const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
     const std::optional<Tensor>& batch_sizes);
+// layer_forward_autograd and gru_layer_forward_autograd, with h_n (and c_n)
+// returned and given to the graph as [1, B, ...] where leading_one (the
+// layer's node takes their gradients so): run_stack's final states for one
+// layer and direction without a view node between them and the layer's.
+// Only where the dispatcher would call the Autograd kernel itself
+// (dispatches_to_autograd).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> layer_forward_graph(
+    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih,
+    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
+    const std::optional<Tensor>& bias_hh, bool reverse, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& batch_sizes, bool leading_one);
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_layer_forward_graph(
+    const Tensor& input, const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
+    const std::optional<Tensor>& batch_sizes, bool leading_one);
 // Whether a call with these tensors needs a graph node: grad mode on and one
 // of them requiring grad (forward-mode AD is an error).
 bool needs_graph(const char* op, std::initializer_list<const Tensor*> tensors,

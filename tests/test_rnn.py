@@ -1,4 +1,5 @@
 """lstm_ext.LSTM against torch.nn.LSTM, and the sequence operators."""
+import contextlib
 import itertools
 import threading
 
@@ -554,3 +555,72 @@ def test_pooled_buffers_are_ordinary_tensors_and_can_be_freed():
     del out, again
     assert lstm_ext.empty_cache() > 0
     assert lstm_ext.cached_bytes() == 0
+
+
+class _DispatchPassthrough(torch.utils._python_dispatch.TorchDispatchMode):
+    """A dispatch mode that changes nothing but puts a key above autograd:
+    every operator then goes through the dispatcher from the top."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("input_kind", ["padded", "batch_first", "packed"])
+def test_one_layer_states_are_the_layers_own(kind, input_kind):
+    """One layer and direction in plain eager mode: h_n (and c_n) come from the
+    layer's node itself, with no view node after it; results and gradients,
+    second order included, are bitwise those of the dispatcher's path (taken
+    under a dispatch mode), whose h_n is a view's output."""
+    torch.manual_seed(0)
+    module = getattr(lstm_ext, kind)(3, 4, batch_first=input_kind == "batch_first", dtype=torch.float64)
+    shape = (2, 5, 3) if input_kind == "batch_first" else (5, 2, 3)  # B = 2, T = 5
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    node = "LSTMLayerBackward" if kind == "LSTM" else "GRULayerBackward"
+    results = []
+    for mode in (None, _DispatchPassthrough()):
+        with mode or contextlib.nullcontext():
+            data = x
+            if input_kind == "packed":
+                data = nn.utils.rnn.pack_padded_sequence(x, [5, 3])  # sorted: no permutation node
+            out, states = module(data)
+            states = states if isinstance(states, tuple) else (states,)
+            assert [tuple(s.shape) for s in states] == [(1, 2, 4)] * len(states)
+            assert (states[0].grad_fn.name() == node) == (mode is None), states[0].grad_fn.name()
+            out = out.data if input_kind == "packed" else out
+            loss = (out * out).sum() + sum((k + 2) * (s ** 3).sum() for k, s in enumerate(states))
+            grads = torch.autograd.grad(loss, [x, *module.parameters()], create_graph=True)
+            second = torch.autograd.grad(sum((g ** 2).sum() for g in grads), [x, *module.parameters()])
+        results.append((out, *states, *grads, *second))
+    for k, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"result {k}"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("layout", ["broadcast", "column_major", "row_slice"])
+def test_layer_backward_reads_strided_grad_h_n(kind, layout, device):
+    """grad_h_n of any strides (h_n.sum()'s broadcast value, a transpose, a
+    slice) gives the gradients of its contiguous copy, bitwise."""
+    torch.manual_seed(0)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = layer_args(T=4, B=3, I=3, H=5, device=device, requires_grad=False)
+    if kind == "lstm":
+        out, h_n, c_n, gates, cells = torch.ops.lstm_ext.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+        saved = (x, h0, c0, w_ih, w_hh, out, gates, cells, False, ALL_GRADS)
+        grad_out = torch.randn_like(out)
+
+        def backward(grad_h_n):
+            return torch.ops.lstm_ext.layer_backward(grad_out, grad_h_n, None, *saved)
+    else:
+        w_ih, w_hh, b_ih, b_hh = w_ih[:15], w_hh[:15], b_ih[:15], b_hh[:15]
+        out, h_n, gates, hidden_n = torch.ops.lstm_ext.gru_layer_forward(x, h0, w_ih, w_hh, b_ih, b_hh, False)
+
+        def backward(grad_h_n):
+            return torch.ops.lstm_ext.gru_layer_backward(None, grad_h_n, x, h0, w_ih, w_hh, out, gates, hidden_n, False,
+                                                         [True, True, True])
+    B, H = h_n.shape
+    strided = {"broadcast": torch.tensor(0.5, dtype=h_n.dtype, device=device).expand(B, H),
+               "column_major": torch.randn(H, B, dtype=h_n.dtype, device=device).t(),
+               "row_slice": torch.randn(B, 2 * H, dtype=h_n.dtype, device=device)[:, ::2]}[layout]
+    assert not strided.is_contiguous()
+    for a, b in zip(backward(strided), backward(strided.contiguous())):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -106,10 +106,10 @@ struct StackSpec {
 // The driver of both: checks, batch_first and unbatched input, initial
 // states, layers and directions with dropout between layers. run(input,
 // states, params of the layer and direction, bias_ih, bias_hh, weight_hr,
-// reverse, needs_grad) runs one layer and direction and returns (output, its
-// final states). With leading_one, run may return the final states as
-// [1, B, ...] (run_stack's h_n and c_n as they are). Returns (output, the final states stacked, one tensor per
-// kind). As in torch's flat weight list, projections show as a fifth (third
+// reverse, needs_grad, leading_one) runs one layer and direction and returns
+// (output, its final states); with leading_one it may return the states as
+// [1, B, ...], run_stack's h_n and c_n as they are. Returns (output, the
+// final states stacked, one tensor per kind). As in torch's flat weight list, projections show as a fifth (third
 // without biases) parameter per layer and direction, weight_hr. With
 // packing.batch_sizes, input is a PackedSequence's data (N, I), each layer's
 // output (N, D * H) packed the same way, batch the longest step's rows, hx
@@ -171,9 +171,10 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
                     python_shape(params[0].sizes()), ")");
   check_parameters(op, input, params, has_biases, num_layers, directions, input_size, hidden, spec.gates, proj);
   const bool batched = packed || input.dim() == 3;
-  const Tensor x = packed || !batched ? (packed ? input : input.unsqueeze(1))
-                   : batch_first     ? input.transpose(0, 1)
-                                     : input;
+  const Tensor x = packed         ? input
+                   : !batched     ? input.unsqueeze(1)
+                   : batch_first  ? input.transpose(0, 1)
+                                  : input;
   // As torch.nn: a sequence needs at least one step.
   TORCH_CHECK_VALUE(packed || x.sym_size(0) > 0, op,
                     ": expected sequence length to be larger than 0, got input of shape ",
@@ -218,8 +219,8 @@ std::pair<Tensor, std::vector<Tensor>> run_stack(const StackSpec& spec, const Te
     for (const Tensor& t : params) needs_grad = needs_grad || t.requires_grad();
   }
   // One layer and direction in plain eager mode: the layer's states can be
-  // h_n and c_n themselves, [1, B, H] from its autograd kernel called
-  // directly, rather than views of them, whose view node cost ~14 us of a
+  // h_n and c_n themselves, [1, B, H] from its Autograd kernel called
+  // directly, rather than their _unsafe_views, whose node cost ~14 us of a
   // forward+backward of h_n at the course's size (~6%).
   const bool leading_one =
       needs_grad && layers_states == 1 && batched && dispatches_to_autograd(input, hx, params);

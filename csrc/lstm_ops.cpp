@@ -269,10 +269,19 @@ Tensor owned_copy(const Tensor& t, at::ScalarType dtype) {
   return copy;
 }
 
+// t's elements set to zero in place (a memset on the CPU).
+void fill_zeros(Tensor& t) {
+  if (!t.is_cpu()) {
+    t.zero_();
+  } else if (t.numel() > 0) {
+    std::memset(t.data_ptr(), 0, t.nbytes());
+  }
+}
+
 Tensor zeros_of(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (options.device().type() != at::kCPU) return at::zeros(sizes, options);
   Tensor zeros = at::empty(sizes, options);
-  if (zeros.numel() > 0) std::memset(zeros.data_ptr(), 0, zeros.nbytes());
+  fill_zeros(zeros);
   return zeros;
 }
 
@@ -1039,12 +1048,10 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
   Tensor grad_h = pooled_empty(sequence_shape(R), output.options());
   if (grad_output.defined()) {
     grad_h.copy_(run_order(grad_output));
-  } else if (grad_h.is_cpu()) {
+  } else {
     // A loss of h_n only: no [T, B, H] of zeros formed by autograd and
     // copied (~5 us of a forward+backward at the course's size).
-    std::memset(grad_h.data_ptr(), 0, grad_h.nbytes());
-  } else {
-    grad_h.zero_();
+    fill_zeros(grad_h);
   }
   // The running gradient of c, from c_n's back to c_0's (LSTM).
   Tensor grad_c;
@@ -1274,16 +1281,16 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
-    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n,
+    const std::optional<Tensor>& grad_c_n, const Tensor& input, const Tensor& h0, const Tensor& c0,
+    const Tensor& weight_ih, const Tensor& weight_hh,
     const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
     std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr,
     const std::optional<Tensor>& batch_sizes) {
   // Undefined when absent, as autograd passes the gradients of unused outputs.
   const auto g = backward_layer(kLSTM, "lstm_ext.layer_backward", grad_output.value_or(Tensor()),
-                                grad_h_n.value_or(Tensor()),
-                                grad_c_n.value_or(Tensor()), input, h0, c0, weight_ih, weight_hh, output, gates,
-                                cells, reverse, output_mask, weight_hr, batch_sizes);
+                                grad_h_n.value_or(Tensor()), grad_c_n.value_or(Tensor()), input, h0, c0, weight_ih,
+                                weight_hh, output, gates, cells, reverse, output_mask, weight_hr, batch_sizes);
   return {g[0], g[1], g[2], g[3], g[4], g[5], g[7]};
 }
 
@@ -1306,14 +1313,13 @@ std::tuple<Tensor, Tensor> gru_layer_inference(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
-    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
-    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input,
+    const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
     const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask, const std::optional<Tensor>& batch_sizes) {
   const auto g = backward_layer(kGRU, "lstm_ext.gru_layer_backward", grad_output.value_or(Tensor()),
-                                grad_h_n.value_or(Tensor()),
-                                Tensor(), input, h0, Tensor(), weight_ih, weight_hh, output, gates, hidden_n,
-                                reverse, {output_mask[0], output_mask[1], false, output_mask[2]}, std::nullopt,
-                                batch_sizes);
+                                grad_h_n.value_or(Tensor()), Tensor(), input, h0, Tensor(), weight_ih, weight_hh,
+                                output, gates, hidden_n, reverse,
+                                {output_mask[0], output_mask[1], false, output_mask[2]}, std::nullopt, batch_sizes);
   return {g[0], g[1], g[3], g[4], g[5], g[6]};
 }
 

@@ -65,10 +65,10 @@ std::tuple<Tensor, Tensor, Tensor> layer_inference(
 // state at its own last step, and the reverse direction starts each
 // sequence at its own last step.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_backward(
-    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const std::optional<Tensor>& grad_c_n,
-    const Tensor& input, const Tensor& h0, const Tensor& c0, const Tensor& weight_ih, const Tensor& weight_hh,
-    const Tensor& output, const Tensor& gates, const Tensor& cells, bool reverse,
-    std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr,
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n,
+    const std::optional<Tensor>& grad_c_n, const Tensor& input, const Tensor& h0, const Tensor& c0,
+    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
+    const Tensor& cells, bool reverse, std::array<bool, 4> output_mask, const std::optional<Tensor>& weight_hr,
     const std::optional<Tensor>& batch_sizes);
 
 // The GRU's layer operators, over the same engine (gates r, z, n; no c):
@@ -87,8 +87,8 @@ std::tuple<Tensor, Tensor> gru_layer_inference(
     const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh, bool reverse,
     const std::optional<Tensor>& batch_sizes);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_backward(
-    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input, const Tensor& h0,
-    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
+    const std::optional<Tensor>& grad_output, const std::optional<Tensor>& grad_h_n, const Tensor& input,
+    const Tensor& h0, const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output, const Tensor& gates,
     const Tensor& hidden_n, bool reverse, std::array<bool, 3> output_mask, const std::optional<Tensor>& batch_sizes);
 
 // torch.nn.LSTM's forward (lstm_layers.cpp): input (T, B, I), (B, T, I) when

@@ -378,16 +378,15 @@ PyObject* packed_binding(PyObject* const* args, Py_ssize_t nargs, bool gru) {
   const std::vector<at::Tensor> hx = tensor_list_arg(args[4], name, "hx");
   const StackArgs stack(args + 5, name);
   if (gru) {
-    at::Tensor output, h_n;
-    std::tie(output, h_n) = without_gil([&] {
-      return lstm_ext::gru_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, stack.params, stack.has_biases, stack.num_layers,
-                                  stack.dropout, stack.train, stack.bidirectional);
+    auto [output, h_n] = without_gil([&] {
+      return lstm_ext::gru_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, stack.params,
+                                  stack.has_biases, stack.num_layers, stack.dropout, stack.train, stack.bidirectional);
     });
     return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)));
   }
   auto [output, h_n, c_n] = without_gil([&] {
-    return lstm_ext::lstm_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, stack.params, stack.has_biases, stack.num_layers,
-                                 stack.dropout, stack.train, stack.bidirectional);
+    return lstm_ext::lstm_packed(data, batch_sizes, sorted_indices, unsorted_indices, hx, stack.params,
+                                 stack.has_biases, stack.num_layers, stack.dropout, stack.train, stack.bidirectional);
   });
   return output_and_state(std::move(output), std::move(h_n), std::move(c_n));
 }

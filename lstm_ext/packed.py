@@ -58,15 +58,14 @@ def rnn_packed(module: _RNNBase, packed: PackedSequence,
         return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), states
 
     directions = 2 if module.bidirectional else 1
-
-    def state_shapes() -> List[Tuple[int, int, int]]:
-        # h is proj_size wide with projections, c always hidden_size.
-        batch, hidden = int(batch_sizes[0]), module.hidden_size
-        widths = (module.proj_size or hidden, hidden)[:len(names)]
-        return [(module.num_layers * directions, batch, width) for width in widths]
-
-    if hx is not None:
-        for name, state, expected in zip(names, hx, state_shapes()):
+    batch, hidden = int(batch_sizes[0]), module.hidden_size
+    # h is proj_size wide with projections, c always hidden_size.
+    widths = (module.proj_size or hidden, hidden)[:len(names)]
+    shapes = [(module.num_layers * directions, batch, width) for width in widths]
+    if hx is None:
+        initial = tuple(data.new_zeros(shape) for shape in shapes)
+    else:
+        for name, state, expected in zip(names, hx, shapes):
             if tuple(state.shape) != expected:
                 raise ValueError(f"{where}: expected {name} of shape {expected}, got a tensor of shape "
                                  f"{tuple(state.shape)}")
@@ -76,8 +75,6 @@ def rnn_packed(module: _RNNBase, packed: PackedSequence,
         initial = tuple(hx)
         if sorted_indices is not None:  # into the packed (length-sorted) order
             initial = tuple(s.index_select(1, sorted_indices) for s in initial)
-    else:
-        initial = tuple(data.new_zeros(shape) for shape in state_shapes())
 
     # The module's parameters per layer and direction, in the order its
     # _flat_weights_names lists them: weight_ih, weight_hh[, bias_ih,

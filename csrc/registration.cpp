@@ -16,6 +16,7 @@
 #include "lstm_kernels.h"
 #include "layernorm_lstm_ops.h"
 #include "lstm_ops.h"
+#include "sequence_packing.h"
 
 // The LayerNorm LSTM layer operators' arguments (layernorm_lstm_ops.h).
 #define LSTM_EXT_LN_LAYER_ARGS                                                                           \
@@ -308,6 +309,12 @@ auto without_gil(const Fn& fn) {
   return fn();
 }
 
+// A new reference to the tensor, or to None where it is undefined.
+PyObject* tensor_or_none(at::Tensor t) {
+  if (!t.defined()) Py_RETURN_NONE;
+  return THPVariable_Wrap(std::move(t));
+}
+
 // (output, (h_n, c_n)), as torch.nn.LSTM returns them.
 PyObject* output_and_state(at::Tensor output, at::Tensor h_n, at::Tensor c_n) {
   return Py_BuildValue("(N(NN))", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(h_n)),
@@ -538,11 +545,8 @@ PyObject* zoneout_masks_binding(PyObject*, PyObject* const* args, Py_ssize_t nar
   const double rate_c = PyFloat_AsDouble(args[2]), rate_h = PyFloat_AsDouble(args[3]);
   if (PyErr_Occurred()) throw python_error();
   const auto masks = without_gil([&] { return lstm_ext::zoneout_draws({rate_c, rate_h}, like, size); });
-  const auto wrap = [](const std::optional<at::Tensor>& t) -> PyObject* {
-    if (!t.has_value()) Py_RETURN_NONE;
-    return THPVariable_Wrap(*t);
-  };
-  return Py_BuildValue("(NN)", wrap(masks[0]), wrap(masks[1]));
+  return Py_BuildValue("(NN)", tensor_or_none(masks[0].value_or(at::Tensor())),
+                       tensor_or_none(masks[1].value_or(at::Tensor())));
   END_HANDLE_TH_ERRORS
 }
 
@@ -559,6 +563,47 @@ PyObject* cell_forward_binding(PyObject*, PyObject* const* args, Py_ssize_t narg
   const auto bias = optional_tensor_arg(args[4], name, "bias");
   auto [h, c, gates, input_hidden] = without_gil([&] { return op.call(input, hx, cx, weight, bias); });
   return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(h)), THPVariable_Wrap(std::move(c)));
+  END_HANDLE_TH_ERRORS
+}
+
+// pack_padded(input, lengths, batch_first, enforce_sorted) -> (data,
+// batch_sizes, sorted_indices or None, unsorted_indices or None), or None
+// where torch's pack_padded_sequence should run (and raise).
+PyObject* pack_padded_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  constexpr const char* name = "lstm_ext.pack_padded_sequence";
+  check_nargs(nargs, 4, "pack_padded");
+  const at::Tensor& input = tensor_arg(args[0], name, "input");
+  const at::Tensor& lengths = tensor_arg(args[1], name, "lengths");
+  const bool batch_first = bool_arg(args[2]), enforce_sorted = bool_arg(args[3]);
+  auto packed = without_gil([&] { return lstm_ext::pack_padded_rows(input, lengths, batch_first, enforce_sorted); });
+  if (!packed) Py_RETURN_NONE;
+  auto& [data, batch_sizes, sorted_indices, unsorted_indices] = *packed;
+  return Py_BuildValue("(NNNN)", THPVariable_Wrap(std::move(data)), THPVariable_Wrap(std::move(batch_sizes)),
+                       tensor_or_none(std::move(sorted_indices)), tensor_or_none(std::move(unsorted_indices)));
+  END_HANDLE_TH_ERRORS
+}
+
+// pad_packed(data, batch_sizes, unsorted_indices or None, batch_first,
+// padding_value, total_length or None) -> (padded, lengths), or None where
+// torch's pad_packed_sequence should run.
+PyObject* pad_packed_binding(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  constexpr const char* name = "lstm_ext.pad_packed_sequence";
+  check_nargs(nargs, 6, "pad_packed");
+  const at::Tensor& data = tensor_arg(args[0], name, "data");
+  const at::Tensor& batch_sizes = tensor_arg(args[1], name, "batch_sizes");
+  const at::Tensor unsorted_indices = optional_tensor_arg(args[2], name, "unsorted_indices").value_or(at::Tensor());
+  const bool batch_first = bool_arg(args[3]);
+  const double padding_value = PyFloat_AsDouble(args[4]);
+  const int64_t total_length = args[5] == Py_None ? -1 : PyLong_AsLongLong(args[5]);
+  if (PyErr_Occurred()) throw python_error();
+  auto padded = without_gil([&] {
+    return lstm_ext::pad_packed_rows(data, batch_sizes, unsorted_indices, batch_first, padding_value, total_length);
+  });
+  if (!padded) Py_RETURN_NONE;
+  auto& [output, lengths] = *padded;
+  return Py_BuildValue("(NN)", THPVariable_Wrap(std::move(output)), THPVariable_Wrap(std::move(lengths)));
   END_HANDLE_TH_ERRORS
 }
 
@@ -582,6 +627,10 @@ PyMethodDef kMethods[] = {
      METH_FASTCALL, "Zoneout's two masks for one layer and direction in training, as the lstm operator draws them."},
     {"cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cell_forward_binding)),
      METH_FASTCALL, "torch.ops.lstm_ext.cell_forward, directly; returns (h, c)."},
+    {"pack_padded", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pack_padded_binding)),
+     METH_FASTCALL, "torch.nn.utils.rnn.pack_padded_sequence's fields as one row gather, or None to defer to it."},
+    {"pad_packed", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pad_packed_binding)), METH_FASTCALL,
+     "torch.nn.utils.rnn.pad_packed_sequence as one row scatter, or None to defer to it."},
     {"cpu_capability", cpu_capability, METH_NOARGS, "CPU kernels in use: DEFAULT, AVX2 or AVX512."},
     {"set_cpu_capability", set_cpu_capability, METH_O, "Choose the CPU kernels (tests, benchmarks)."},
     {"compiled_cpu_capabilities", compiled_cpu_capabilities, METH_NOARGS,

@@ -14,7 +14,8 @@ Drop-ins for torch.nn's modules, with the same parameters, results and state_dic
 
 Also: GRUCell (torch.nn.GRUCell), LSTMModel and GRUModel (the course's model
 with either cell), the functions lstm_cell, lstm_layer and gru_layer,
-LSTMCellFunction (the cell's autograd in Python), lstm_ext.reference (the pure
+pack_padded_sequence and pad_packed_sequence (torch.nn.utils.rnn's, bit for
+bit, at a fraction of their cost), LSTMCellFunction (the cell's autograd in Python), lstm_ext.reference (the pure
 Python yardstick), and the helpers below. See README.md and docs/.
 """
 from lstm_ext._native import native as _C
@@ -23,12 +24,14 @@ from lstm_ext.cell import GRUCell, LSTMCell
 from lstm_ext.model import GRUModel, LSTMModel
 from lstm_ext.rnn import GRU, LSTM, gru_layer, lstm_layer
 from lstm_ext.layernorm import LayerNormLSTM, layer_norm_lstm_layer
+from lstm_ext.packed import pack_padded_sequence, pad_packed_sequence
 from lstm_ext import reference
 
 __version__ = "0.5.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["LSTM", "LSTMCell", "LSTMCellFunction", "LSTMModel", "GRU", "GRUCell", "GRUModel", "lstm_cell",
            "lstm_layer", "gru_layer", "LayerNormLSTM", "layer_norm_lstm_layer", "reference",
+           "pack_padded_sequence", "pad_packed_sequence",
            "backends", "cpu_capability", "set_cpu_capability", "empty_cache", "cached_bytes"]
 
 

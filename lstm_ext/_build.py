@@ -26,7 +26,8 @@ import sysconfig
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 COMMON_SOURCES = ["registration.cpp", "lstm_ops.cpp", "lstm_layers.cpp", "lstm_autograd.cpp", "layernorm_lstm_ops.cpp",
-                  "lstm_cpu_dispatch.cpp", "lstm_cpu_recurrence.cpp", "buffer_pool.cpp"]
+                  "lstm_cpu_dispatch.cpp", "lstm_cpu_recurrence.cpp", "buffer_pool.cpp",
+                  "sequence_packing.cpp"]
 CPU_KERNEL_SOURCE = "lstm_cpu_kernels.cpp"
 CUDA_SOURCES = ["lstm_cuda_kernels.cu"]
 SOURCE_PATTERNS = ("*.h", "*.cpp", "*.cu", "*.cuh")

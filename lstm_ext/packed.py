@@ -15,7 +15,7 @@ subclasses), in the loop below over the same layer operators.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,3 +109,65 @@ def rnn_packed(module: _RNNBase, packed: PackedSequence,
     if unsorted_indices is not None:  # back into the caller's order
         stacked = tuple(s.index_select(1, unsorted_indices) for s in stacked)
     return PackedSequence(layer_input, batch_sizes, sorted_indices, unsorted_indices), stacked
+
+
+def _fast_path(tensor: Tensor) -> bool:
+    """Whether the row gather and scatter below may stand in for torch's
+    functions: not while torch.compile, the JIT tracer or a __torch_function__
+    override records the call (they record torch's, which they know), nor
+    under a torch.func transform (which wraps the integer tensors the C++
+    side reads)."""
+    return (_direct((tensor,)) and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
+def pack_padded_sequence(input: Tensor, lengths: Union[Tensor, List[int]], batch_first: bool = False,
+                         enforce_sorted: bool = True) -> PackedSequence:
+    """``torch.nn.utils.rnn.pack_padded_sequence``, bit for bit, at a fraction
+    of its cost where the cost is the call's.
+
+    The same PackedSequence (data, batch_sizes, sorted_indices,
+    unsorted_indices) for any module that takes one, torch.nn's included; its
+    gradient reaches ``input`` the same way. The packed data is gathered from
+    the padded batch in one ``index_select`` (one autograd node), where torch's
+    function sorts the whole batch, concatenates a slice per step and undoes
+    both in backward: at (B=100, T=5, I=4) that is ~210 us with the backward,
+    as much as lstm_ext.LSTM's whole padded forward+backward.
+
+    Lengths that do not fit the input raise a RuntimeError naming both: a
+    count other than the batch's, or a length outside [1, T] (torch's function
+    checks neither: it packs only the first sequences, or reads past the
+    input's end). Under torch.compile, the JIT tracer and
+    ``__torch_function__`` overrides torch's function runs, as it does for
+    lengths that are not a 1-D CPU tensor (it raises its own error).
+    """
+    if _fast_path(input):
+        if not isinstance(lengths, Tensor):
+            lengths_tensor = torch.as_tensor(lengths, dtype=torch.int64, device="cpu")
+        else:  # as torch's function converts them
+            lengths_tensor = lengths if lengths.dtype == torch.int64 else lengths.to(dtype=torch.int64)
+        fields = native.pack_padded(input, lengths_tensor, batch_first, enforce_sorted)
+        if fields is not None:
+            return PackedSequence(*fields)
+    return torch.nn.utils.rnn.pack_padded_sequence(input, lengths, batch_first, enforce_sorted)
+
+
+def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, padding_value: float = 0.0,
+                        total_length: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """``torch.nn.utils.rnn.pad_packed_sequence``, bit for bit: (padded,
+    lengths), the padded batch in the caller's order, ``padding_value`` past
+    each sequence's end, ``total_length`` steps if given.
+
+    One scatter of the packed rows into the padded batch (``index_copy_``, one
+    autograd node) where torch's function pads in the sorted order and then
+    permutes the batch; at (B=100, T=5, H=3) its forward+backward is ~280 us
+    against ~140 us. Falls back to torch's function as
+    :func:`pack_padded_sequence` does, and where the indices are not on the CPU.
+    """
+    data, batch_sizes, _, unsorted_indices = sequence
+    if _fast_path(data) and not isinstance(total_length, Tensor):
+        fields = native.pad_packed(data, batch_sizes, unsorted_indices, batch_first, float(padding_value),
+                                   None if total_length is None else int(total_length))
+        if fields is not None:
+            return fields
+    return torch.nn.utils.rnn.pad_packed_sequence(sequence, batch_first, padding_value, total_length)

@@ -197,7 +197,8 @@ def test_gru_cell_against_torch(seed):
 @pytest.mark.parametrize("seed", range(PACKED_CASES))
 def test_packed_sequence_against_torch(seed):
     """A PackedSequence of random lengths (sorted or not) through an LSTM, an
-    LSTM with projections or a GRU, against torch.nn's packed path."""
+    LSTM with projections or a GRU, against torch.nn's packed path; packed and
+    padded back by lstm_ext's functions for ours, torch's for torch.nn's."""
     rng = random.Random(50_000 + seed)
     torch.manual_seed(seed)
     kind = rng.choice(["lstm", "lstmp", "gru"])
@@ -222,16 +223,21 @@ def test_packed_sequence_against_torch(seed):
         state = tuple(torch.randn(layers, B, n, dtype=dtype).requires_grad_(rng.random() < 0.5) for n in widths)
     what = f"seed {seed}: {kind} {config}, lengths={lengths}, (I, H)={(I, H)}, {dtype}"
     results = []
-    for module in (ref, fused):
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    total_length = max(lengths) + rng.randint(0, 2) if rng.random() < 0.5 else None
+    # torch.nn's module with torch's packing, ours with ours (bitwise torch's).
+    for module, (pack, pad) in ((ref, (nn.utils.rnn.pack_padded_sequence, nn.utils.rnn.pad_packed_sequence)),
+                                (fused, (lstm_ext.pack_padded_sequence, lstm_ext.pad_packed_sequence))):
+        packed = pack(x, lengths, enforce_sorted=enforce_sorted)
         out, states = module(packed, (state[0] if kind == "gru" else state) if state is not None else None)
         states = states if isinstance(states, tuple) else (states,)
-        w = torch.linspace(-1, 1, out.data.numel(), dtype=dtype).reshape(out.data.shape)
-        loss = (out.data * w).sum() + sum((2 - 5 * k) * s.sum() for k, s in enumerate(states))
+        padded, padded_lengths = pad(out, total_length=total_length)
+        assert padded_lengths.tolist() == lengths, what
+        w = torch.linspace(-1, 1, padded.numel(), dtype=dtype).reshape(padded.shape)
+        loss = (padded * w).sum() + sum((2 - 5 * k) * s.sum() for k, s in enumerate(states))
         wrt = [x, *(state or ()), *module.parameters()]
         needed = [t for t in wrt if t.requires_grad]
         grads = iter(torch.autograd.grad(loss, needed, allow_unused=True) if needed else ())
-        results.append([out.data, *states, *[next(grads) if t.requires_grad else None for t in wrt]])
+        results.append([out.data, padded, *states, *[next(grads) if t.requires_grad else None for t in wrt]])
     compare(results[1], results[0], TOLERANCES[dtype], what)
 
 

@@ -1,0 +1,143 @@
+#include "sequence_packing.h"
+
+#include <vector>
+
+namespace lstm_ext {
+namespace {
+
+// The row of the padded batch, flattened to [T * B, *] (or [B * T, *] batch
+// first), of each packed row: step after step, the step's active sequences
+// in length order. order[j] is the batch index of the j-th longest sequence
+// (nullptr: j itself).
+at::Tensor padded_rows(const int64_t* batch_sizes, int64_t steps, const int64_t* order, int64_t time, int64_t batch,
+                       bool batch_first) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < steps; ++t) total += batch_sizes[t];
+  at::Tensor rows = at::empty({total}, at::kLong);
+  int64_t* row = rows.data_ptr<int64_t>();
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t j = 0; j < batch_sizes[t]; ++j) {
+      const int64_t b = order != nullptr ? order[j] : j;
+      *row++ = batch_first ? b * time + t : t * batch + b;
+    }
+  }
+  return rows;
+}
+
+// rows flattened from [T, B, *] or [B, T, *] to [T * B, *].
+at::Tensor as_rows(const at::Tensor& padded) {
+  std::vector<int64_t> shape(padded.sizes().begin() + 1, padded.sizes().end());
+  shape[0] = padded.size(0) * padded.size(1);
+  return padded.reshape(shape);
+}
+
+// Undefined when permutation (contiguous) is not one of 0 .. n-1.
+at::Tensor inverse_permutation(const at::Tensor& permutation) {
+  const int64_t n = permutation.numel();
+  at::Tensor inverse = at::full({n}, -1, permutation.options());
+  const int64_t* p = permutation.data_ptr<int64_t>();
+  int64_t* q = inverse.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n; ++k) {
+    if (p[k] < 0 || p[k] >= n || q[p[k]] >= 0) return at::Tensor();
+    q[p[k]] = k;
+  }
+  return inverse;
+}
+
+bool is_cpu_long_vector(const at::Tensor& t) {
+  return t.defined() && t.is_cpu() && t.dim() == 1 && t.scalar_type() == at::kLong && t.layout() == at::kStrided;
+}
+
+}  // namespace
+
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> pack_padded_rows(
+    const at::Tensor& input, const at::Tensor& lengths, bool batch_first, bool enforce_sorted) {
+  if (input.dim() < 2 || !is_cpu_long_vector(lengths)) return std::nullopt;
+  const int64_t time = input.size(batch_first ? 1 : 0), batch = input.size(batch_first ? 0 : 1);
+  if (batch == 0) return std::nullopt;
+  // torch's function checks neither of these two: with more lengths than the
+  // batch it fails in its sort's index_select, with fewer it packs the first
+  // sequences only, and a length past T reads past the input's end.
+  const char* batch_first_name = batch_first ? "True" : "False";
+  TORCH_CHECK(lengths.size(0) == batch, "lstm_ext.pack_padded_sequence: lengths has ", lengths.size(0),
+              " entries but input (shape ", input.sizes(), ", batch_first=", batch_first_name,
+              ") holds a batch of ", batch);
+  at::Tensor sorted_lengths = lengths.contiguous(), sorted_indices, unsorted_indices;
+  if (!enforce_sorted) {
+    // torch.sort(lengths, descending=True), as torch's pack_padded_sequence
+    // sorts: the same order of equal lengths, so the same sorted_indices.
+    std::tie(sorted_lengths, sorted_indices) = at::sort(lengths, /*dim=*/0, /*descending=*/true);
+    sorted_indices = sorted_indices.contiguous();
+    unsorted_indices = inverse_permutation(sorted_indices);
+  }
+  const int64_t* length = sorted_lengths.data_ptr<int64_t>();
+  for (int64_t j = 0; j < batch; ++j) {
+    TORCH_CHECK(length[j] > 0 && length[j] <= time,
+                "lstm_ext.pack_padded_sequence: every entry of lengths must be in [1, ", time,
+                "] (the input's time steps; input shape ", input.sizes(), ", batch_first=", batch_first_name, "), got ",
+                length[j]);
+    TORCH_CHECK(j == 0 || length[j] <= length[j - 1],
+                "lstm_ext.pack_padded_sequence: `lengths` array must be sorted in decreasing order when "
+                "`enforce_sorted` is True; pass enforce_sorted=False for unsorted sequences");
+  }
+  const int64_t steps = length[0];
+  at::Tensor batch_sizes = at::empty({steps}, at::kLong);
+  int64_t* batch_size = batch_sizes.data_ptr<int64_t>();
+  for (int64_t t = 0, active = batch; t < steps; ++t) {
+    while (length[active - 1] <= t) --active;  // length[0] > t: stops at 1
+    batch_size[t] = active;
+  }
+  const at::Tensor rows = padded_rows(batch_size, steps, enforce_sorted ? nullptr : sorted_indices.data_ptr<int64_t>(),
+                                      time, batch, batch_first);
+  at::Tensor data = as_rows(input).index_select(0, rows.to(input.device()));
+  if (!enforce_sorted) {
+    sorted_indices = sorted_indices.to(input.device());
+    unsorted_indices = unsorted_indices.to(input.device());
+  }
+  return std::make_tuple(std::move(data), std::move(batch_sizes), std::move(sorted_indices),
+                         std::move(unsorted_indices));
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> pad_packed_rows(
+    const at::Tensor& data, const at::Tensor& batch_sizes, const at::Tensor& unsorted_indices, bool batch_first,
+    double padding_value, int64_t total_length) {
+  if (data.dim() < 1 || !is_cpu_long_vector(batch_sizes) || batch_sizes.size(0) == 0) return std::nullopt;
+  if (unsorted_indices.defined() && !is_cpu_long_vector(unsorted_indices)) return std::nullopt;
+  const at::Tensor sizes = batch_sizes.contiguous();
+  const int64_t* batch_size = sizes.data_ptr<int64_t>();
+  const int64_t steps = sizes.size(0), batch = batch_size[0];
+  const int64_t time = total_length < 0 ? steps : total_length;
+  if (time < steps) return std::nullopt;
+  int64_t total = 0;
+  for (int64_t t = 0; t < steps; ++t) {
+    if (batch_size[t] <= 0 || batch_size[t] > (t > 0 ? batch_size[t - 1] : batch)) return std::nullopt;
+    total += batch_size[t];
+  }
+  if (data.size(0) != total) return std::nullopt;
+  if (unsorted_indices.defined() && unsorted_indices.size(0) != batch) return std::nullopt;
+  // The j-th longest sequence's length, then each sequence's in the batch's order.
+  at::Tensor lengths = at::empty({batch}, at::kLong);
+  int64_t* length = lengths.data_ptr<int64_t>();
+  for (int64_t j = 0, t = steps; j < batch; ++j) {
+    while (batch_size[t - 1] <= j) --t;  // batch_size[0] = batch > j: stops at 1
+    length[j] = t;
+  }
+  at::Tensor sorted_indices;
+  if (unsorted_indices.defined()) {
+    const at::Tensor unsorted = unsorted_indices.contiguous();
+    sorted_indices = inverse_permutation(unsorted);
+    if (!sorted_indices.defined()) return std::nullopt;
+    lengths = lengths.index_select(0, unsorted);
+  }
+  const at::Tensor rows = padded_rows(batch_size, steps, sorted_indices.defined() ? sorted_indices.data_ptr<int64_t>()
+                                                                                 : nullptr, time, batch, batch_first);
+  std::vector<int64_t> shape(data.sizes().begin(), data.sizes().end());
+  shape[0] = time * batch;
+  at::Tensor padded = at::full(shape, padding_value, data.options());
+  padded.index_copy_(0, rows.to(data.device()), data);
+  shape[0] = batch_first ? batch : time;
+  shape.insert(shape.begin() + 1, batch_first ? time : batch);
+  return std::make_tuple(padded.view(shape), std::move(lengths));
+}
+
+}  // namespace lstm_ext

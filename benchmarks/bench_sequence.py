@@ -135,19 +135,25 @@ def bench_shape(bench: Bench, B: int, T: int, I: int, H: int, layers: int, dtype
     add_gflops(bench, training_flops)
     # A padded batch of varying lengths (T/2 to T, the longest T), packed in
     # each call (x needs its gradient): lstm_ext runs one operator call per
-    # layer and direction over each step's own sequences, torch.nn.LSTM its
-    # packed-sequence path; "lstm_ext_padded" is lstm_ext on the padded batch
-    # (all B sequences T steps): what the packed call saves.
+    # layer and direction over each step's own sequences, packed by
+    # lstm_ext.pack_padded_sequence (torch's function's result, one row
+    # gather); torch.nn.LSTM its packed-sequence path, packed by torch's
+    # function; "lstm_ext_torch_pack" is lstm_ext packed by torch's function,
+    # "lstm_ext_padded" lstm_ext on the padded batch (all B sequences T
+    # steps): what the packed call saves.
     lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=torch.Generator().manual_seed(0))
     lengths[0] = T
     grad_data = torch.randn(int(lengths.sum()), H, device=device, dtype=dtype)
 
-    def packed_step(module):
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    def packed_step(module, pack=nn.utils.rnn.pack_padded_sequence):
+        packed = pack(x, lengths, enforce_sorted=False)
         torch.autograd.backward(module(packed)[0].data, grad_data)
 
     extras["lstm_ext_padded"] = dict(extra)
-    bench.compare({"lstm_ext": lambda: packed_step(fused), "torch": lambda: packed_step(torch_lstm),
+    extras["lstm_ext_torch_pack"] = dict(extra)
+    bench.compare({"lstm_ext": lambda: packed_step(fused, lstm_ext.pack_padded_sequence),
+                   "torch": lambda: packed_step(torch_lstm),
+                   "lstm_ext_torch_pack": lambda: packed_step(fused),
                    "lstm_ext_padded": lambda: torch.autograd.backward(fused(x)[0], grad)},
                   pass_="fwd+bwd, packed", shape=shape, dtype=dtype, extras=extras, rounds=rounds)
     # The same batch packed once beforehand, as a data loader's collate_fn
@@ -329,6 +335,7 @@ def ratios(cell: str) -> list:
     if cell == "gru":
         rows.append(("lstm_ext", "lstm_ext_lstm", "GRU time / lstm_ext.LSTM's"))
     rows.append(("lstm_ext", "lstm_ext_padded", "packed time / padded (packed rows)"))
+    rows.append(("lstm_ext_torch_pack", "lstm_ext_padded", "packed by torch's pack_padded_sequence / padded"))
     return rows
 
 

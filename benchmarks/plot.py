@@ -84,6 +84,7 @@ def sequence_speedup(machine, times, out, name="LSTM", file="sequence_speedup.pn
             if (B, T, I, H) not in groups:
                 groups.append((B, T, I, H))
             values[((B, T, I, H), pass_)] = impls["torch"] / impls["lstm_ext"]
+        groups.sort(key=lambda g: (g[1], g[0] * g[3] * (g[2] + g[3])))  # by length, then work
         bars(ax, groups, [p for p in passes if any(v[1] == p for v in values)], values,
              f"lstm_ext.{name} vs torch.nn.{name}, {L} layer{'s' if L > 1 else ''}, float32")
     fig.suptitle(machine_caption(machine), fontsize=8)
@@ -153,6 +154,11 @@ def packed_speedup(machine, times_by_cell, out):
                     values[(group, key)] = impls[other] / impls["lstm_ext"]
                     if key not in series:
                         series.append(key)
+        # Rows of several runs come in the JSON's order: shapes by length and
+        # work, series in one order for both cells.
+        groups.sort(key=lambda g: (g[1], g[0] * g[3] * (g[2] + g[3])))
+        order = ["vs torch", "vs our padded batch, L", "vs our padded batch, packed"]
+        series.sort(key=lambda k: (next(i for i, o in enumerate(order) if k.startswith(o)), k))
         bars(ax, groups, series, values, f"lstm_ext.{name}, PackedSequence of lengths T/2..T, fwd+bwd, float32")
     fig.suptitle(machine_caption(machine), fontsize=8)
     return save(fig, out, "packed_speedup.png")

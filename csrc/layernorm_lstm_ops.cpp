@@ -152,11 +152,6 @@ const void* data_or_null(const std::optional<Tensor>& t) { return t.has_value() 
 // Rows per task of the input part's layer norm: ~16K elements.
 int64_t layer_norm_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)); }
 
-// Row indices as an int64 tensor on the device of the tensors they index.
-Tensor index_of(const std::vector<int64_t>& rows, const at::Device& device) {
-  return at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(device);
-}
-
 // The generic time loop's row passes: the backend's.
 template <typename Args>
 void rows_pass_on(const Tensor& like, const Args& args) {

@@ -3,7 +3,7 @@
 // layernorm_lstm_ops.cpp): checked, with the row indices a layer needs.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -14,6 +14,8 @@
 #include "lstm_kernels.h"
 
 namespace lstm_ext {
+
+using at::Tensor;
 
 // A PackedSequence's batch_sizes, checked against the layer's rows (input
 // [N, I], h0 [B, ...]), and the row indices the layer needs from them.
@@ -75,5 +77,10 @@ struct PackedRows {
     return indices([&](int64_t t, int64_t b) { return layout.offset[t] + b; }, true);
   }
 };
+
+// Row indices as an int64 tensor on the device of the tensors they index.
+inline Tensor index_of(const std::vector<int64_t>& rows, const at::Device& device) {
+  return at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(device);
+}
 
 }  // namespace lstm_ext

@@ -2,26 +2,20 @@
 
 #include <vector>
 
+#include "packed_rows.h"
+
 namespace lstm_ext {
 namespace {
 
 // The row of the padded batch, flattened to [T * B, *] (or [B * T, *] batch
-// first), of each packed row: step after step, the step's active sequences
-// in length order. order[j] is the batch index of the j-th longest sequence
-// (nullptr: j itself).
-at::Tensor padded_rows(const int64_t* batch_sizes, int64_t steps, const int64_t* order, int64_t time, int64_t batch,
-                       bool batch_first) {
-  int64_t total = 0;
-  for (int64_t t = 0; t < steps; ++t) total += batch_sizes[t];
-  at::Tensor rows = at::empty({total}, at::kLong);
-  int64_t* row = rows.data_ptr<int64_t>();
-  for (int64_t t = 0; t < steps; ++t) {
-    for (int64_t j = 0; j < batch_sizes[t]; ++j) {
-      const int64_t b = order != nullptr ? order[j] : j;
-      *row++ = batch_first ? b * time + t : t * batch + b;
-    }
-  }
-  return rows;
+// first), of each packed row, on device. order[j] is the batch index of the
+// j-th longest sequence (nullptr: j itself).
+at::Tensor padded_rows(const PackedRows& packed, const int64_t* order, int64_t time, bool batch_first,
+                       const at::Device& device) {
+  return index_of(packed.indices([&](int64_t t, int64_t j) {
+    const int64_t b = order != nullptr ? order[j] : j;
+    return batch_first ? b * time + t : t * packed.batch + b;
+  }), device);
 }
 
 // rows flattened from [T, B, *] or [B, T, *] to [T * B, *].
@@ -83,13 +77,15 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> pack_p
   const int64_t steps = length[0];
   at::Tensor batch_sizes = at::empty({steps}, at::kLong);
   int64_t* batch_size = batch_sizes.data_ptr<int64_t>();
+  int64_t total = 0;
   for (int64_t t = 0, active = batch; t < steps; ++t) {
     while (length[active - 1] <= t) --active;  // length[0] > t: stops at 1
     batch_size[t] = active;
+    total += active;
   }
-  const at::Tensor rows = padded_rows(batch_size, steps, enforce_sorted ? nullptr : sorted_indices.data_ptr<int64_t>(),
-                                      time, batch, batch_first);
-  at::Tensor data = as_rows(input).index_select(0, rows.to(input.device()));
+  const PackedRows packed("lstm_ext.pack_padded_sequence", batch_sizes, total, batch);
+  const int64_t* order = enforce_sorted ? nullptr : sorted_indices.data_ptr<int64_t>();
+  at::Tensor data = as_rows(input).index_select(0, padded_rows(packed, order, time, batch_first, input.device()));
   if (!enforce_sorted) {
     sorted_indices = sorted_indices.to(input.device());
     unsorted_indices = unsorted_indices.to(input.device());
@@ -103,25 +99,22 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> pad_packed_rows(
     double padding_value, int64_t total_length) {
   if (data.dim() < 1 || !is_cpu_long_vector(batch_sizes) || batch_sizes.size(0) == 0) return std::nullopt;
   if (unsorted_indices.defined() && !is_cpu_long_vector(unsorted_indices)) return std::nullopt;
-  const at::Tensor sizes = batch_sizes.contiguous();
-  const int64_t* batch_size = sizes.data_ptr<int64_t>();
-  const int64_t steps = sizes.size(0), batch = batch_size[0];
+  const int64_t steps = batch_sizes.size(0), batch = batch_sizes.const_data_ptr<int64_t>()[0];
   const int64_t time = total_length < 0 ? steps : total_length;
   if (time < steps) return std::nullopt;
-  int64_t total = 0;
-  for (int64_t t = 0; t < steps; ++t) {
-    if (batch_size[t] <= 0 || batch_size[t] > (t > 0 ? batch_size[t - 1] : batch)) return std::nullopt;
-    total += batch_size[t];
+  // batch_sizes that no pack produced (not positive and non-increasing, or
+  // summing to other than data's rows): torch's function decides.
+  std::optional<PackedRows> packed;
+  try {
+    packed.emplace("lstm_ext.pad_packed_sequence", batch_sizes, data.size(0), batch);
+  } catch (const c10::Error&) {
+    return std::nullopt;
   }
-  if (data.size(0) != total) return std::nullopt;
   if (unsorted_indices.defined() && unsorted_indices.size(0) != batch) return std::nullopt;
   // The j-th longest sequence's length, then each sequence's in the batch's order.
   at::Tensor lengths = at::empty({batch}, at::kLong);
   int64_t* length = lengths.data_ptr<int64_t>();
-  for (int64_t j = 0, t = steps; j < batch; ++j) {
-    while (batch_size[t - 1] <= j) --t;  // batch_size[0] = batch > j: stops at 1
-    length[j] = t;
-  }
+  for (int64_t j = 0; j < batch; ++j) length[j] = packed->length(j);
   at::Tensor sorted_indices;
   if (unsorted_indices.defined()) {
     const at::Tensor unsorted = unsorted_indices.contiguous();
@@ -129,12 +122,11 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> pad_packed_rows(
     if (!sorted_indices.defined()) return std::nullopt;
     lengths = lengths.index_select(0, unsorted);
   }
-  const at::Tensor rows = padded_rows(batch_size, steps, sorted_indices.defined() ? sorted_indices.data_ptr<int64_t>()
-                                                                                 : nullptr, time, batch, batch_first);
+  const int64_t* order = sorted_indices.defined() ? sorted_indices.data_ptr<int64_t>() : nullptr;
   std::vector<int64_t> shape(data.sizes().begin(), data.sizes().end());
   shape[0] = time * batch;
   at::Tensor padded = at::full(shape, padding_value, data.options());
-  padded.index_copy_(0, rows.to(data.device()), data);
+  padded.index_copy_(0, padded_rows(*packed, order, time, batch_first, data.device()), data);
   shape[0] = batch_first ? batch : time;
   shape.insert(shape.begin() + 1, batch_first ? time : batch);
   return std::make_tuple(padded.view(shape), std::move(lengths));

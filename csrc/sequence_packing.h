@@ -4,11 +4,12 @@
 // torch.nn.utils.rnn's versions are a sort, an index_select of the whole
 // batch, a concatenation of per-step slices and, back, the slices' own
 // backward: at the course's size (B=100, T=5) packing with its backward costs
-// ~210 us, our whole padded LSTM forward+backward. Here the row of the padded
-// batch that each packed row comes from is computed once (integers, on the
-// CPU), and the data move is one index_select (pack) or one index_copy_ (pad),
-// each with autograd's own one-node backward. The results are torch's, bit
-// for bit: the same sort, the same rows.
+// 48 us against our 26 (a padded LSTM forward+backward: ~62; AMD EPYC, Zen
+// 5). Here the row of the padded batch that each packed row comes from is
+// computed once (integers, on the CPU, by PackedRows), and the data move is
+// one index_select (pack) or one index_copy_ (pad), each with autograd's own
+// one-node backward. The results are torch's, bit for bit: the same sort, the
+// same rows.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -15,8 +15,9 @@ Drop-ins for torch.nn's modules, with the same parameters, results and state_dic
 Also: GRUCell (torch.nn.GRUCell), LSTMModel and GRUModel (the course's model
 with either cell), the functions lstm_cell, lstm_layer and gru_layer,
 pack_padded_sequence and pad_packed_sequence (torch.nn.utils.rnn's, bit for
-bit, at a fraction of their cost), LSTMCellFunction (the cell's autograd in Python), lstm_ext.reference (the pure
-Python yardstick), and the helpers below. See README.md and docs/.
+bit, at a fraction of their cost), LSTMCellFunction (the cell's autograd in
+Python), lstm_ext.reference (the pure Python yardstick), and the helpers
+below. See README.md and docs/.
 """
 from lstm_ext._native import native as _C
 from lstm_ext.functional import LSTMCellFunction, lstm_cell

@@ -256,6 +256,33 @@ void forward_typed(const PointwiseForwardArgs& a) {
   const auto c_prev = row_stream<const scalar_t>(a.c_prev);
   const std::array<Stream<scalar_t>, 6> out{{gates[0], gates[1], gates[2], gates[3],
                                              row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
+  if (a.zoneout) {  // the LSTM's zoneout: its formulas as the layer norm's row pass has them
+    TORCH_INTERNAL_ASSERT(a.addend.data == nullptr && !a.rounded);
+    const std::array<Stream<const scalar_t>, 8> in{{pre[0], pre[1], pre[2], pre[3], c_prev,
+                                                    row_stream<const scalar_t>(a.h_prev),
+                                                    row_stream<const scalar_t>(a.zoneout_c),
+                                                    row_stream<const scalar_t>(a.zoneout_h)}};
+    const auto zoned = [](const Vec* x, Vec& i, Vec& f, Vec& g, Vec& o, Vec& c, Vec& h) {
+      Vec c_candidate;
+      ln_lstm_gates_point(x[0], x[1], x[2], x[3], x[4], i, f, g, o, c_candidate);
+      c = zoneout_point(c_candidate, x[4], x[6]);
+      h = zoneout_point(o * lstm_tanh(c_candidate), x[5], x[7]);
+    };
+    at::parallel_for(0, a.batch, grain_rows(a.hidden), [&](int64_t row_begin, int64_t row_end) {
+      if (a.gates.data == nullptr) {
+        const std::array<Stream<scalar_t>, 2> c_h{{row_stream<scalar_t>(a.c), row_stream<scalar_t>(a.h)}};
+        for_each_column<scalar_t, 8, 2>(row_begin, row_end, a.hidden, in, c_h, [&](const Vec* x, Vec* y) {
+          Vec i, f, g, o;
+          zoned(x, i, f, g, o, y[0], y[1]);
+        });
+      } else {
+        for_each_column<scalar_t, 8, 6>(row_begin, row_end, a.hidden, in, out, [&](const Vec* x, Vec* y) {
+          zoned(x, y[0], y[1], y[2], y[3], y[4], y[5]);
+        });
+      }
+    });
+    return;
+  }
   if (a.gates.data == nullptr) {  // inference: only c and h (see PointwiseForwardArgs)
     TORCH_INTERNAL_ASSERT(a.addend.data == nullptr);
     const std::array<Stream<const scalar_t>, 5> in{{pre[0], pre[1], pre[2], pre[3], c_prev}};
@@ -756,6 +783,14 @@ void philox_mask_typed(const PhiloxMaskArgs& a) {
       philox_block_avx2(static_cast<uint64_t>(first), a.seed, a.threshold, block);
       for (int64_t e = 0; e < 4 * kBlockDraws; ++e) out[first * 4 + e] = static_cast<scalar_t>(block[e]);
     }
+  }
+  // The last part block too, its draws past the end computed and dropped
+  // (each draw depends on its counter only): the scalar loop below had been
+  // half of a mask's time at the course's size (1,500 elements).
+  if (first * 4 < a.end && (first >> 32) == ((first + kBlockDraws - 1) >> 32)) {
+    philox_block_avx2(static_cast<uint64_t>(first), a.seed, a.threshold, block);
+    for (int64_t e = 0; first * 4 + e < a.end; ++e) out[first * 4 + e] = static_cast<scalar_t>(block[e]);
+    first += kBlockDraws;
   }
 #endif
   for (; first * 4 < a.end; first += kDraws) {

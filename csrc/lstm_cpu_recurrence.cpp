@@ -363,6 +363,15 @@ void forward_typed(const RecurrenceForwardArgs& a) {
     const int64_t offset = shape.batch_sizes != nullptr ? row0 * a.input_row_stride : t * a.input_step_stride;
     return static_cast<const char*>(a.input) + offset * (bf16 ? sizeof(c10::BFloat16) : sizeof(float));
   };
+  // Zoneout: d_c and d_h of a task's rows, from the masks or a row of the rate.
+  TORCH_INTERNAL_ASSERT(!a.zoneout || (!gru && P == 0 && !bf16 && !a.gates_interleaved),
+                        "zoneout: the LSTM without projections, bfloat16 products or interleaved gates");
+  std::vector<scalar_t> rate_c(a.zoneout && a.zoneout_mask_c == nullptr ? H : 0, scalar_t(a.zoneout_rate_c));
+  std::vector<scalar_t> rate_h(a.zoneout && a.zoneout_mask_h == nullptr ? H : 0, scalar_t(a.zoneout_rate_h));
+  const auto zoneout_rows = [&](const void* mask, const std::vector<scalar_t>& rate, int64_t row, int64_t j0) {
+    return mask != nullptr ? InRows{static_cast<const scalar_t*>(mask) + row * H + j0, H}
+                           : InRows{rate.data() + j0, 0};
+  };
   // Projections: panels of W_hr^T over the P outputs, each [H, w].
   const Tiling projection(B, P, 1, H, /*max_block_rows=*/B, /*rows_outer_order=*/false);
   const PooledArray<scalar_t> packed_hr(static_cast<size_t>(P * H));
@@ -525,14 +534,20 @@ void forward_typed(const RecurrenceForwardArgs& a) {
       // Inference: no backward reads the activated gates, so they are not
       // stored (at the course's H=3 each of a block's elements is a scalar
       // store).
-      const PointwiseForwardArgs args{shape.dtype, rows, width,
-                                      /*preact=*/{block, G, gate_stride},
-                                      /*addend=*/{nullptr, 0, 0},
-                                      /*c_prev=*/{c_prev + r0 * H + j0, H},
-                                      /*gates=*/{a.keep_cells ? block : nullptr, G, gate_stride},
-                                      /*h=*/{h_t + r0 * H + j0, H},
-                                      /*c=*/{c_t + r0 * H + j0, H},
-                                      /*rounded=*/bf16};
+      PointwiseForwardArgs args{shape.dtype, rows, width,
+                                /*preact=*/{block, G, gate_stride},
+                                /*addend=*/{nullptr, 0, 0},
+                                /*c_prev=*/{c_prev + r0 * H + j0, H},
+                                /*gates=*/{a.keep_cells ? block : nullptr, G, gate_stride},
+                                /*h=*/{h_t + r0 * H + j0, H},
+                                /*c=*/{c_t + r0 * H + j0, H},
+                                /*rounded=*/bf16};
+      if (a.zoneout) {
+        args.zoneout = true;
+        args.h_prev = {h_prev + r0 * R + j0, R};
+        args.zoneout_c = zoneout_rows(a.zoneout_mask_c, rate_c, row0 + r0, j0);
+        args.zoneout_h = zoneout_rows(a.zoneout_mask_h, rate_h, row0 + r0, j0);
+      }
       pointwise(args);
       round_h(h_t + r0 * H + j0);
     });

@@ -62,6 +62,13 @@ struct PointwiseForwardArgs {
   // h is rounded to bfloat16 after this pass (a bfloat16 layer's products
   // on bfloat16 operands): tanh may be lstm_tanh_rounded.
   bool rounded = false;
+  // Zoneout (CPU; not with addend or rounded): c and h are the zoned state
+  // c~ + d_c (c_prev - c~) and h~ + d_h (h_prev - h~) of
+  // layernorm_lstm_pointwise.h, d per element (a rate: a row of stride 0).
+  bool zoneout = false;
+  InRows h_prev{nullptr, 0};
+  InRows zoneout_c{nullptr, 0};
+  InRows zoneout_h{nullptr, 0};
 };
 
 // Backward pass: from the activated gates, c_prev, c and the gradients of h and
@@ -364,6 +371,16 @@ struct RecurrenceForwardArgs {
   const void* weight_ih = nullptr;  // [gates * H, I], the standard gate order
   const void* bias = nullptr;       // [gates * H] or null, the standard order
   const void* bias2 = nullptr;      // added to bias (the GRU: its projection2), or null
+  // Zoneout (the LSTM without projections or bfloat16 products, gates not
+  // interleaved): each step's pointwise pass zones c and h out with d_c and
+  // d_h, [rows, H] in the rows' order (those of gates), or where a mask is
+  // null its rate. The layer norm operator's backward takes it from there
+  // (its state: the activated gates, the zoned c and h).
+  bool zoneout = false;
+  const void* zoneout_mask_c = nullptr;
+  const void* zoneout_mask_h = nullptr;
+  double zoneout_rate_c = 0.0;
+  double zoneout_rate_h = 0.0;
 };
 // Hidden units per panel of the CPU time loop.
 constexpr int64_t kRecurrencePanel = 16;

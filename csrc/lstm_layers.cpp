@@ -285,9 +285,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_stack(const Tensor& input, at::TensorLis
         Tensor output, h, c;
         if (zoneout) {
           // Zoneout runs on the LayerNorm LSTM's operators without their layer
-          // norms, whose row pass applies the masks; they add b_hh to b_ih
-          // themselves (a sum here would be a graph node of its own: ~10 us
-          // of a forward+backward at the course's size).
+          // norms: on the CPU their forward is the LSTM's fused time loop
+          // with the masks in its pointwise pass, their backward their own
+          // row pass. They take b_hh apart from b_ih (a sum here would be a
+          // graph node of its own: ~10 us of a forward+backward at the
+          // course's size).
           TORCH_CHECK_NOT_IMPLEMENTED(!weight_hr, spec.op, ": zoneout with proj_size > 0 is not supported");
           // In training, the masks; their (T, B) are the layer input's, and
           // symbolic sizes are fixed there, as a mask's shape is an int[]

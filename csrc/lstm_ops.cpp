@@ -21,6 +21,29 @@
 #include "packed_rows.h"
 
 namespace lstm_ext {
+
+// An uninitialised tensor; on the CPU, from 1 MiB up, its memory comes from
+// the buffer pool (buffer_pool.cpp: reused blocks instead of fresh mmaps
+// whose page faults cost more than filling them). Its storage stays
+// resizable, through the CPU allocator.
+Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  constexpr int64_t kPooledMinBytes = int64_t(1) << 20;
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
+  if (!options.device().is_cpu() || bytes < kPooledMinBytes) {
+    return at::empty(sizes, options);
+  }
+  // The block is owned by its tensor's storage and goes back to the pool
+  // when the storage is freed.
+  using Block = PooledArray<std::byte>;
+  auto* block = new Block(static_cast<size_t>(bytes));
+  return at::for_blob(block->data(), sizes)
+      .context(block, [](void* context) { delete static_cast<Block*>(context); })
+      .options(options)
+      .resizeable_storage()
+      .allocator(c10::GetCPUAllocator())
+      .make_tensor();
+}
+
 namespace {
 
 std::atomic<bool> cpu_specialized_enabled{true};
@@ -68,28 +91,6 @@ std::pair<int64_t, int64_t> check_recurrent_weights(const char* op, const Tensor
                     ", weight_hh must have shape [4*hidden_size, proj_size] = [", 4 * H, ", ", P, "], got ",
                     weight_hh.sizes());
   return {H, P};
-}
-
-// An uninitialised tensor; on the CPU, from 1 MiB up, its memory comes from
-// the buffer pool (buffer_pool.cpp: reused blocks instead of fresh mmaps
-// whose page faults cost more than filling them). Its storage stays
-// resizable, through the CPU allocator.
-Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  constexpr int64_t kPooledMinBytes = int64_t(1) << 20;
-  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
-  if (!options.device().is_cpu() || bytes < kPooledMinBytes) {
-    return at::empty(sizes, options);
-  }
-  // The block is owned by its tensor's storage and goes back to the pool
-  // when the storage is freed.
-  using Block = PooledArray<std::byte>;
-  auto* block = new Block(static_cast<size_t>(bytes));
-  return at::for_blob(block->data(), sizes)
-      .context(block, [](void* context) { delete static_cast<Block*>(context); })
-      .options(options)
-      .resizeable_storage()
-      .allocator(c10::GetCPUAllocator())
-      .make_tensor();
 }
 
 // Below cpu::kSmallProductFmas multiply-adds a CPU product runs in
@@ -264,7 +265,7 @@ Tensor owned_copy(const Tensor& t, at::ScalarType dtype) {
   if (!cpu_specialized(t) || t.scalar_type() != dtype || !t.is_contiguous()) {
     return at::empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
   }
-  Tensor copy = at::empty(t.sizes(), t.options());
+  Tensor copy = pooled_empty(t.sizes(), t.options());
   if (t.numel() > 0) std::memcpy(copy.data_ptr(), t.const_data_ptr(), t.nbytes());
   return copy;
 }

@@ -129,6 +129,11 @@ std::tuple<Tensor, Tensor> gru_packed(const Tensor& data, const Tensor& batch_si
                                       at::TensorList params, bool has_biases, int64_t num_layers, double dropout,
                                       bool train, bool bidirectional);
 
+// An uninitialised tensor; on the CPU from 1 MiB up its memory comes from
+// the buffer pool (buffer_pool.cpp), not a fresh mmap whose page faults cost
+// more than filling it.
+Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // Switches CPU tensors between the CPU's own code (true, the default) and
 // the device-generic path that CUDA tensors take (ATen products, one ATen
 // product and one pointwise launch per step), so that the tests check that

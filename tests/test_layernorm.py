@@ -136,6 +136,12 @@ def test_layernorm_lstm_float32_every_cpu_capability(capability, H):
             assert_close(a, b.float(), rtol=1e-4, atol=1e-4)
 
 
+def zoneout_lstm(input_size, hidden_size, training):
+    """A float64 two-layer bidirectional lstm_ext.LSTM with zoneout on c and h, in training or eval."""
+    return lstm_ext.LSTM(input_size, hidden_size, num_layers=2, bidirectional=True, dtype=F64, zoneout_cell=0.3,
+                         zoneout_hidden=0.2).train(training)
+
+
 @pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
 @pytest.mark.parametrize("H", [1, 3])
 def test_zoneout_on_rows_narrower_than_a_vector(capability, H):
@@ -144,8 +150,7 @@ def test_zoneout_on_rows_narrower_than_a_vector(capability, H):
     capability; 9 rows, so that a partial block of rows is there too."""
     with cpu_kernels(capability):
         for training in (True, False):
-            module = lstm_ext.LSTM(4, H, num_layers=2, bidirectional=True, dtype=F64, zoneout_cell=0.3,
-                                   zoneout_hidden=0.2).train(training)
+            module = zoneout_lstm(4, H, training)
             x, hx = inputs(module, 5, 9, 4)
             torch.manual_seed(7)
             out = module(x, hx)
@@ -163,6 +168,48 @@ def test_zoneout_on_rows_narrower_than_a_vector(capability, H):
             return out, h, c
 
         assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("capability", lstm_ext.backends()["cpu"])
+@pytest.mark.parametrize("H", [3, 17, 40])
+def test_lstm_zoneout_float32_every_cpu_capability(capability, H):
+    """lstm_ext.LSTM's zoneout in float32 (on the CPU the LSTM's time loop, its input projection inside the
+    loop, with the masks in its pointwise pass; part-filled vectors and panels at H = 17 and 40): training with
+    the reference's masks, under no_grad too, and eval, forward and gradients, against the reference's float64
+    results; and a PackedSequence in training."""
+    with cpu_kernels(capability):
+        for training in (True, False):
+            module = zoneout_lstm(5, H, training)
+            x, hx = inputs(module, 4, 13, 5)
+            torch.manual_seed(7)
+            expected = reference_forward(module, x, hx)
+            module32 = copy.deepcopy(module).float()
+            x32 = x.detach().float().requires_grad_()
+            hx32 = tuple(h.detach().float().requires_grad_() for h in hx)
+            for grad in (False, True):
+                torch.manual_seed(7)  # the reference's masks
+                with torch.set_grad_enabled(grad):
+                    out = module32(x32, hx32)
+                for a, b in zip((out[0], *out[1]), (expected[0], *expected[1])):
+                    assert_close(a, b.float(), rtol=1e-4, atol=1e-5)
+            wrt32 = [x32, *hx32, *module32.parameters()]
+            grads32 = torch.autograd.grad(out[0].sum() + out[1][1].sum(), wrt32)
+            grads = torch.autograd.grad(expected[0].sum() + expected[1][1].sum(), [x, *hx, *module.parameters()])
+            for a, b in zip(grads32, grads):
+                assert_close(a, b.float(), rtol=1e-4, atol=1e-4)
+        module32.train()
+        packed = nn.utils.rnn.pack_padded_sequence(x32.detach(), [4, 2, 3, 1, 4, 4, 2, 1, 3, 3, 1, 2, 4],
+                                                   enforce_sorted=False)
+        torch.manual_seed(7)
+        out, (h_n, c_n) = module32(packed)
+        layers = [layer_tensors(module, layer, d) for layer in range(2) for d in range(2)]
+        torch.manual_seed(7)
+        ref_out, (ref_h, ref_c) = layer_norm_lstm_stacked(
+            packed.data.double(), None, layers, True, False, 0.0, True, 0.3, 0.2, layer_fn=layer_norm_lstm_layer,
+            batch_sizes=packed.batch_sizes)
+        assert_close(out.data, ref_out.float(), rtol=1e-4, atol=1e-5)
+        assert_close(h_n, ref_h.index_select(1, packed.unsorted_indices).float(), rtol=1e-4, atol=1e-5)
+        assert_close(c_n, ref_c.index_select(1, packed.unsorted_indices).float(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("rates", [(0.3, 0.0), (0.0, 0.2), (0.25, 0.15)])

@@ -21,6 +21,7 @@ without it.
     python benchmarks/bench_sequence.py --cell lnlstm   # LayerNorm LSTM, zoneout
     python benchmarks/bench_sequence.py --device cuda   # GPU grid
     python benchmarks/bench_sequence.py --step          # one step a call (T=1)
+    python benchmarks/bench_sequence.py --small-batch   # B = 1-8 at T=100
 
 --step times one step a call (T=1, B/I=H 1/256, 16/128, 64/512), as a
 decoder or a streaming model calls a layer.
@@ -40,6 +41,8 @@ from common import Bench, dtypes_of, fma_peak_gflops, impls_of, parse_common_arg
 
 GRID = [(100, 5, 4, 3), (16, 100, 128, 128), (32, 100, 256, 256), (64, 100, 512, 512)]  # (B, T, I, H)
 STEP_GRID = [(1, 1, 256, 256), (16, 1, 128, 128), (64, 1, 512, 512)]  # one step a call
+# Small batches at T=100 (--small-batch): T*B below 1024 rows, where the layer's products were MKL's.
+SMALL_BATCH_GRID = [(B, 100, H, H) for H in (128, 256, 512) for B in (1, 4, 8)]
 LAYERS = (1, 2)
 
 
@@ -342,9 +345,11 @@ def ratios(cell: str) -> list:
 def main() -> None:
     parser = parse_common_args(__doc__)
     parser.add_argument("--step", action="store_true", help="one step a call (T=1) instead of the sequence grid")
+    parser.add_argument("--small-batch", action="store_true",
+                        help="B = 1, 4, 8 at T=100, I=H = 128, 256, 512 instead of the sequence grid")
     args = parser.parse_args()
     bench = Bench("sequence", args.device, min_run_time=args.min_run_time, cell=args.cell, only=impls_of(args))
-    grid = STEP_GRID if args.step else GRID[:2] if args.quick else GRID
+    grid = STEP_GRID if args.step else SMALL_BATCH_GRID if args.small_batch else GRID[:2] if args.quick else GRID
     print(f"lstm_ext {lstm_ext.__version__}, torch {torch.__version__}, device {args.device}, "
           f"threads {torch.get_num_threads()}, CPU kernels {lstm_ext.cpu_capability()}")
     bench.machine_extra["sgemm_gflops"] = round(sgemm_gflops(args.device), 1)

@@ -97,10 +97,15 @@ std::pair<int64_t, int64_t> check_recurrent_weights(const char* op, const Tensor
 // cpu::small_gemm on the calling thread instead of ATen's mm, whose BLAS call
 // alone costs more.
 using cpu::kSmallProductFmas;
-// cpu::packed_gemm packs all of b for every call, which pays off only over
-// many rows of a: the sequence's input projections (T*B rows), not a cell's
-// B rows (at B=16, I=H=1024 packing made the cell's forward 5x slower).
-constexpr int64_t kPackedMinRows = 1024;
+// cpu::packed_gemm packs all of b for every call, which pays off over
+// enough rows of a: from 64 (a cell's B rows at B=16, I=H=1024 ran 5x
+// slower packed). At 1024 rows, as this was, sequences of T*B < 1024 rows
+// and cells of B < 1024 went to MKL's sgemm, which on an AMD EPYC (Zen 5,
+// 2 threads, forward+backward, torch's time / ours) left lstm_ext.LSTM at
+// 0.69-0.95x torch.nn.LSTM at T=100, B=1-10, H=128-256, and LSTMCell at
+// 0.83-0.98x torch's at B=64-512, H=256-1024; packed from 64 rows:
+// 0.94-1.38x (B=1, H=256: 0.76 either way) and 0.96-1.45x.
+constexpr int64_t kPackedMinRows = 64;
 // small_gemm takes a transposed b of more than kSmallTransposedMaxCopy
 // elements only over kSmallTransposedMinRows rows of a or more: below, its
 // copy of b costs more than the BLAS call it saves.

@@ -106,20 +106,23 @@ void tile_gemm<float>(int64_t M, int64_t N, int64_t K, const float* A, int64_t l
 // How one step's work is cut: panels of hidden units times blocks of rows.
 struct Tiling {
   int64_t hidden, batch, gates, depth, max_block_rows;
+  int64_t panel_units;  // hidden units per panel: kPanel, or a multiple of it
   int64_t panels, row_blocks, block_rows, grain;
   bool rows_outer;  // consecutive tasks share rows (else panels)
 
   // max_block_rows caps the rows of a task once the step is shared: the
   // backward's products read [rows, 4H] of the next step's gate gradients,
   // which at 16 rows stay in L2 while a thread runs through its panels
-  // (B=64, H=512: backward 6-13% faster than with whole-batch tasks).
+  // (B=64, H=512, 16-unit panels: backward 6-13% faster than with
+  // whole-batch tasks; with 64-unit panels, 64 rows are faster, see
+  // backward_typed).
   // H columns of gates blocks each (a panel holds all of its units' gates),
   // each a product of depth multiply-adds per row.
   Tiling(int64_t B, int64_t H, int64_t gates_per_unit, int64_t product_depth, int64_t max_rows,
-         bool rows_outer_order)
+         bool rows_outer_order, int64_t units = kPanel)
       : hidden(H), batch(B), gates(gates_per_unit), depth(product_depth), max_block_rows(max_rows),
-        rows_outer(rows_outer_order) {
-    panels = (H + kPanel - 1) / kPanel;
+        panel_units(units), rows_outer(rows_outer_order) {
+    panels = (H + panel_units - 1) / panel_units;
     // Enough tasks for every thread twice over, by splitting rows when there
     // are too few panels; one block when the step is too small to share.
     const bool shared = B * gates * H * depth >= 2 * kMinTaskFmas;
@@ -130,21 +133,21 @@ struct Tiling {
     block_rows = (B + row_blocks - 1) / row_blocks;
     if (shared) block_rows = std::min(block_rows, max_block_rows);
     row_blocks = (B + block_rows - 1) / block_rows;
-    const int64_t task_fmas = block_rows * gates * std::min(H, kPanel) * depth;
+    const int64_t task_fmas = block_rows * gates * std::min(H, panel_units) * depth;
     grain = std::max<int64_t>(1, kMinTaskFmas / std::max<int64_t>(1, task_fmas));
   }
   // The same cut of a step with fewer rows (variable lengths: the sequences
   // still running).
   Tiling for_rows(int64_t rows) const {
-    return rows == batch ? *this : Tiling(rows, hidden, gates, depth, max_block_rows, rows_outer);
+    return rows == batch ? *this : Tiling(rows, hidden, gates, depth, max_block_rows, rows_outer, panel_units);
   }
   int64_t tasks() const { return panels * row_blocks; }
   // Task u covers hidden units [j0, j0 + width) and rows [r0, r0 + rows).
   void task(int64_t u, int64_t& j0, int64_t& width, int64_t& r0, int64_t& rows) const {
     const int64_t p = rows_outer ? u % panels : u / row_blocks;
     const int64_t r = rows_outer ? u / panels : u % row_blocks;
-    j0 = p * kPanel;
-    width = std::min(kPanel, hidden - j0);
+    j0 = p * panel_units;
+    width = std::min(panel_units, hidden - j0);
     r0 = r * block_rows;
     rows = std::min(block_rows, batch - r0);
   }
@@ -166,8 +169,8 @@ template <typename Fn>
 void for_each_panel(const Tiling& tiling, const Fn& fn) {
   at::parallel_for(0, tiling.panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t j0 = p * kPanel;
-      fn(j0, std::min(kPanel, tiling.hidden - j0));
+      const int64_t j0 = p * tiling.panel_units;
+      fn(j0, std::min(tiling.panel_units, tiling.hidden - j0));
     }
   });
 }
@@ -586,7 +589,15 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
   // Without projections one region per step: each task completes its panel
   // of grad_h, then runs the pointwise pass on it. With them, the recurrent
   // product completes grad_r over panels of P first.
-  const Tiling tiling(B, H, gates_per_unit, P > 0 ? P : H, /*max_block_rows=*/16, /*rows_outer_order=*/true);
+  // Without projections a task is 4 panels of W_hh wide (64 units, a tile
+  // of four vectors) and up to 64 rows: at B=64, H=512 the 16-unit,
+  // 16-row tasks read all of W_hh (4 MiB, past L2) once per block of rows,
+  // four times a step. Zen 5 EPYC, 2 threads, T=100, forward+backward:
+  // 210-216 -> 203-204 ms there (torch.nn.LSTM's time / ours 1.19-1.25 ->
+  // 1.29-1.41), B=16 and B=32 level.
+  const int64_t task_units = P > 0 ? kPanel : 4 * kPanel;
+  const Tiling tiling(B, H, gates_per_unit, P > 0 ? P : H, /*max_block_rows=*/P > 0 ? 16 : 64,
+                      /*rows_outer_order=*/true, task_units);
   const Tiling recurrent_tiling(B, R, 1, G, /*max_block_rows=*/16, /*rows_outer_order=*/true);
   const StepLayout layout(shape);
 
@@ -646,32 +657,46 @@ void backward_typed(const RecurrenceBackwardArgs& a) {
             dh[r * R + jj] += grad_h_n[(r0 + r) * h_n_row_stride + (j0 + jj) * h_n_column_stride];
       }
       if (continuing > 0 && bf16) {
-        // The same on the next step's rounded gradients and W_hh's bfloat16 panel.
-        Bf16TileArgs tile{continuing, G, grad_gates_bf16 + ((s + 1) % 2 * B + r0) * G, G, 1};
-        tile.b[0] = packed_bf16.data() + j0 / kPanel * bf16_elements;
-        tile.c[0] = reinterpret_cast<float*>(dh);
-        tile.ldc[0] = R;
-        tile.columns[0] = width;
-        tile.accumulate[0] = true;
-        tile.init[0] = nullptr;
-        bf16_tile(tile);
-      } else if (continuing > 0 && float_tile_products && width == kPanel) {
-        // The same through float_tile: a full panel of W_hh is one of its
-        // vectors ([4H, 16], element (k, n) at k * 16 + n).
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          FloatTileArgs tile{continuing, G, grad_next + r0 * G, G, 1};
-          tile.b[0] = packed.data() + G * j0;
-          tile.c[0] = dh;
-          tile.ldc[0] = R;
-          tile.columns[0] = width;
-          tile.accumulate[0] = true;
-          tile.init[0] = nullptr;
-          float_tile(tile);
+        // The same on the next step's rounded gradients and W_hh's bfloat16
+        // panels, a vector of 16 columns each.
+        Bf16TileArgs tile{continuing, G, grad_gates_bf16 + ((s + 1) % 2 * B + r0) * G, G,
+                          static_cast<int>((width + kPanel - 1) / kPanel)};
+        for (int v = 0; v < tile.vectors; ++v) {
+          tile.b[v] = packed_bf16.data() + (j0 / kPanel + v) * bf16_elements;
+          tile.c[v] = reinterpret_cast<float*>(dh) + v * kPanel;
+          tile.ldc[v] = R;
+          tile.columns[v] = std::min(kPanel, width - v * kPanel);
+          tile.accumulate[v] = true;
+          tile.init[v] = nullptr;
         }
+        bf16_tile(tile);
       } else if (continuing > 0) {
-        // The gradient reaching h_t through the next step's recurrent product.
-        tile_gemm<scalar_t>(continuing, width, G, grad_next + r0 * G, G, false, packed.data() + G * j0, width, dh, R,
-                            /*accumulate=*/true);
+        // The gradient reaching h_t through the next step's recurrent
+        // product: W_hh's full panels through float_tile (a panel is one of
+        // its vectors, [4H, 16], element (k, n) at k * 16 + n) where it runs
+        // all products, the others ([4H, w] row-major) through tile_gemm.
+        int64_t done = 0;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          const int full = float_tile_products ? static_cast<int>(width / kPanel) : 0;
+          if (full > 0) {
+            FloatTileArgs tile{continuing, G, grad_next + r0 * G, G, full};
+            for (int v = 0; v < full; ++v) {
+              tile.b[v] = packed.data() + G * (j0 + v * kPanel);
+              tile.c[v] = dh + v * kPanel;
+              tile.ldc[v] = R;
+              tile.columns[v] = kPanel;
+              tile.accumulate[v] = true;
+              tile.init[v] = nullptr;
+            }
+            float_tile(tile);
+            done = full * kPanel;
+          }
+        }
+        for (int64_t j = done; j < width; j += kPanel) {
+          const int64_t w_j = std::min(kPanel, width - j);
+          tile_gemm<scalar_t>(continuing, w_j, G, grad_next + r0 * G, G, false, packed.data() + G * (j0 + j), w_j,
+                              dh + j, R, /*accumulate=*/true);
+        }
       }
       return dh;
     };

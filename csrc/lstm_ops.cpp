@@ -789,7 +789,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_layer(
   // time / ours): float32 0.92-1.00 -> 0.94-0.98 at B=16, H=128, 0.91-0.92
   // -> 0.98-0.99 at B=32, H=256, 1.01-1.03 -> 1.07-1.08 at B=64, H=512;
   // bfloat16 0.80 / 0.79 / 0.82 -> 0.82 / 0.85 / 0.92.
-  const bool fused_input = time_loop && (bf16_products || (input.scalar_type() == at::kFloat && cpu::float_tiles()));
+  // Below 3 rows a step is a matrix-vector product, and there the loop's
+  // input projection reads W_ih once a step besides W_hh, where one product
+  // before the loop reads it once: float32 forward under inference_mode,
+  // torch's time / ours (Zen 5, T=100) went at B=1 from 1.06-1.07 / 0.82-0.92
+  // / 0.69-0.70 to 1.24-1.25 / 1.02-1.05 / 1.01-1.67 at H=128 / 256 / 512,
+  // at B=2 from 1.05-1.46 to 1.30-1.46 (the GRU's: B=1, H=512 1.66 -> 2.5);
+  // at B=4 and 8 the loop's was faster.
+  const bool fused_input =
+      time_loop && (bf16_products || (B >= 3 && input.scalar_type() == at::kFloat && cpu::float_tiles()));
   const bool step_gates = fused_input && !keep_cells;  // one step's [B, G] scratch
   if (interleaved && !fused_input) {
     Tensor order = at::empty({G}, input.options().dtype(at::kLong));

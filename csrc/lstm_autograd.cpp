@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "autograd_node.h"
 #include "layernorm_lstm_ops.h"
 #include "lstm_kernels.h"
 #include "lstm_ops.h"
@@ -448,18 +449,6 @@ struct LnLayerBackward final : SavingNode<19> {  // input, h0, c0, weight_ih, we
             has_bias_hh ? std::get<5>(g) : Tensor()};
   }
 };
-
-// A new node: torch 2.11 holds nodes by std::shared_ptr, later versions by
-// c10::intrusive_ptr (Node::getptr() returns the one in use).
-template <typename T>
-auto make_node() {
-  using NodePtr = decltype(std::declval<Node&>().getptr());
-  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>) {
-    return std::make_shared<T>();
-  } else {
-    return c10::make_intrusive<T>();
-  }
-}
 
 // A state [B, ...] as [1, B, ...], not a view (below autograd: no node).
 Tensor with_leading_one(const Tensor& state) {

@@ -10,8 +10,9 @@
 // layer norm with gain g_ih and shift b in one pass over its rows
 // (cpu::layer_norm_rows), then the time loop, which normalizes each step's
 // recurrent product and c~ inside its row pass. Without layer norm
-// (the LN tensors absent) the same loop is the plain LSTM, and zoneout is
-// what it adds. bfloat16 and float16 run in float32 inside the operator (the
+// (the LN tensors absent) the operator is the plain LSTM, and zoneout is
+// what it adds: on the CPU its forward is then the LSTM's own time loop
+// (cpu::recurrence_forward), its backward this operator's. bfloat16 and float16 run in float32 inside the operator (the
 // state, the statistics, what is kept for the backward), outputs in the
 // input's dtype. A PackedSequence (batch_sizes) runs as the LSTM's does:
 // each step over its own sequences, the reverse direction over each
@@ -308,10 +309,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const bool fused_input = lstm_loop && dtype == at::kFloat && cpu::float_tiles();
   // One bias: bias_hh (the plain LSTM's second) added here, below autograd,
   // rather than by the caller, whose sum would be a graph node of its own.
-  const std::optional<Tensor> bias =
-      fused_input            ? as_compute(bias_, dtype)
-      : bias_hh_.has_value() ? as_compute(*bias_, dtype) + as_compute(*bias_hh_, dtype)
-                             : as_compute(bias_, dtype);
+  // (The LSTM's loop with its input projection takes both.)
+  const std::optional<Tensor> bias = !fused_input && bias_hh_.has_value()
+                                         ? as_compute(*bias_, dtype) + as_compute(*bias_hh_, dtype)
+                                         : as_compute(bias_, dtype);
   const std::optional<Tensor> bias_hh = fused_input ? as_compute(bias_hh_, dtype) : std::nullopt;
   const std::optional<Tensor> gamma_ih = as_compute(ln_.ih_weight, dtype), gamma_hh = as_compute(ln_.hh_weight, dtype),
                               gamma_c = as_compute(ln_.c_weight, dtype), beta_c = as_compute(ln_.c_bias, dtype);

@@ -834,7 +834,8 @@ inline int64_t ln_grain_rows(int64_t hidden) { return std::max<int64_t>(1, 8192 
 template <typename scalar_t>
 void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
   const int64_t T = a.steps, B = a.batch, H = a.hidden, G = 4 * H;
-  const bool layer_norm = a.cell.layer_norm;
+  // (The plain LSTM's zoneout forward runs on recurrence_forward.)
+  TORCH_INTERNAL_ASSERT(a.cell.layer_norm, "ln_recurrence_forward: the LayerNorm LSTM's time loop");
   auto* gates = static_cast<scalar_t*>(a.gates);
   auto* hh_norm = static_cast<scalar_t*>(a.hh_norm);
   auto* stats = static_cast<scalar_t*>(a.stats);
@@ -854,16 +855,14 @@ void ln_forward_typed(const LnRecurrenceForwardArgs& a) {
     scalar_t* c_t = cells_of(s, t);
     scalar_t* h_t = output + row0 * H;
     scalar_t* gates_t = gates + row0 * G;
-    // With layer norm the recurrent product goes to its own row (it is
-    // normalized alone); without, it accumulates into the input part.
-    scalar_t* hh_t = layer_norm ? hh_norm + (a.keep ? row0 : 0) * G : gates_t;
-    scalar_t* stats_t = layer_norm ? stats + (a.keep ? row0 : 0) * 3 : nullptr;
-    panels.product(rows_t, h_prev, H, hh_t, G, /*accumulate=*/!layer_norm);
+    // The recurrent product goes to its own row: it is normalized alone.
+    scalar_t* hh_t = hh_norm + (a.keep ? row0 : 0) * G;
+    scalar_t* stats_t = stats + (a.keep ? row0 : 0) * 3;
+    panels.product(rows_t, h_prev, H, hh_t, G, /*accumulate=*/false);
     at::parallel_for(0, rows_t, ln_grain_rows(H), [&](int64_t r0, int64_t end) {
       rows_pass(LnRowsForwardArgs{a.dtype, end - r0, H, a.eps, a.cell.at_row(row0 + r0, H, sizeof(scalar_t)),
-                                  gates_t + r0 * G, layer_norm ? hh_t + r0 * G : nullptr, c_prev + r0 * H,
-                                  h_prev + r0 * H, c_t + r0 * H, h_t + r0 * H,
-                                  stats_t != nullptr ? stats_t + r0 * 3 : nullptr});
+                                  gates_t + r0 * G, hh_t + r0 * G, c_prev + r0 * H, h_prev + r0 * H, c_t + r0 * H,
+                                  h_t + r0 * H, stats_t + r0 * 3});
     });
   }
 }

@@ -206,8 +206,9 @@ struct LnRowsBackwardArgs {
 // then the row pass over blocks of rows; two parallel regions per step.
 // Buffers [T, B, ...] contiguous (or packed rows [N, ...] with batch_sizes);
 // the cell's masks [T, B, H] ([N, H]) or null.
-// Forward: gates, hh_norm (LN) and stats (LN) as LnRowsForwardArgs for every
-// step (when keep is false, hh_norm is [B, 4H], stats [B, 3] and cells
+// Forward (with layer norm: the plain LSTM's zoneout forward is
+// recurrence_forward's): gates, hh_norm and stats as LnRowsForwardArgs for
+// every step (when keep is false, hh_norm is [B, 4H], stats [B, 3] and cells
 // [2, B, H]: nothing kept for a backward); output and cells receive h and c.
 struct LnRecurrenceForwardArgs {
   c10::ScalarType dtype;

@@ -615,37 +615,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor ih_c = ih.contiguous(), mean_c = ih_mean.contiguous(), rstd_c = ih_rstd.contiguous();
     grad_ih = pooled_empty({N, G}, options);
     const int64_t threads = at::get_num_threads();
-    Tensor partial = at::zeros({threads, G}, options);  // grad_gamma_ih, one row per thread
+    // One row per thread: grad_gamma_ih's terms, then (bias) the bias's.
+    const int64_t width = has_bias ? 2 * G : G;
+    Tensor partial = at::zeros({threads, width}, options);
     at::parallel_for(0, N, layer_norm_grain(G), [&](int64_t begin, int64_t end) {
       const int64_t item = grad_ih.element_size();
-      cpu::layer_norm_rows(cpu::LnInputBackwardArgs{
+      char* acc = static_cast<char*>(partial.data_ptr()) + at::get_thread_num() * width * item;
+      cpu::LnInputBackwardArgs args{
           dtype, end - begin, G, static_cast<const char*>(grad_pre2d.const_data_ptr()) + begin * G * item,
           static_cast<const char*>(ih_c.const_data_ptr()) + begin * G * item,
           static_cast<const char*>(mean_c.const_data_ptr()) + begin * item,
           static_cast<const char*>(rstd_c.const_data_ptr()) + begin * item, gamma_ih->const_data_ptr(),
-          static_cast<char*>(grad_ih.data_ptr()) + begin * G * item,
-          static_cast<char*>(partial.data_ptr()) + at::get_thread_num() * G * item});
+          static_cast<char*>(grad_ih.data_ptr()) + begin * G * item, acc};
+      if (has_bias) args.grad_beta = acc + G * item;
+      cpu::layer_norm_rows(args);
     });
-    grad_gamma_ih = partial.sum(0);
+    // Two sums, not views of one: an operator's outputs may not alias.
+    grad_gamma_ih = partial.narrow(1, 0, G).sum(0);
+    if (has_bias) grad_bias = partial.narrow(1, G, G).sum(0);
   } else {
     grad_ih = grad_pre2d;
   }
-  if (has_bias) grad_bias = bias_grad(grad_pre2d.contiguous());
+  if (has_bias && !grad_bias.defined()) grad_bias = bias_grad(grad_pre2d.contiguous());
   Tensor grad_input = in_run_order(sequence_product(grad_ih.contiguous(), weight_ih), reversal).reshape(input_.sizes());
   Tensor grad_weight_ih = sequence_weight_grad(grad_ih.contiguous(), input.reshape({N, I}));
-  // The h each row's step started from, [N, H]: h_0, or the sequence's output a step earlier.
-  Tensor previous;
+  // The h each row's step started from: h_0, or the sequence's output a step earlier.
+  Tensor grad_weight_hh;
   if (T == 0) {
-    previous = at::empty({0, H}, options);
+    grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), at::empty({0, H}, options));
   } else if (is_packed) {
     const cpu::StepLayout& layout = shape.packed->layout;
     const Tensor index = index_of(shape.packed->indices(
         [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }), output.device());
-    previous = at::cat({h0, output}).index_select(0, index);
+    grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), at::cat({h0, output}).index_select(0, index));
   } else {
-    previous = previous_states(output, h0, reverse).reshape({N, H});
+    grad_weight_hh = recurrent_weight_grad(grad_hh.reshape({N, G}), output, h0, reverse);
   }
-  Tensor grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), previous);
   const auto back = [](const Tensor& t, const Tensor& like) { return t.defined() ? in_dtype(t, like.scalar_type()) : t; };
   return {back(grad_input, input_),
           back(grad_h0, h0_),

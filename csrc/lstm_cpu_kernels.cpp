@@ -713,6 +713,7 @@ void layer_norm_rows_backward_typed(const LnInputBackwardArgs& a) {
   const int64_t n = a.width;
   const auto* gamma = static_cast<const scalar_t*>(a.gamma);
   auto* grad_gamma = static_cast<scalar_t*>(a.grad_gamma);
+  auto* grad_beta = static_cast<scalar_t*>(a.grad_beta);
   for (int64_t r = 0; r < a.rows; ++r) {
     const scalar_t* x = static_cast<const scalar_t*>(a.x) + r * n;
     const scalar_t* grad_out = static_cast<const scalar_t*>(a.grad_out) + r * n;
@@ -723,6 +724,7 @@ void layer_norm_rows_backward_typed(const LnInputBackwardArgs& a) {
       const int64_t w = std::min(IO::W, n - j);
       const Vec go = IO::load(grad_out + j, w), x_hat = (IO::load(x + j, w) - mean) * rstd;
       IO::store(grad_gamma + j, IO::load(grad_gamma + j, w) + go * x_hat, w);
+      if (grad_beta != nullptr) IO::store(grad_beta + j, IO::load(grad_beta + j, w) + go, w);
       const Vec g = go * IO::load(gamma + j, w);
       sum_g = sum_g + IO::first(g, w);
       sum_g_x = sum_g_x + IO::first(g * x_hat, w);

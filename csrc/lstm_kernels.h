@@ -701,6 +701,10 @@ struct LnInputBackwardArgs {
   const void* gamma;
   void* grad_x;
   void* grad_gamma;
+  // The column sums of grad_out added here (the shift's gradient: the
+  // LayerNorm LSTM's bias), or null. Summed in the same pass, they save a
+  // second read of grad_out ([T*B, 4H]) by an ATen reduction.
+  void* grad_beta = nullptr;
 };
 void layer_norm_rows(const LnInputArgs& args);
 void layer_norm_rows(const LnInputBackwardArgs& args);

@@ -346,6 +346,12 @@ Tensor sequence_product(const Tensor& a, const Tensor& b, const Tensor& bias) {
   return product(a, b, bias, pooled_empty({a.size(0), b.size(1)}, a.options()));
 }
 
+Tensor recurrent_weight_grad(const Tensor& grad, const Tensor& output, const Tensor& h0, bool reverse) {
+  const int64_t N = grad.size(0), R = output.size(-1);
+  return long_k_weight_grads(grad, R) ? long_k_weight_grad(grad, previous_states_transposed(output, h0, reverse))
+                                      : weight_grad(grad, previous_states(output, h0, reverse).view({N, R}));
+}
+
 Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows) {
   if (long_k_weight_grads(grad, rows.size(1))) {
     const Tensor rows_c = rows.contiguous();
@@ -1254,9 +1260,7 @@ std::array<Tensor, 8> backward_layer(const CellSpec& cell, const char* op, const
                                                                           input.options()))
                              : weight_grad(recurrent2d, previous);
       } else {
-        grad_weight_hh = long_k_weight_grads(recurrent2d, R)
-                             ? long_k_weight_grad(recurrent2d, previous_states_transposed(output, h0, reverse))
-                             : weight_grad(recurrent2d, previous_states(output, h0, reverse).view({N, R}));
+        grad_weight_hh = recurrent_weight_grad(recurrent2d, output, h0, reverse);
       }
     }
     grad_bias_ih = bias_grad(gates2d);

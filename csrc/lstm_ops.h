@@ -152,6 +152,10 @@ bool cpu_specialized(const Tensor& t);
 // [K, N] contiguous and rows [K, C] (K = the sequence's rows).
 Tensor sequence_product(const Tensor& a, const Tensor& b, const Tensor& bias = Tensor());
 Tensor sequence_weight_grad(const Tensor& grad, const Tensor& rows);
+// grad^T @ (the h each step started from), [N, R], for grad [T*B, N] and a
+// padded output [T, B, R]: without a copy of the shifted outputs before the
+// long-K path's transpose.
+Tensor recurrent_weight_grad(const Tensor& grad, const Tensor& output, const Tensor& h0, bool reverse);
 
 // The layer operators' small pieces, shared by every cell (on the CPU plain
 // loops and copies where an ATen call costs more than the work at small

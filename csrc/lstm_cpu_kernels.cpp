@@ -676,7 +676,8 @@ void ln_rows_backward_typed(const LnRowsBackwardArgs& a) {
       sum_g = sum_g + IO::first(gx, w);
       sum_g_x = sum_g_x + IO::first(gx * x, w);
     }
-    const Vec mean_g(IO::total(sum_g) / static_cast<scalar_t>(G)), mean_g_x(IO::total(sum_g_x) / static_cast<scalar_t>(G));
+    const Vec mean_g(IO::total(sum_g) / static_cast<scalar_t>(G)),
+        mean_g_x(IO::total(sum_g_x) / static_cast<scalar_t>(G));
     for (int64_t j = 0; j < G; j += IO::W) {
       const int64_t w = std::min(IO::W, G - j);
       const Vec gx = IO::load(grad_pre + j, w) * IO::load(cell.gamma_hh + j, w);
@@ -729,7 +730,8 @@ void layer_norm_rows_backward_typed(const LnInputBackwardArgs& a) {
       sum_g = sum_g + IO::first(g, w);
       sum_g_x = sum_g_x + IO::first(g * x_hat, w);
     }
-    const Vec mean_g(IO::total(sum_g) / static_cast<scalar_t>(n)), mean_g_x(IO::total(sum_g_x) / static_cast<scalar_t>(n));
+    const Vec mean_g(IO::total(sum_g) / static_cast<scalar_t>(n)),
+        mean_g_x(IO::total(sum_g_x) / static_cast<scalar_t>(n));
     for (int64_t j = 0; j < n; j += IO::W) {
       const int64_t w = std::min(IO::W, n - j);
       const Vec x_hat = (IO::load(x + j, w) - mean) * rstd;

@@ -645,9 +645,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), at::empty({0, H}, options));
   } else if (is_packed) {
     const cpu::StepLayout& layout = shape.packed->layout;
-    const Tensor index = index_of(shape.packed->indices(
-        [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; }), output.device());
-    grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), at::cat({h0, output}).index_select(0, index));
+    const std::vector<int64_t> previous_rows = shape.packed->indices(
+        [&](int64_t t, int64_t b) { return t == 0 ? b : B + layout.offset[t - 1] + b; });
+    grad_weight_hh = sequence_weight_grad(grad_hh.reshape({N, G}), take_rows(h0, previous_rows, output));
   } else {
     grad_weight_hh = recurrent_weight_grad(grad_hh.reshape({N, G}), output, h0, reverse);
   }

@@ -506,11 +506,9 @@ GruBiases gru_biases(const std::optional<Tensor>& bias_ih, const std::optional<T
   return out;
 }
 
-// Rows of first [M, C] (indices below M) and then of second, as a new
-// [rows, C] tensor: on the CPU one memcpy per row (at small sizes an
-// index_select and its index tensor cost more than the copies), else cat and
-// index_select.
-Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Tensor& second = Tensor()) {
+}  // namespace
+
+Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Tensor& second) {
   const int64_t M = first.size(0);
   if (!cpu_specialized(first)) {
     const Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(first.device());
@@ -528,6 +526,8 @@ Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Te
   }
   return out;
 }
+
+namespace {
 
 // Whether a layer runs in float32 inside: bfloat16 or float16 on the CPU,
 // every (defined) tensor of weight's dtype and device. The time loop's

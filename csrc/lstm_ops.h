@@ -169,6 +169,11 @@ Tensor copy_step(const Tensor& sequence, int64_t t);
 Tensor owned_copy(const Tensor& t, at::ScalarType dtype);
 Tensor zeros_of(at::IntArrayRef sizes, const at::TensorOptions& options);
 Tensor previous_states(const Tensor& output, const Tensor& h0, bool reverse);
+// Rows of first [M, C] (indices below M) and then of second, as a new
+// [rows, C] tensor: on the CPU one memcpy per row (at small sizes an
+// index_select and its index tensor cost more than the copies), else cat and
+// index_select.
+Tensor take_rows(const Tensor& first, const std::vector<int64_t>& rows, const Tensor& second = Tensor());
 
 // For a PackedSequence's batch_sizes: the row of (t, b) once each sequence is
 // reversed within its length (what the reverse direction runs over; its own

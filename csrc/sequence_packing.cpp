@@ -88,11 +88,8 @@ at::Tensor gather_rows(const at::Tensor& input, const std::vector<int64_t>& rows
   at::Tensor packed;
   {
     const at::AutoDispatchBelowADInplaceOrView below;
-    packed = at::empty(shape, input.options());
-    const int64_t row_bytes = input.numel() == 0 ? 0 : input.nbytes() / (input.size(0) * input.size(1));
-    const auto* from = static_cast<const char*>(input.const_data_ptr());
-    auto* to = static_cast<char*>(packed.data_ptr());
-    for (size_t j = 0; j < rows.size(); ++j) std::memcpy(to + j * row_bytes, from + rows[j] * row_bytes, row_bytes);
+    const int64_t width = c10::multiply_integers(input.sizes().slice(2));
+    packed = take_rows(input.view({input.size(0) * input.size(1), width}), rows).view(shape);
   }
   if (at::GradMode::is_enabled() && input.requires_grad()) {
     auto node = make_node<GatherRowsBackward>();
